@@ -1,0 +1,55 @@
+"""Validation at the door: images in [0, 1] as (B, C, H, W), per-sample targets."""
+
+from __future__ import annotations
+
+import torch
+
+from medxai.errors import InputError
+
+
+def check_images(x: torch.Tensor, name: str = "x", *, ndim: int = 4) -> torch.Tensor:
+    """Refuse anything that is not a finite float tensor in [0, 1] of shape (B, C, H, W).
+
+    Nothing is clamped: out-of-range input is an error, because normalisation lives in the model.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise InputError(f"{name} must be a float tensor in [0, 1], got dtype {x.dtype}")
+    if x.ndim != ndim:
+        raise InputError(f"{name} must have {ndim} dimensions (B, C, H, W), got shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise InputError(f"{name} is empty (shape {tuple(x.shape)})")
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise InputError(f"{name} contains {bad} NaN/Inf value(s); images must be finite in [0, 1]")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        raise InputError(
+            f"{name} must lie in [0, 1] (normalisation is inside the model); got range [{lo:.4g}, {hi:.4g}]"
+        )
+    return x
+
+
+def as_targets(target: int | torch.Tensor | list | None, batch: int, device: torch.device,
+               default: torch.Tensor | None = None, num_classes: int | None = None) -> torch.Tensor:
+    """Turn ``target`` (int, (B,) tensor/list, or None = ``default``) into a (B,) long tensor."""
+    if target is None:
+        if default is None:
+            raise InputError("target is None and no default (predicted class) was given")
+        t = default
+    elif isinstance(target, int):
+        t = torch.full((batch,), int(target), dtype=torch.long, device=device)
+    else:
+        t = torch.as_tensor(target, device=device)
+        if t.ndim == 0:
+            t = t.expand(batch)
+        if t.ndim != 1 or t.shape[0] != batch:
+            raise InputError(f"target must be an int or have shape ({batch},), got {tuple(t.shape)}")
+        if t.is_floating_point():
+            raise InputError("target must hold class indices (integers)")
+        t = t.long()
+    if num_classes is not None and t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
+        raise InputError(f"target out of range for {num_classes} outputs: {t.tolist()}")
+    return t.to(device)

@@ -1,0 +1,48 @@
+"""The ``medxai`` command line: one typer app; each stage adds its commands from its own module."""
+
+from __future__ import annotations
+
+import sys
+
+from medxai.cli._app import app, state
+
+__all__ = ["app", "main", "state"]
+
+
+def _load_commands() -> None:
+    # Each module registers its commands on `app` at import time.
+    from medxai.cli import data  # noqa: F401
+
+    for name in ("train", "attack", "explain", "score", "audit"):
+        try:
+            __import__(f"medxai.cli.{name}")
+        except ModuleNotFoundError as exc:  # a stage not built yet
+            if exc.name != f"medxai.cli.{name}":
+                raise
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app; deliberate errors become one line and exit code 2."""
+    from medxai.errors import MedxaiError
+
+    _load_commands()
+    try:
+        app(args=argv, standalone_mode=False)
+    except MedxaiError as exc:
+        if state.debug:
+            raise
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        sys.exit(2)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click usage errors arrive as click exceptions
+        import click
+
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2)
+        raise

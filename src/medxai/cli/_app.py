@@ -1,0 +1,57 @@
+"""The typer application object and the global options (--quiet, --debug)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import typer
+
+
+@dataclass
+class State:
+    quiet: bool = False
+    debug: bool = False
+
+
+state = State()
+
+app = typer.Typer(
+    name="medxai",
+    help="Audit medical image classifiers: train, attack, corrupt, explain and score them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+) -> None:
+    """medxai: is the model robust, and do its explanations point at the pathology?"""
+    state.quiet = quiet
+    state.debug = debug
+
+
+def progress(**kw):  # noqa: ANN201 - returns a rich Progress
+    """A rich progress display that respects --quiet."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=state.quiet,
+        transient=False,
+        **kw,
+    )

@@ -34,7 +34,7 @@ def _root(
     state.debug = debug
 
 
-def progress(**kw):  # noqa: ANN201 - returns a rich Progress
+def progress(**kw):
     """A rich progress display that respects --quiet."""
     from rich.progress import (
         BarColumn,

@@ -1,0 +1,1 @@
+"""medxai's benchmarks: medxai and the peer library side by side in one process, as ratios."""

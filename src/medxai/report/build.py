@@ -1,0 +1,212 @@
+"""Build the self-contained ``report.html`` of an audit from its ``report.json``.
+
+Every number shown comes from ``report.json`` (which the pipeline gathers from the stages' JSON
+files); figures are drawn here from those numbers with matplotlib, and image assets (examples,
+heat-map overlays, galleries) are PNG files inside the run directory, embedded as data URIs.
+Strings from data or config are HTML-escaped (jinja2 autoescape); nothing external is loaded.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+import medxai
+from medxai._util.io import atomic_write_text
+from medxai.errors import DataError
+
+__all__ = ["build_report", "render_html"]
+
+
+def _png_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _fig_uri(fig: plt.Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _inside(run_dir: Path, rel: str) -> Path:
+    """A path named in report.json, refused if it leaves the run directory."""
+    p = (run_dir / rel).resolve()
+    if run_dir.resolve() not in p.parents and p != run_dir.resolve():
+        raise DataError(rel, "asset path leaves the run directory")
+    if not p.is_file():
+        raise DataError(p, "asset named in report.json is missing")
+    return p
+
+
+def fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
+    return str(v)
+
+
+def ci(d: Any) -> str:
+    lo, hi = (d.get("ci_low"), d.get("ci_high")) if isinstance(d, dict) else (None, None)
+    if lo is None or hi is None:
+        return "–"
+    return f"[{fmt(lo)}, {fmt(hi)}]"
+
+
+def pct(v: Any) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%"
+
+
+def _model_figure(m: dict) -> str | None:
+    hist = m.get("history") or []
+    conf = m.get("confusion")
+    roc = m.get("roc") or {}
+    panels = [bool(hist), conf is not None, bool(roc)]
+    if not any(panels):
+        return None
+    fig, axes = plt.subplots(1, sum(panels), figsize=(4.2 * sum(panels), 3.2), squeeze=False)
+    axes = list(axes[0])
+    if hist:
+        ax = axes.pop(0)
+        ep = [h["epoch"] for h in hist]
+        for key, style in (("train_loss", "-"), ("val_loss", "--")):
+            if any(h.get(key) is not None for h in hist):
+                ax.plot(ep, [h.get(key) for h in hist], style, label=key.replace("_", " "))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        ax.set_title("learning curves")
+        ax.legend(fontsize=8)
+    if conf is not None:
+        ax = axes.pop(0)
+        arr = conf["matrix"]
+        names = conf["labels"]
+        ax.imshow(arr, cmap="Blues")
+        for i, row in enumerate(arr):
+            for j, v in enumerate(row):
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(len(names)), names, rotation=30, fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title("confusion matrix (test)")
+    if roc:
+        ax = axes.pop(0)
+        for label, pts in roc.items():
+            ax.plot(pts["fpr"], pts["tpr"], label=f"{label} (AUC {fmt(pts.get('auc'))})")
+        ax.plot([0, 1], [0, 1], ":", color="gray")
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.set_title("ROC (test)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _fig_uri(fig)
+
+
+def _attack_figure(att: dict) -> str:
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for name, a in att["models"].items():
+        ax.plot(att["eps_labels"], a["success_rate"], "o-", label=name)
+    ax.set_xlabel(f"eps ({att['norm']}, pixel units)")
+    ax.set_ylabel("attack success rate")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("success rate against eps")
+    ax.legend(fontsize=8)
+    return _fig_uri(fig)
+
+
+def _corruption_figure(cor: dict) -> str:
+    models = list(cor["models"])
+    fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 0.35 * 15 + 1.2), squeeze=False)
+    vmax = max((abs(v) for c in cor["models"].values() for row in c["drops"].values() for v in row
+                if v is not None), default=1.0) or 1.0
+    for ax, name in zip(axes[0], models, strict=True):
+        drops = cor["models"][name]["drops"]
+        rows = list(drops)
+        data = [[float("nan") if v is None else v for v in drops[r]] for r in rows]
+        im = ax.imshow(data, cmap="Reds", vmin=0, vmax=vmax, aspect="auto")
+        ax.set_yticks(range(len(rows)), rows, fontsize=7)
+        ax.set_xticks(range(len(cor["severities"])), [str(s) for s in cor["severities"]], fontsize=7)
+        ax.set_xlabel("severity")
+        ax.set_title(f"{name}: drop in {cor['metric']}", fontsize=9)
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+    return _fig_uri(fig)
+
+
+def _sanity_figure(rows: list[dict]) -> str:
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for s in rows:
+        ax.plot(range(len(s["spearman"])), s["spearman"], "o-", label=f"{s['model']} / {s['method']}")
+    if rows:
+        ax.set_xticks(range(len(rows[0]["layers"])), rows[0]["layers"], rotation=40, fontsize=6, ha="right")
+    ax.axhline(0, color="gray", lw=0.5)
+    ax.set_ylabel("Spearman |a| to original")
+    ax.set_title("cascading randomisation (output layer first)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _fig_uri(fig)
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("medxai.report", "templates"),
+        autoescape=True,
+        undefined=jinja2.ChainableUndefined,
+    )
+    env.globals.update(fmt=fmt, ci=ci, pct=pct)
+    return env
+
+
+def render_html(report: dict, assets: dict) -> str:
+    """Render the report template (autoescaped) from the report dict and embedded assets."""
+    r = dict(report)
+    r.setdefault("version", medxai.__version__)
+    return _environment().get_template("report.html.j2").render(r=r, assets=assets)
+
+
+def build_report(run_dir: str | Path) -> Path:
+    """Read ``run_dir/report.json`` and write ``run_dir/report.html``; returns its path."""
+    run_dir = Path(run_dir)
+    rj = run_dir / "report.json"
+    if not rj.is_file():
+        raise DataError(rj, "no report.json: run `medxai audit` first")
+    try:
+        report = json.loads(rj.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(rj, f"not valid JSON ({exc})") from None
+    a = report.get("assets", {})
+    assets: dict[str, Any] = {"models": {}}
+    if a.get("data_examples"):
+        assets["data_examples"] = _png_uri(_inside(run_dir, a["data_examples"]))
+    for name, m in report.get("models", {}).items():
+        uri = _model_figure(m)
+        if uri:
+            assets["models"][name] = uri
+    rob = report.get("robustness") or {}
+    if rob.get("attack"):
+        assets["attack"] = _attack_figure(rob["attack"])
+    if rob.get("corruption"):
+        assets["corruption"] = _corruption_figure(rob["corruption"])
+    if a.get("gallery"):
+        assets["gallery"] = _png_uri(_inside(run_dir, a["gallery"]))
+    xp = report.get("explanations") or {}
+    if xp.get("images"):
+        assets["x_images"] = [_png_uri(_inside(run_dir, img["png"])) for img in xp["images"]]
+        assets["x_maps"] = {key: [_png_uri(_inside(run_dir, p)) for p in paths]
+                            for key, paths in xp.get("overlays", {}).items()}
+        if a.get("explanation_grid"):
+            assets["x_grid"] = _png_uri(_inside(run_dir, a["explanation_grid"]))
+    if report.get("sanity"):
+        assets["sanity"] = _sanity_figure(report["sanity"])
+    html = render_html(report, assets)
+    return atomic_write_text(run_dir / "report.html", html)

@@ -1,0 +1,88 @@
+"""Resumable stages keyed by a hash of their config and inputs.
+
+Each stage call names the stage (``train/standard``), the parts its output depends on (its own
+config and the keys of the stages it reads), and a function that writes into a fresh folder.
+The folder is ``ROOT/stages/<stage>/<key>``; a stage is done when its ``result.json`` exists
+(written last, atomically). A rerun with the same key skips the work; ``force`` recomputes the
+named stages (by full name or by family, e.g. ``train``). Work in progress goes to a temporary
+folder renamed into place, so a killed run never leaves a half stage that looks done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medxai._util.io import atomic_write_json
+
+
+def stage_key(parts: Any) -> str:
+    """A short stable hash of JSON-serialisable parts (sorted keys)."""
+    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class StageResult:
+    name: str
+    key: str
+    dir: Path
+    result: dict
+    cached: bool
+    seconds: float
+
+
+class StageRunner:
+    """Runs stages under ``root`` with caching and a log of what ran and what was reused."""
+
+    def __init__(self, root: str | Path, force: set[str] | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.root = Path(root)
+        self.force = set(force or ())
+        self.log = log or (lambda msg: None)
+        self.events: list[dict] = []
+
+    def _forced(self, name: str) -> bool:
+        return name in self.force or name.split("/")[0] in self.force or "all" in self.force
+
+    def run(self, name: str, parts: Any, fn: Callable[[Path], dict]) -> StageResult:
+        key = stage_key(parts)
+        final = self.root / "stages" / name / key
+        done = final / "result.json"
+        t0 = time.perf_counter()
+        if done.is_file() and not self._forced(name):
+            result = json.loads(done.read_text(encoding="utf-8"))
+            ev = StageResult(name, key, final, result, True, 0.0)
+            self._record(ev)
+            return ev
+        tmp = final.with_name(f".{key}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            result = fn(tmp) or {}
+            atomic_write_json(tmp / "result.json", result)
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        result = json.loads((final / "result.json").read_text(encoding="utf-8"))
+        ev = StageResult(name, key, final, result, False, time.perf_counter() - t0)
+        self._record(ev)
+        return ev
+
+    def _record(self, ev: StageResult) -> None:
+        status = "reused" if ev.cached else f"ran in {ev.seconds:.1f} s"
+        self.log(f"{ev.name}: {status} [{ev.key}]")
+        entry = {"stage": ev.name, "key": ev.key, "cached": ev.cached, "seconds": round(ev.seconds, 3),
+                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self.events.append(entry)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "stage_log.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry) + "\n")

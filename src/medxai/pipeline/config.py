@@ -1,0 +1,178 @@
+"""The audit configuration: one YAML file (or none: the demo's embedded default).
+
+Validated by pydantic with unknown keys refused, so a typo names the bad key. Budgets such as
+``eps: [0.2/255, 0.4/255]`` are written as numbers or simple fractions ``a/b`` (parsed, never
+evaluated).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from medxai.errors import ConfigError
+
+_FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*(?:/\s*([0-9]*\.?[0-9]+))?\s*$")
+
+
+def parse_number(v: Any) -> float:
+    """A float from a number or a string ``"a"`` / ``"a/b"`` (no evaluation of expressions)."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    m = _FRACTION.match(str(v))
+    if not m:
+        raise ValueError(f"not a number or fraction a/b: {v!r}")
+    num = float(m.group(1))
+    return num / float(m.group(2)) if m.group(2) else num
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SyntheticData(_Strict):
+    study: str = "cxr-pneumonia"
+    size: int = 48
+    n_train: int = 600
+    n_val: int = 150
+    n_test: int = 200
+    seed: int = 0
+    shortcut: float | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class DataConfig(_Strict):
+    synthetic: SyntheticData | None = None
+    spec: str | dict[str, Any] | None = None  # open_dataset spec for real data
+    size: int | None = None  # image size for real data (shorter side resize + centre crop)
+    use: Literal["auto", "real", "synthetic"] = "auto"
+
+
+class ModelConfig(_Strict):
+    name: str
+    arch: str = "small-cnn"
+    pretrained: str | None = None
+    init_from: str | None = None  # another model of this audit (robust fine-tuning)
+    freeze: str | int | None = None
+    options: dict[str, Any] = Field(default_factory=dict)  # extra create() kwargs
+    train: dict[str, Any] = Field(default_factory=dict)  # medxai.train config keys
+
+
+class AttackConfig(_Strict):
+    enabled: bool = True
+    norm: Literal["linf", "l2"] = "linf"
+    eps: list[float] = Field(default_factory=lambda: [0.0, 1 / 255, 2 / 255, 4 / 255])
+    steps: int = 5
+    n: int = 200
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _eps(cls, v: Any) -> list[float]:
+        return [parse_number(e) for e in v]
+
+
+class CorruptionConfig(_Strict):
+    enabled: bool = True
+    names: list[str] = Field(default_factory=lambda: ["gaussian_noise", "motion_blur", "brightness", "contrast"])
+    severities: list[int] = Field(default_factory=lambda: [1, 2, 3])
+    n: int = 200
+    gallery: bool = True
+
+
+class ExplainConfig(_Strict):
+    methods: list[str] = Field(default_factory=lambda: ["saliency", "integrated_gradients", "gradcam"])
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-method kwargs
+    output: Literal["logit", "softmax", "sigmoid"] = "logit"
+    n_show: int = 8
+    n_score: int = 100
+    target: Literal["predicted", "label"] = "predicted"
+
+
+class ScoreConfig(_Strict):
+    metrics: list[str] = Field(default_factory=lambda: [
+        "pointing_game", "energy_pointing_game", "relevance_rank_accuracy", "sparseness", "total_variation"])
+    shortcut: bool = True
+    sanity: bool = True
+    sanity_methods: list[str] | None = None
+    sanity_n: int = 8
+    n_boot: int = 1000
+    compare: list[list[str]] = Field(default_factory=list)  # [[model_a, model_b], ...]
+
+
+class AuditConfig(_Strict):
+    name: str = "audit"
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    models: list[ModelConfig]
+    evaluation: dict[str, Any] = Field(default_factory=lambda: {"n_boot": 1000})
+    attack: AttackConfig = Field(default_factory=AttackConfig)
+    corruption: CorruptionConfig = Field(default_factory=CorruptionConfig)
+    explain: ExplainConfig = Field(default_factory=ExplainConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+
+    @field_validator("models")
+    @classmethod
+    def _unique(cls, v: list[ModelConfig]) -> list[ModelConfig]:
+        names = [m.name for m in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
+        known = set()
+        for m in v:
+            if m.init_from and m.init_from not in known:
+                raise ValueError(f"model {m.name!r}: init_from {m.init_from!r} must name an earlier model")
+            known.add(m.name)
+        return v
+
+
+def _set_dotted(d: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    cur: Any = d
+    for i, k in enumerate(keys[:-1]):
+        if isinstance(cur, list):
+            cur = cur[int(k)]
+        else:
+            cur = cur.setdefault(k, {})
+        if not isinstance(cur, (dict, list)):
+            raise ConfigError(f"--set {dotted}: {'.'.join(keys[: i + 1])} is not a mapping")
+    if isinstance(cur, list):
+        cur[int(keys[-1])] = value
+    else:
+        cur[keys[-1]] = value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` overrides (value parsed as YAML scalars/lists)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, val = item.split("=", 1)
+        _set_dotted(raw, key.strip(), yaml.safe_load(val))
+    return raw
+
+
+def load_config(source: str | Path | dict, overrides: list[str] | None = None) -> AuditConfig:
+    """Read and validate an audit config (YAML path or dict); errors name the file and key."""
+    where = "config"
+    if isinstance(source, dict):
+        raw = source
+    else:
+        path = Path(source)
+        where = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    raw = apply_overrides(dict(raw), overrides or [])
+    try:
+        return AuditConfig.model_validate(raw)
+    except ValidationError as exc:
+        errs = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{where}: {errs}") from None

@@ -1,0 +1,91 @@
+"""The audit's data stage: build train/val/test datasets and a fixed evaluation sample in memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from medxai.errors import ConfigError
+from medxai.pipeline.config import DataConfig
+
+
+@dataclass
+class EvalSample:
+    """The first ``n`` test items as tensors: what attacks, corruptions, explanations score on."""
+
+    x: torch.Tensor  # (N, C, H, W) float in [0, 1]
+    y: torch.Tensor  # (N,) long, or (N, K) float with NaN for multilabel
+    ids: list[str]
+    masks: torch.Tensor | None = None  # (N, 1|K, H, W) bool
+    has_mask: torch.Tensor | None = None  # (N,) bool
+    shortcut_masks: torch.Tensor | None = None  # (N, 1, H, W) bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, n: int) -> EvalSample:
+        def cut(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[:n]
+
+        return EvalSample(self.x[:n], self.y[:n], self.ids[:n], cut(self.masks), cut(self.has_mask),
+                          cut(self.shortcut_masks))
+
+
+def build_datasets(cfg: DataConfig, *, synthetic: bool | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return ({"train", "val", "test"} datasets, description dict)."""
+    from medxai.data import SyntheticDataset, open_dataset
+
+    auto_synth = cfg.use == "synthetic" or (cfg.use == "auto" and cfg.spec is None)
+    use_synth = synthetic if synthetic is not None else auto_synth
+    if use_synth:
+        s = cfg.synthetic
+        if s is None:
+            raise ConfigError("data.synthetic is required to run on the synthetic stand-in")
+        sizes = {"train": s.n_train, "val": s.n_val, "test": s.n_test}
+        ds = {split: SyntheticDataset(s.study, n, size=s.size, seed=s.seed, split=split, shortcut=s.shortcut,
+                                      **s.options) for split, n in sizes.items()}
+        desc = {"source": "synthetic", "study": s.study, "size": s.size, "seed": s.seed, "shortcut": s.shortcut,
+                "description": f"Synthetic {s.study} study at {s.size} px (seed {s.seed})"
+                + (f", laterality-marker shortcut at p = {s.shortcut} in train" if s.shortcut else "")}
+    else:
+        if cfg.spec is None:
+            raise ConfigError("data.spec is required to run on real data (or pass --synthetic)")
+        ds = {split: open_dataset(cfg.spec, split=split, size=cfg.size) for split in ("train", "val", "test")}
+        desc = {"source": "real", "spec": cfg.spec, "description": f"Dataset {cfg.spec}"}
+    first = ds["train"]
+    desc.update(task=first.task, class_names=list(first.class_names))
+    desc["splits"] = {split: _counts(d) for split, d in ds.items()}
+    return ds, desc
+
+
+def _counts(d: Any) -> dict[str, Any]:
+    labels = np.asarray(d.labels)
+    names = list(d.class_names)
+    if labels.ndim == 2:  # multilabel: positives per finding
+        counts = {n: int(np.nansum(labels[:, i] == 1)) for i, n in enumerate(names)}
+    else:
+        counts = {n: int((labels == i).sum()) for i, n in enumerate(names)}
+    return {"n": len(d), "counts": counts}
+
+
+def eval_sample(dataset: Any, n: int) -> EvalSample:
+    """Stack the first ``n`` items of ``dataset`` (deterministic order)."""
+    n = min(n, len(dataset))
+    items = [dataset[i] for i in range(n)]
+    x = torch.stack([it["image"] for it in items])
+    y = torch.stack([torch.as_tensor(it["label"]) for it in items])
+    masks = has = sc = None
+    if "mask" in items[0]:
+        masks = torch.stack([torch.as_tensor(it["mask"]).bool() for it in items])
+        if masks.ndim == 3:
+            masks = masks[:, None]
+        has = torch.tensor([bool(it.get("has_mask", True)) for it in items])
+    if "shortcut_mask" in items[0]:
+        sc = torch.stack([torch.as_tensor(it["shortcut_mask"]).bool() for it in items])
+        if sc.ndim == 3:
+            sc = sc[:, None]
+    return EvalSample(x, y, [str(it["id"]) for it in items], masks, has, sc)

@@ -1,0 +1,250 @@
+"""Gather the stages' JSON results into ``report.json`` and state the headline findings."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medxai.pipeline.cache import StageResult
+from medxai.pipeline.config import AuditConfig
+from medxai.pipeline.data import EvalSample
+from medxai.pipeline.robustness import headline
+
+HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "quadratic_kappa", "macro_auc", "recall", "specificity", "f1",
+                    "ece")
+
+
+def _metric_entry(v: Any) -> dict | None:
+    if isinstance(v, dict) and "value" in v:
+        return {k: v.get(k) for k in ("value", "ci_low", "ci_high")}
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return {"value": float(v)}
+    return None
+
+
+def _model_section(name: str, st: StageResult, ev: dict, cfg_models: dict) -> dict:
+    import json
+
+    metrics = {k: e for k in HEADLINE_METRICS if (e := _metric_entry(ev["metrics"].get(k))) is not None}
+    hist = []
+    mj = st.dir / "run" / "metrics.jsonl"
+    if mj.is_file():
+        for line in mj.read_text().splitlines():
+            row = json.loads(line)
+            hist.append({"epoch": row.get("epoch"), "train_loss": row.get("train_loss"),
+                         "val_loss": row.get("val_loss")})
+    conf = ev["metrics"].get("confusion_matrix")
+    out = {"arch": st.result.get("arch"), "objective": st.result.get("objective"), "metrics": metrics,
+           "history": hist, "train_seconds": st.result.get("seconds")}
+    if conf is not None and ev["metrics"].get("class_names"):
+        out["confusion"] = {"labels": ev["metrics"]["class_names"], "matrix": conf}
+    if ev["metrics"].get("roc"):
+        out["roc"] = ev["metrics"]["roc"]
+    return out
+
+
+def _fmt_eps(e: float) -> str:
+    if e == 0:
+        return "0"
+    k = e * 255
+    return f"{k:.3g}/255" if abs(k - round(k, 1)) < 1e-9 else f"{e:.3g}"
+
+
+def _paired_ratio(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, float]:
+    """Ratio of means a/b on paired samples with a seeded percentile-bootstrap 95% CI."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), size=(n_boot, len(a)))
+    ma, mb = a[idx].mean(1), b[idx].mean(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = ma / mb
+    r = r[np.isfinite(r)]
+    point = a.mean() / b.mean() if b.mean() else float("nan")
+    lo, hi = (np.percentile(r, [2.5, 97.5]) if len(r) else (float("nan"), float("nan")))
+    return float(point), float(lo), float(hi)
+
+
+def assemble_report(cfg: AuditConfig, out: Path, data_st: StageResult, model_stages: dict[str, StageResult],
+                    evals: dict[str, dict], attacks: dict[str, dict], corruptions: dict[str, dict],
+                    gallery: StageResult | None, explained: dict[tuple[str, str], StageResult],
+                    scores: dict[tuple[str, str], StageResult], sanity: list[dict], *, sample: EvalSample,
+                    class_names: list[str], task: str) -> dict:
+    from safetensors.torch import load_file
+
+    from medxai.metrics import compare, summarize
+    from medxai.pipeline.figures import explanation_grid, heat_png, image_png
+
+    rel = lambda p: str(Path(p).relative_to(out))
+    models = list(model_stages)
+    methods = list(cfg.explain.methods)
+    report: dict[str, Any] = {
+        "title": f"medxai audit: {cfg.name}",
+        "subtitle": f"{data_st.result['description']} · task {task} · models: {', '.join(models)}",
+        "config": cfg.model_dump(mode="json"),
+        "data": {k: data_st.result[k] for k in ("description", "class_names", "splits", "task")},
+        "models": {n: _model_section(n, model_stages[n], evals[n], {}) for n in models},
+        "robustness": {}, "assets": {"data_examples": rel(data_st.dir / data_st.result["examples"])},
+    }
+    # robustness
+    if attacks:
+        eps = next(iter(attacks.values()))["eps"]
+        report["robustness"]["attack"] = {
+            "norm": cfg.attack.norm, "steps": cfg.attack.steps, "eps": eps, "eps_labels": [_fmt_eps(e) for e in eps],
+            "models": {n: {"success_rate": a["success_rate"], "robust_accuracy": a["robust_accuracy"]}
+                       for n, a in attacks.items()}}
+    if corruptions:
+        first = next(iter(corruptions.values()))
+        report["robustness"]["corruption"] = {
+            "metric": first["metric"], "severities": first["severities"],
+            "models": {n: {"clean": c["clean"], "mean_drop": c["mean_drop"], "drops": c["drops"]}
+                       for n, c in corruptions.items()}}
+    if gallery is not None:
+        report["assets"]["gallery"] = rel(gallery.dir / gallery.result["png"])
+
+    # explanations: overlays on one colour scale per method across models
+    maps = {k: load_file(str(st.dir / "maps.safetensors"))["maps"] for k, st in explained.items()}
+    n_show = min(cfg.explain.n_show, len(sample))
+    assets = out / "report_assets"
+    scales: dict[str, float] = {}
+    for me in methods:
+        vals = torch.cat([maps[(mo, me)][:n_show].abs().flatten() for mo in models])
+        scales[me] = float(torch.quantile(vals.double(), 0.995)) if vals.numel() else 1.0
+    labels = [_label(sample.y[i], class_names, task) for i in range(n_show)]
+    images = []
+    for i in range(n_show):
+        p = assets / f"img{i}.png"
+        image_png(sample.x[i], p)
+        images.append({"id": sample.ids[i], "label": labels[i], "png": rel(p)})
+    overlays = {}
+    for (mo, me), m in maps.items():
+        paths = []
+        for i in range(n_show):
+            p = assets / f"{mo}--{me}--{i}.png".replace("/", "_")
+            heat_png(m[i, 0], scales[me], p)
+            paths.append(rel(p))
+        overlays[f"{mo}|{me}"] = paths
+    grid = assets / "explanation_grid.png"
+    explanation_grid(sample.x[:n_show], {k: v[:n_show] for k, v in maps.items()}, models, methods, scales, grid, labels)
+    report["assets"]["explanation_grid"] = rel(grid)
+    report["explanations"] = {"methods": methods, "models": models, "output": cfg.explain.output,
+                              "images": images, "overlays": overlays, "scales": scales}
+
+    # scores: per-sample values -> summaries with CIs and paired comparisons
+    rows = []
+    meta: dict[str, bool] = {}
+    for (mo, me), st in scores.items():
+        for metric, info in st.result.get("metrics", {}).items():
+            meta[metric] = bool(info.get("higher_is_better", True))
+            for sid, v in zip(st.result["ids"], info["values"], strict=True):
+                rows.append({"model": mo, "method": me, "metric": metric, "id": sid,
+                             "value": float("nan") if v is None else float(v)})
+    summary = []
+    if rows:
+        import pandas as pd
+
+        df = pd.DataFrame(rows)
+        summ = summarize(df, by=("model", "method", "metric"), n_boot=cfg.score.n_boot, seed=cfg.seed)
+        for s in summ:
+            s["higher_is_better"] = meta.get(s["metric"], True)
+            summary.append(s)
+    report["scores"] = {"summary": summary, "comparisons": []}
+    pairs = cfg.score.compare or ([[models[1], models[0]]] if len(models) >= 2 else [])
+    by_key = {(r["model"], r["method"], r["metric"]): {} for r in rows}
+    for r in rows:
+        by_key[(r["model"], r["method"], r["metric"])][r["id"]] = r["value"]
+    for a, b in pairs:
+        for me in methods:
+            for metric in meta:
+                va, vb = by_key.get((a, me, metric)), by_key.get((b, me, metric))
+                if not va or not vb:
+                    continue
+                ids = [i for i in va if i in vb]
+                c = compare(np.array([va[i] for i in ids]), np.array([vb[i] for i in ids]),
+                            n_boot=cfg.score.n_boot, seed=cfg.seed)
+                report["scores"]["comparisons"].append({"metric": metric, "method": me, "a": a, "b": b, **c})
+
+    # sanity checks and shortcut
+    report["sanity"] = sanity
+    sc_rows = []
+    for (mo, me), st in scores.items():
+        s = st.result.get("shortcut")
+        if s:
+            sc_rows.append({"model": mo, "method": me, **s})
+    if sc_rows:
+        report["shortcut"] = {"description": "Share of positive attribution on the laterality marker and how often "
+                              "the map's maximum lies on it, over test images that carry the marker.",
+                              "rows": sc_rows}
+    report["findings"] = findings(report, by_key, models, methods, task, cfg)
+    return report
+
+
+def _label(y: torch.Tensor, class_names: list[str], task: str) -> str:
+    if task == "multilabel":
+        pos = [class_names[i] for i, v in enumerate(y.tolist()) if v == v and v >= 0.5]
+        return ", ".join(pos) or "no finding"
+    return class_names[int(y)]
+
+
+def _ok(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def findings(report: dict, by_key: dict, models: list[str], methods: list[str], task: str,
+             cfg: AuditConfig) -> list[dict]:
+    """Headline findings in plain words, each with the numbers it states (from report.json)."""
+    out: list[dict] = []
+    metric = headline(task)
+    for name, m in report["models"].items():
+        e = m["metrics"].get(metric)
+        if e and _ok(e.get("value")):
+            ci = f" (95% CI {e['ci_low']:.2f}-{e['ci_high']:.2f})" if _ok(e.get("ci_low")) else ""
+            out.append({"kind": "accuracy", "model": name, "metric": metric, "value": e["value"],
+                        "text": f"{name} model: {metric.replace('_', ' ')} {e['value']:.2f}{ci} on the test set."})
+    if len(models) >= 2 and "energy_pointing_game" in {k[2] for k in by_key}:
+        a, b = models[1], models[0]
+        for me in methods:
+            va, vb = by_key.get((a, me, "energy_pointing_game")), by_key.get((b, me, "energy_pointing_game"))
+            if not va or not vb:
+                continue
+            ids = [i for i in va if i in vb and _ok(va[i]) and _ok(vb[i])]
+            if len(ids) < 5:
+                continue
+            r, lo, hi = _paired_ratio(np.array([va[i] for i in ids]), np.array([vb[i] for i in ids]),
+                                      cfg.score.n_boot, cfg.seed)
+            out.append({"kind": "localisation", "method": me, "a": a, "b": b, "ratio": r, "ci_low": lo, "ci_high": hi,
+                        "n": len(ids),
+                        "text": f"{a} model: {r:.2f}x {'more' if r >= 1 else 'as much'} {me} attribution inside "
+                                f"lesions than {b} (95% CI {lo:.2f}-{hi:.2f}, {len(ids)} images with lesions)."})
+            break
+    sc = report.get("shortcut", {}).get("rows", [])
+    for s in sc:
+        if s["method"] == methods[0] and _ok(s.get("peak_rate")):
+            out.append({"kind": "shortcut", "model": s["model"], "method": s["method"], "peak_rate": s["peak_rate"],
+                        "share": s["share"],
+                        "text": f"{s['model']} model's {s['method']} maps peak on the laterality marker in "
+                                f"{100 * s['peak_rate']:.0f}% of test images that carry it "
+                                f"({100 * s['share']:.0f}% of positive attribution lies on it)."})
+    att = report["robustness"].get("attack")
+    if att and len(att["eps"]) > 1:
+        i = len(att["eps"]) - 1
+        parts = [f"{n} {100 * a['success_rate'][i]:.0f}%" for n, a in att["models"].items()]
+        out.append({"kind": "robustness", "eps": att["eps"][i],
+                    "success_rate": {n: a["success_rate"][i] for n, a in att["models"].items()},
+                    "text": f"Attack success rate at eps {att['eps_labels'][i]} ({att['norm']}): "
+                            + ", ".join(parts) + "."})
+    cor = report["robustness"].get("corruption")
+    if cor:
+        parts = [f"{n} {c['mean_drop']:+.3f}" for n, c in cor["models"].items() if _ok(c.get("mean_drop"))]
+        out.append({"kind": "corruption", "mean_drop": {n: c["mean_drop"] for n, c in cor["models"].items()},
+                    "text": f"Mean drop in {cor['metric'].replace('_', ' ')} under corruptions: "
+                            + ", ".join(parts) + "."})
+    fails = [f"{s['model']}/{s['method']}" for s in report.get("sanity", []) if not s.get("passes", True)]
+    if report.get("sanity"):
+        out.append({"kind": "sanity", "fails": fails,
+                    "text": ("Sanity check failed (maps barely change when the model is randomised): "
+                             + ", ".join(fails)
+                             if fails else "All explained methods pass the model-randomisation sanity check.")})
+    return out

@@ -1,0 +1,100 @@
+"""RISE (Petsiuk, Das & Saenko 2018): randomized input sampling, on the masked-forward engine.
+
+``S(p) = 1 / (N * p1) * sum_i f(x * M_i) M_i(p)`` with N random masks: a binary s x s grid
+(each cell on with probability p1), bilinearly upsampled to ``(s + 1) * ceil(H / s)`` px and
+cropped at a random shift in ``[0, ceil(H / s))`` (the authors' ``generate_masks``; their skimage
+``resize(order=1, mode="reflect")`` is torch bilinear, align_corners=False, here: the two differ
+only in the border half-cell). The masks are drawn from a seeded generator, shared by every image
+of the batch, and built chunk by chunk (never all N x H x W at once).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medxai.errors import InputError
+from medxai.explain.base import Attribution
+from medxai.explain.engine import DEFAULT_MEMORY_BUDGET, chunk_size_for, perturbed_outputs
+from medxai.explain.registry import REGISTRY
+
+__all__ = ["RISE", "RiseMasks", "rise_masks"]
+
+
+class RiseMasks:
+    """The N masks of one seed and size, built on demand: ``masks[idx] -> (len(idx), H, W)``."""
+
+    def __init__(self, n_masks: int, size: tuple[int, int], *, s: int = 8, p: float = 0.5, seed: int = 0,
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> None:
+        if n_masks < 1 or s < 1 or not 0 < p <= 1:
+            raise InputError(f"RISE needs n_masks >= 1, s >= 1 and 0 < p <= 1; got {n_masks}, {s}, {p}")
+        self.size, self.s, self.p, self.dtype = (int(size[0]), int(size[1])), s, p, dtype
+        self.cell = (math.ceil(self.size[0] / s), math.ceil(self.size[1] / s))
+        self.up = ((s + 1) * self.cell[0], (s + 1) * self.cell[1])
+        g = torch.Generator().manual_seed(seed)
+        self.grids = (torch.rand(n_masks, 1, s, s, generator=g) < p).to(device=device, dtype=dtype)
+        self.shifts = torch.stack([torch.randint(0, self.cell[0], (n_masks,), generator=g),
+                                   torch.randint(0, self.cell[1], (n_masks,), generator=g)], 1).to(device)
+
+    def __len__(self) -> int:
+        return self.grids.shape[0]
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        idx = torch.as_tensor(idx, device=self.grids.device).reshape(-1)
+        up = F.interpolate(self.grids[idx], size=self.up, mode="bilinear", align_corners=False)[:, 0]
+        up = up.clamp_(0, 1)  # bilinear rounding can give 1 + 1 ulp
+        h, w = self.size
+        rows = self.shifts[idx, 0, None] + torch.arange(h, device=up.device)  # (n, H)
+        cols = self.shifts[idx, 1, None] + torch.arange(w, device=up.device)  # (n, W)
+        n = torch.arange(len(idx), device=up.device)[:, None, None]
+        return up[n, rows[:, :, None], cols[:, None, :]]
+
+
+def rise_masks(n_masks: int, size: tuple[int, int], *, s: int = 8, p: float = 0.5, seed: int = 0,
+               device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """All N RISE masks (N, H, W) in [0, 1], exactly those ``RISE(seed=seed)`` uses at this size."""
+    m = RiseMasks(n_masks, size, s=s, p=p, seed=seed, device=device, dtype=dtype)
+    return m[torch.arange(n_masks)]
+
+
+@REGISTRY.register("rise")
+class RISE(Attribution):
+    """RISE saliency (B, 1, H, W) per target.
+
+    Args:
+        model: classifier returning logits (B, K).
+        n_masks: N (4000 as in the paper for ResNet-50). s: grid size (8). p: keep probability (0.5).
+        seed: mask seed. output: "softmax" (default: the paper weights masks by the class
+            probability), "sigmoid" or "logit".
+        batch_size / memory_budget: images per model call.
+    """
+
+    name = "rise"
+    needs_grad = False
+
+    def __init__(self, model: nn.Module, *, n_masks: int = 4000, s: int = 8, p: float = 0.5, seed: int = 0,
+                 output: str = "softmax", batch_size: int | None = None,
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
+        super().__init__(model, output=output)
+        self.n_masks, self.s, self.p, self.seed = n_masks, s, p, seed
+        self.batch_size, self.memory_budget = batch_size, memory_budget
+
+    def _attribute(self, x: torch.Tensor, targets: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
+        b, _, h, w = x.shape
+        masks = RiseMasks(self.n_masks, (h, w), s=self.s, p=self.p, seed=self.seed if seed is None else seed,
+                          device=x.device, dtype=x.dtype)
+
+        def make(si: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
+            return x[si] * masks[pi][:, None]
+
+        out = perturbed_outputs(self.model, x, self.n_masks, make, targets, output=self.output,
+                                batch_size=self.batch_size, memory_budget=self.memory_budget)  # (B, N, T)
+        sal = torch.zeros(b, targets.shape[1], h, w, dtype=x.dtype, device=x.device)
+        step = chunk_size_for(x[:, :1], self.memory_budget)
+        for start in range(0, self.n_masks, step):
+            idx = torch.arange(start, min(start + step, self.n_masks), device=x.device)
+            sal += torch.einsum("bnt,nhw->bthw", out[:, idx], masks[idx])
+        return (sal / (self.n_masks * self.p))[:, :, None]

@@ -1,0 +1,236 @@
+"""Success rate, robust accuracy and prediction-change rate as functions of eps.
+
+Definitions (``definitions.md`` section 3), per eps, over the N evaluated samples:
+
+- ``success_rate``: among samples the model classifies correctly without attack, the share whose
+  prediction changes under attack (so it is then wrong).
+- ``robust_accuracy``: the share of all samples classified correctly under attack.
+- ``prediction_change_rate``: the share of all samples whose prediction under attack differs from
+  the clean prediction (ART's ``compute_success``, untargeted).
+- ``balanced_success_rate`` / ``balanced_robust_accuracy``: the same averaged over classes
+  (classes without a correct clean sample are left out of the balanced success rate).
+
+Work is reused across eps (sorted ascending): an example found within a smaller ball lies in every
+larger ball, so a sample fooled at eps_i counts as fooled at every eps_j > eps_i and is not
+attacked again. Success is then monotone in eps by construction, and each larger eps only attacks
+the samples still standing. At eps = 0 no attack runs: the numbers are the clean evaluation.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import balanced_accuracy_score
+from torch import nn
+
+from medxai._util.seed import derive_seed
+from medxai._util.validate import check_images
+from medxai.attacks._data import iter_batches
+from medxai.attacks.pgd import PGD, attack_mode
+from medxai.errors import InputError
+
+METRICS = ("success_rate", "robust_accuracy", "prediction_change_rate", "balanced_success_rate",
+           "balanced_robust_accuracy")
+
+
+def _make_attack(model: nn.Module, eps: float, attack: str, **kw: Any):
+    if attack == "pgd":
+        return PGD(model, eps, **kw)
+    if attack in ("apgd-ce", "apgd-dlr"):
+        from medxai.attacks.apgd import APGD
+
+        for name in ("step_size", "random_start", "keep"):
+            kw.pop(name, None)
+        if kw.pop("loss") != "ce":
+            raise InputError("APGD attacks single-label models (loss='ce')")
+        return APGD(model, eps, loss=attack.split("-")[1], **kw)
+    raise InputError(f"attack must be 'pgd', 'apgd-ce', 'apgd-dlr' or 'auto', got {attack!r}")
+
+
+class _Labels:
+    """What "prediction", "wrong" and "changed" mean for one kind of output."""
+
+    def __init__(self, loss: str, label: int | None) -> None:
+        self.loss, self.label = loss, label
+        self.multi = loss == "bce" and label is None
+
+    def targets(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(targets used for metrics, rows to keep)."""
+        if self.loss == "ce":
+            if y.ndim != 1 or y.is_floating_point():
+                raise InputError(f"labels must be (B,) class indices for loss='ce', got {y.dtype} {tuple(y.shape)}")
+            return y.long(), torch.ones_like(y, dtype=torch.bool)
+        y = y.float()
+        if self.label is not None:
+            yk = y[:, self.label] if y.ndim == 2 else y
+            keep = (yk == 0) | (yk == 1)
+            return yk, keep
+        if y.ndim != 2:
+            raise InputError(f"multilabel targets must be (B, K), got {tuple(y.shape)}")
+        return y, ((y == 0) | (y == 1)).any(1)
+
+    def predict(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.loss == "ce":
+            return logits.argmax(1)
+        z = logits[:, self.label] if self.label is not None else logits
+        return (z > 0).long()
+
+    def wrong(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if not self.multi:
+            return pred != y.long()
+        known = (y == 0) | (y == 1)
+        return (known & (pred != y)).any(1)
+
+    def differ(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a != b).any(1) if self.multi else a != b
+
+
+def _bal_acc(y: np.ndarray, pred: np.ndarray) -> float:
+    """sklearn's balanced accuracy (mean recall over the classes present in y); an attack may
+    produce predictions of classes absent from y, which is expected here (no warning)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        return float(balanced_accuracy_score(y, pred))
+
+
+def _balanced(y: np.ndarray, pred0: np.ndarray, pred: np.ndarray, multi: bool) -> tuple[float, float]:
+    """(balanced success rate, balanced robust accuracy); multilabel: means over labels."""
+    if not multi:
+        correct = pred0 == y
+        rates = [float((pred[(y == c) & correct] != c).mean()) for c in np.unique(y) if ((y == c) & correct).any()]
+        return (float(np.mean(rates)) if rates else 0.0), _bal_acc(y, pred)
+    succ, bal = [], []
+    for k in range(y.shape[1]):
+        known = (y[:, k] == 0) | (y[:, k] == 1)
+        if not known.any():
+            continue
+        yk, p0, pk = y[known, k].astype(int), pred0[known, k], pred[known, k]
+        s, _ = _balanced(yk, p0, pk, False)
+        if (p0 == yk).any():
+            succ.append(s)
+        bal.append(_bal_acc(yk, pk))
+    return (float(np.mean(succ)) if succ else 0.0), (float(np.mean(bal)) if bal else 0.0)
+
+
+def evaluate(model: nn.Module, data: Any, eps_list: list[float] | tuple[float, ...], norm: str = "linf",
+             steps: int = 10, step_size: float | None = None, *, attack: str | list[str] = "pgd",
+             random_start: bool = True, restarts: int = 1, keep: str = "best", task: str | None = None,
+             label: int | None = None, batch_size: int = 64, limit: int | None = None, seed: int = 0,
+             device: torch.device | str | None = None, reuse: bool = True) -> dict[str, Any]:
+    """Attack ``model`` on ``data`` at every eps in ``eps_list`` and report the robustness numbers.
+
+    Args:
+        model: [0, 1] images -> logits (B, K) (binary: K = 2).
+        data: (x, y) tensors, a dataset of {"image", "label"} items, or an iterable of batches.
+        eps_list: budgets in pixel units (e.g. ``[0, 0.2/255, 0.4/255]``); sorted ascending.
+        norm, steps, step_size, random_start, restarts, keep: as in ``PGD`` (``step_size=None`` is
+            ``2.5 * eps / steps`` at each eps). ``attack``: "pgd", "apgd-ce", "apgd-dlr" (K >= 3;
+            Croce & Hein 2020) or "auto" (``apgd.attack_list(K)`` in turn: a sample counts as fooled
+            if any attack fools it), or a list of these names.
+        task: "multilabel" attacks with BCE: over all labels (a sample is correct when every
+            labelled output is right, fooled when any flips; balanced numbers are means over labels)
+            or, with ``label=k``, output k alone (rows without a 0/1 label for k are skipped).
+            Anything else (binary, multiclass, ordinal, None): softmax CE on (B,) class indices.
+        reuse: count samples fooled at a smaller eps as fooled at larger eps and skip them (sound,
+            and cheaper). ``False`` attacks every sample at every eps independently.
+        seed: random starts are seeded per batch, eps and attack from it (reproducible).
+
+    Returns:
+        A JSON-ready dict: ``eps`` (ascending) and, per eps, lists ``success_rate``,
+        ``robust_accuracy``, ``prediction_change_rate``, ``balanced_success_rate``,
+        ``balanced_robust_accuracy``, ``attacked`` (samples attacked at that eps); and
+        ``clean_accuracy``, ``balanced_clean_accuracy``, ``n``, ``n_correct``, ``norm``, ``steps``,
+        ``attack``, ``settings``. At eps = 0 ``robust_accuracy`` is the clean accuracy.
+    """
+    eps_sorted = sorted(float(e) for e in eps_list)
+    if not eps_sorted or eps_sorted[0] < 0:
+        raise InputError(f"eps_list must be a non-empty list of budgets >= 0, got {list(eps_list)}")
+    loss = "bce" if task == "multilabel" else "ce"
+    lab = _Labels(loss, label)
+    if device is None:
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+    ne = len(eps_sorted)
+    ys: list[np.ndarray] = []
+    pred0_l: list[np.ndarray] = []
+    preds_l: list[list[np.ndarray]] = [[] for _ in eps_sorted]
+    changed_l: list[list[np.ndarray]] = [[] for _ in eps_sorted]
+    attacked = [0] * ne
+    attacks: list[str] | None = None
+
+    for bi, (x, y) in enumerate(iter_batches(data, batch_size, device, limit)):
+        check_images(x, "data images")
+        y, rows = lab.targets(y)
+        if not bool(rows.all()):
+            x, y = x[rows], y[rows]
+        if x.shape[0] == 0:
+            continue
+        with torch.no_grad(), attack_mode(model):
+            logits0 = model(x)
+        pred0 = lab.predict(logits0)
+        if attacks is None:
+            from medxai.attacks.apgd import attack_list
+
+            if isinstance(attack, str):
+                attacks = attack_list(logits0.shape[1]) if attack == "auto" else [attack]
+            else:
+                attacks = list(attack)
+        pred = pred0.clone()
+        wrong = lab.wrong(pred0, y)
+        changed = torch.zeros_like(wrong)
+        for ei, eps in enumerate(eps_sorted):
+            if not reuse:
+                pred, wrong, changed = pred0.clone(), lab.wrong(pred0, y), torch.zeros_like(changed)
+            for name in attacks if eps > 0 else ():
+                todo = ~(wrong & changed)
+                if not bool(todo.any()):
+                    break
+                idx = todo.nonzero().view(-1)
+                atk = _make_attack(model, eps, name, steps=steps, step_size=step_size, norm=norm,
+                                   random_start=random_start, restarts=restarts, keep=keep, loss=loss,
+                                   label=label, seed=derive_seed("evaluate", seed, bi, eps, name) % 2**62)
+                x_adv = atk(x[idx], y[idx])
+                with torch.no_grad(), attack_mode(model):
+                    p_adv = lab.predict(model(x_adv))
+                attacked[ei] += int(idx.numel())
+                w_adv = lab.wrong(p_adv, y[idx])
+                # keep the earlier prediction if it was wrong and the new one is right
+                take = w_adv | ~wrong[idx]
+                pred[idx] = torch.where(take.view(-1, *([1] * (p_adv.ndim - 1))), p_adv, pred[idx])
+                wrong[idx] = wrong[idx] | w_adv
+                changed[idx] = changed[idx] | lab.differ(p_adv, pred0[idx])
+            preds_l[ei].append(pred.cpu().numpy().copy())
+            changed_l[ei].append(changed.cpu().numpy().copy())
+        ys.append(y.cpu().numpy())
+        pred0_l.append(pred0.cpu().numpy())
+    if not ys:
+        raise InputError("data yielded no samples")
+    y_all = np.concatenate(ys)
+    pred0_all = np.concatenate(pred0_l)
+    t = torch.from_numpy
+
+    def wrong_np(p: np.ndarray) -> np.ndarray:
+        return lab.wrong(t(p), t(y_all)).numpy()
+
+    correct = ~wrong_np(pred0_all)
+    _, bal_clean = _balanced(y_all, pred0_all, pred0_all, lab.multi)
+    out: dict[str, Any] = {"eps": eps_sorted, **{m: [] for m in METRICS}, "attacked": attacked,
+                           "clean_accuracy": float(correct.mean()), "balanced_clean_accuracy": bal_clean,
+                           "n": len(y_all), "n_correct": int(correct.sum()), "norm": norm, "steps": steps,
+                           "attack": "+".join(attacks or []), "task": task,
+                           "settings": {"step_size": step_size, "random_start": random_start, "restarts": restarts,
+                                        "keep": keep, "label": label, "seed": seed, "reuse": reuse}}
+    for ei in range(ne):
+        p = np.concatenate(preds_l[ei])
+        ch = np.concatenate(changed_l[ei])
+        fooled = correct & wrong_np(p)
+        bal_succ, bal_rob = _balanced(y_all, pred0_all, p, lab.multi)
+        out["success_rate"].append(float(fooled.sum() / correct.sum()) if correct.any() else 0.0)
+        out["robust_accuracy"].append(float((~wrong_np(p)).mean()))
+        out["prediction_change_rate"].append(float(ch.mean()))
+        out["balanced_success_rate"].append(bal_succ)
+        out["balanced_robust_accuracy"].append(bal_rob)
+    return out

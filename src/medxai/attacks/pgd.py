@@ -1,0 +1,246 @@
+"""Projected gradient descent (Madry et al. 2018) and FGSM (Goodfellow et al. 2015), input-only.
+
+``PGD(model, eps, ...)(x, y) -> x_adv`` (the torchattacks call convention). Conventions follow
+``definitions.md`` section 3: gradient w.r.t. the input only -> step -> project delta onto the
+eps-ball -> clamp to [0, 1]; eps and step size in pixel units of the [0, 1] image; the model in
+eval mode during the attack, restored afterwards (each module's mode, each parameter's
+``requires_grad``), also on error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medxai._util.validate import check_images
+from medxai.attacks.steps import STEPS, AttackStep
+from medxai.errors import InputError
+
+#: A per-sample loss ``loss(logits, y) -> (B,)``; a scalar is accepted when only the gradient is
+#: needed (``keep="last"`` and ``restarts=1``).
+AttackLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+LOSSES = ("ce", "bce")
+KEEPS = ("last", "best")
+
+
+@contextmanager
+def attack_mode(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn.Module]:
+    """Eval mode (BatchNorm statistics untouched, no dropout) and frozen parameters for the block.
+
+    Restores every module's ``training`` flag and every parameter's ``requires_grad`` on exit,
+    also on error. Gradients are then taken w.r.t. the input only; no ``.grad`` is written.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        if eval_mode:
+            model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def per_sample(v: float | torch.Tensor, batch: int, like: torch.Tensor, name: str) -> torch.Tensor:
+    """A float, 0-d or (B,) value as a (B, 1, 1, 1) tensor on ``like``'s device and dtype."""
+    t = torch.as_tensor(v, dtype=like.dtype, device=like.device)
+    if t.ndim == 0:
+        t = t.expand(batch)
+    t = t.reshape(-1)
+    if t.shape[0] != batch:
+        raise InputError(f"{name} must be a number or have shape ({batch},), got {tuple(torch.as_tensor(v).shape)}")
+    if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+        raise InputError(f"{name} must be finite and >= 0, got {t.tolist()[:8]}")
+    return t.view(batch, *([1] * (like.ndim - 1)))
+
+
+def _multilabel_targets(y: torch.Tensor, k: int, label: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(targets in {0, 1}, mask of labelled entries); NaN and other values (CheXpert -1) are unlabelled."""
+    y = y.float()
+    if label is not None and y.ndim == 2:
+        y = y[:, label]
+    if label is None and (y.ndim != 2 or y.shape[1] != k):
+        raise InputError(f"multilabel targets must have shape (B, {k}), got {tuple(y.shape)}")
+    known = (y == 0) | (y == 1)
+    return torch.where(known, y, torch.zeros_like(y)), known
+
+
+class PGD:
+    """Projected gradient descent, L-inf or L2, untargeted or targeted.
+
+    Args:
+        model: maps [0, 1] images (B, C, H, W) to logits (B, K) (binary tasks: K = 2).
+        eps: radius of the ball in pixel units; a float or a (B,) tensor (per-sample budgets).
+        steps: iterations k. ``step_size``: alpha; None means ``2.5 * eps / steps`` (Madry's README).
+        norm: "linf" or "l2" (L2 over all C*H*W values of a sample).
+        random_start: start uniformly in the ball (L-inf: box; L2: ball) instead of at x.
+        restarts: independent runs; per sample the most successful result is kept
+            (a misclassified point beats a correct one; ties broken by the larger loss).
+        targeted: ``y`` are target classes and the loss is minimised.
+        loss: "ce" (softmax cross-entropy, y (B,) class indices), "bce" (multilabel: sigmoid BCE
+            averaged over the labelled entries of y (B, K) with NaN / -1 unlabelled; with ``label=k``
+            only output k against y[:, k] or a (B,) y), or a callable ``loss(logits, y) -> (B,)``.
+        keep: "last" (the final iterate, as ART and Madry) or "best" (per sample the most successful
+            point over all steps and restarts; costs one extra forward per restart).
+        seed: seeds the random start (None: torch's global generator).
+    """
+
+    def __init__(self, model: nn.Module, eps: float | torch.Tensor, steps: int = 10,
+                 step_size: float | torch.Tensor | None = None, norm: str = "linf", random_start: bool = True,
+                 restarts: int = 1, targeted: bool = False, loss: str | AttackLoss = "ce", keep: str = "last",
+                 label: int | None = None, seed: int | None = None) -> None:
+        if steps < 1:
+            raise InputError(f"steps must be >= 1, got {steps}")
+        if restarts < 1:
+            raise InputError(f"restarts must be >= 1, got {restarts}")
+        if keep not in KEEPS:
+            raise InputError(f"keep must be one of {KEEPS}, got {keep!r}")
+        if not callable(loss) and loss not in LOSSES:
+            raise InputError(f"loss must be one of {LOSSES} or a callable, got {loss!r}")
+        self.model = model
+        self.eps = eps
+        self.steps = int(steps)
+        self.step_size = step_size
+        self.norm = norm
+        self.stepper: AttackStep = STEPS.get(norm)()
+        self.random_start = bool(random_start)
+        self.restarts = int(restarts)
+        self.targeted = bool(targeted)
+        self.loss = loss
+        self.keep = keep
+        self.label = label
+        self.seed = seed
+
+    # -- loss and success -------------------------------------------------------------------------
+    def losses(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss (B,) (or a scalar from a user callable)."""
+        if callable(self.loss):
+            return self.loss(logits, y)
+        logits = logits.float()
+        if self.loss == "ce":
+            return F.cross_entropy(logits, y, reduction="none")
+        t, known = _multilabel_targets(y, logits.shape[1], self.label)
+        z = logits[:, self.label] if self.label is not None else logits
+        per = F.binary_cross_entropy_with_logits(z, t, reduction="none") * known
+        if per.ndim == 1:
+            return per
+        return per.sum(1) / known.sum(1).clamp_min(1)
+
+    def success(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per sample (B,) bool: untargeted, the prediction differs from y; targeted, it equals y.
+
+        For "bce": any labelled output's prediction (logit > 0) differs (untargeted) or all match
+        (targeted). A user callable loss has no notion of success: all False (the loss decides).
+        """
+        if callable(self.loss):
+            return torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
+        if self.loss == "ce":
+            hit = logits.argmax(1) == y
+            return hit if self.targeted else ~hit
+        t, known = _multilabel_targets(y, logits.shape[1], self.label)
+        z = logits[:, self.label] if self.label is not None else logits
+        wrong = ((z > 0).float() != t) & known
+        if wrong.ndim == 2:
+            return ~wrong.any(1) if self.targeted else wrong.any(1)
+        return ~wrong if self.targeted else wrong
+
+    def _check_y(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if not isinstance(y, torch.Tensor):
+            y = torch.as_tensor(y)
+        y = y.to(x.device)
+        if y.shape[0] != x.shape[0]:
+            raise InputError(f"y must have {x.shape[0]} rows like x, got shape {tuple(y.shape)}")
+        if self.loss == "ce":
+            if y.ndim != 1 or y.is_floating_point():
+                raise InputError(f"loss='ce' needs y as (B,) class indices, got {y.dtype} {tuple(y.shape)}")
+            return y.long()
+        return y
+
+    # -- the attack -------------------------------------------------------------------------------
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.perturb(x, y)
+
+    def perturb(self, x: torch.Tensor, y: torch.Tensor, *, delta0: torch.Tensor | None = None) -> torch.Tensor:
+        """Adversarial examples (B, C, H, W) in [0, 1] within eps of ``x`` (same device and dtype).
+
+        ``delta0`` replaces the random start of the first restart (e.g. TRADES' 0.001 * N(0, 1)).
+        """
+        check_images(x, "x")
+        y = self._check_y(x, y)
+        x = x.detach()
+        b = x.shape[0]
+        eps = per_sample(self.eps, b, x, "eps")
+        alpha = per_sample(2.5 * eps.view(-1) / self.steps if self.step_size is None else self.step_size,
+                           b, x, "step_size")
+        if not bool((eps > 0).any()):
+            return x.clone()
+        track = self.keep == "best" or self.restarts > 1
+        gen = None
+        if self.seed is not None:
+            gen = torch.Generator(device=x.device).manual_seed(int(self.seed))
+        best_x = x.clone()
+        best_succ = torch.zeros(b, dtype=torch.bool, device=x.device)
+        best_loss = torch.full((b,), -float("inf"), device=x.device)
+
+        def consider(xa: torch.Tensor, logits: torch.Tensor, losses: torch.Tensor) -> None:
+            if losses.ndim != 1:
+                raise InputError("keep='best' and restarts > 1 need a per-sample loss (B,), got a scalar")
+            succ = self.success(logits, y)
+            score = (-losses if self.targeted else losses).detach().float()
+            better = (succ & ~best_succ) | ((succ == best_succ) & (score > best_loss))
+            best_x[better] = xa[better]
+            best_succ[better] = succ[better]
+            best_loss[better] = score[better]
+
+        with attack_mode(self.model):
+            for r in range(self.restarts):
+                if r == 0 and delta0 is not None:
+                    delta = delta0.detach().to(x)
+                elif self.random_start:
+                    delta = self.stepper.random_perturb(x.shape, eps, generator=gen, device=x.device, dtype=x.dtype)
+                else:
+                    delta = torch.zeros_like(x)
+                xa = (x + delta).clamp(0, 1)
+                for _ in range(self.steps):
+                    xa.requires_grad_(True)
+                    logits = self.model(xa)
+                    losses = self.losses(logits, y)
+                    (g,) = torch.autograd.grad(losses.sum(), xa)  # = the gradient w.r.t. delta
+                    xa = xa.detach()
+                    if self.keep == "best":
+                        consider(xa, logits.detach(), losses.detach())
+                    if self.targeted:
+                        g = -g
+                    delta = self.stepper.project(xa - x + self.stepper.step(g, alpha), eps)
+                    xa = (x + delta).clamp(0, 1)
+                x_adv = xa
+                if not track:
+                    return x_adv
+                with torch.no_grad():
+                    logits = self.model(x_adv)
+                    consider(x_adv, logits, self.losses(logits, y))
+        return best_x
+
+
+class FGSM(PGD):
+    """Fast gradient sign method: one step of size ``step_size`` (default eps) from x, projected.
+
+    With ``random_start=True`` and ``step_size=1.25 * eps`` this is the attack of fast adversarial
+    training (Wong et al. 2020). ``norm="l2"`` gives the fast gradient method with a normalised step.
+    """
+
+    def __init__(self, model: nn.Module, eps: float | torch.Tensor, step_size: float | torch.Tensor | None = None,
+                 norm: str = "linf", random_start: bool = False, targeted: bool = False,
+                 loss: str | AttackLoss = "ce", label: int | None = None, seed: int | None = None) -> None:
+        super().__init__(model, eps, steps=1, step_size=eps if step_size is None else step_size, norm=norm,
+                         random_start=random_start, restarts=1, targeted=targeted, loss=loss, keep="last",
+                         label=label, seed=seed)

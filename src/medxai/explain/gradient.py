@@ -1,0 +1,338 @@
+"""Gradient maps: Saliency, Input x Gradient, SmoothGrad, Guided Backprop.
+
+All methods speak the captum contract ``Method(model, **cfg).attribute(x, target=None, top_k=None)``
+and return (B, C, H, W) for one target per sample, (B, T, C, H, W) for several. Several targets
+per sample cost ONE forward pass and T input-gradient computations (``torch.autograd.grad`` with a
+retained graph), never T forwards. Targets given as None / ``top_k`` are resolved from that same
+forward pass. Definitions: ``definitions.md`` section 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from medxai._util.validate import as_targets, check_images
+from medxai.errors import InputError
+from medxai.explain.base import Attribution, preserve_model, resolve_targets, select_output
+from medxai.explain.registry import REGISTRY
+
+__all__ = ["GuidedBackprop", "InputXGradient", "Saliency", "SmoothGrad", "guided_relus"]
+
+#: default bytes of autograd state (saved activations + inputs + gradients) per model call
+DEFAULT_MEMORY_BUDGET = 2**30
+
+
+class TargetSpec:
+    """What the caller asked for (target, top_k): resolved to (B, T) from clean logits if needed."""
+
+    def __init__(self, target: int | torch.Tensor | list | None = None, top_k: int | None = None,
+                 fixed: torch.Tensor | None = None) -> None:
+        self.target, self.top_k, self.fixed = target, top_k, fixed
+
+    @property
+    def needs_logits(self) -> bool:
+        return self.fixed is None and (self.target is None or self.top_k is not None)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.fixed is not None:
+            return self.fixed.to(logits.device).long()
+        return resolve_targets(logits.detach(), self.target, self.top_k)
+
+    def without_logits(self, x: torch.Tensor, model: nn.Module) -> torch.Tensor:
+        """Resolve with a no-grad forward at ``x`` only when the predicted class is needed."""
+        if self.needs_logits:
+            with torch.no_grad():
+                return self(model(x))
+        if self.fixed is not None:
+            return self.fixed.to(x.device).long()
+        # range-checked against the model's outputs by the caller's forward
+        t = self.target
+        if isinstance(t, torch.Tensor) and t.ndim == 2:
+            return t.to(x.device).long()
+        return as_targets(t, x.shape[0], x.device)[:, None]
+
+
+class GradientAttribution(Attribution):
+    """Base of the gradient methods: ``_compute(x, spec)`` gets a :class:`TargetSpec` so that
+    a method that runs the model at ``x`` anyway resolves None / top_k from that same forward."""
+
+    #: channel reduction ``explain`` applies to this method's maps (see ``postprocess``)
+    default_reduce: str | None = "sum"
+
+    def attribute(self, x: torch.Tensor, target: int | torch.Tensor | list | None = None, *,
+                  top_k: int | None = None, **kw):
+        check_images(x)
+        multi = top_k is not None or (isinstance(target, torch.Tensor) and target.ndim == 2)
+        with preserve_model(self.model):
+            out = self._compute(x, TargetSpec(target, top_k), **kw)
+        if multi:
+            return out
+        if isinstance(out, tuple):
+            return tuple(o[:, 0] for o in out)
+        return out[:, 0]
+
+    def _attribute(self, x: torch.Tensor, targets: torch.Tensor, **kw):
+        return self._compute(x, TargetSpec(fixed=targets), **kw)
+
+    def _compute(self, x: torch.Tensor, spec: TargetSpec, **kw):
+        raise NotImplementedError
+
+
+def _check_logits(logits: torch.Tensor, b: int) -> None:
+    if logits.ndim != 2 or logits.shape[0] != b:
+        raise InputError(f"the model must return logits of shape ({b}, K), got {tuple(logits.shape)}")
+
+
+def _check_target_range(targets: torch.Tensor, k: int) -> None:
+    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= k):
+        raise InputError(f"target out of range for {k} outputs: {targets.tolist()}")
+
+
+def target_gradients(scores: torch.Tensor, wrt: torch.Tensor) -> torch.Tensor:
+    """d scores[:, t] / d wrt for every column t of ``scores`` (N, T): (N, T, *wrt.shape[1:]).
+
+    One backward per target through the retained graph; samples are independent (eval mode), so
+    the gradient of the batch sum is each sample's own gradient.
+    """
+    n_t = scores.shape[1]
+    grads = []
+    for t in range(n_t):
+        (g,) = torch.autograd.grad(scores[:, t].sum(), wrt, retain_graph=t < n_t - 1)
+        grads.append(g)
+    return torch.stack(grads, dim=1)
+
+
+def input_gradients(model: nn.Module, x: torch.Tensor, spec: TargetSpec | torch.Tensor,
+                    output: str = "logit") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward at ``x`` and T gradients: (grads (B, T, C, H, W), targets (B, T), scores (B, T))."""
+    if isinstance(spec, torch.Tensor):
+        spec = TargetSpec(fixed=spec)
+    xg = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(xg)
+        _check_logits(logits, x.shape[0])
+        targets = spec(logits)
+        _check_target_range(targets, logits.shape[1])
+        scores = select_output(logits, output).gather(1, targets)
+        grads = target_gradients(scores, xg)
+    return grads.to(x.dtype), targets, scores.detach()
+
+
+# --------------------------------------------------------------------------- memory-bounded chunks
+
+def saved_bytes_per_image(model: nn.Module, x1: torch.Tensor) -> int:
+    """Bytes autograd saves for backward for ONE image (B=1), measured by one forward with
+    ``saved_tensors_hooks`` (parameters and buffers not counted), plus input and gradient."""
+    consts = {t.data_ptr() for t in list(model.parameters()) + list(model.buffers())}
+    total = 0
+    seen: set[tuple[int, int]] = set()
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        key = (t.data_ptr(), t.numel())
+        if t.data_ptr() not in consts and key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+        return t
+
+    xg = x1.detach().requires_grad_(True)
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(xg)
+    del out
+    return total + 3 * x1.numel() * x1.element_size()
+
+
+class _ChunkSizer:
+    """Images per model call for a memory budget, probed once per (shape, dtype, device)."""
+
+    def __init__(self, internal_batch_size: int | None, memory_budget: int) -> None:
+        if internal_batch_size is not None and internal_batch_size < 1:
+            raise InputError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
+        self.internal_batch_size, self.memory_budget = internal_batch_size, memory_budget
+        self._cache: dict[tuple, int] = {}
+
+    def __call__(self, model: nn.Module, x: torch.Tensor) -> int:
+        if self.internal_batch_size is not None:
+            return self.internal_batch_size
+        key = (tuple(x.shape[1:]), x.dtype, x.device)
+        if key not in self._cache:
+            self._cache[key] = max(1, int(self.memory_budget // saved_bytes_per_image(model, x[:1])))
+        return self._cache[key]
+
+
+# --------------------------------------------------------------------------- methods
+
+@REGISTRY.register("saliency")
+class Saliency(GradientAttribution):
+    """Simonyan et al. 2014: ``|d f_c / d x|`` (absolute value by default, as captum's Saliency).
+
+    Returns (B, C, H, W) (or (B, T, C, H, W)); ``explain`` reduces channels by max of |.| (Simonyan).
+    """
+
+    name = "saliency"
+    default_reduce = "max_abs"
+
+    def __init__(self, model: nn.Module, *, output: str = "logit", absolute: bool = True) -> None:
+        super().__init__(model, output=output)
+        self.absolute = absolute
+
+    def _compute(self, x: torch.Tensor, spec: TargetSpec) -> torch.Tensor:
+        g, _, _ = input_gradients(self.model, x, spec, self.output)
+        return g.abs() if self.absolute else g
+
+
+@REGISTRY.register("input_x_gradient")
+class InputXGradient(GradientAttribution):
+    """Shrikumar et al. 2016: ``x * d f_c / d x``. (B, [T,] C, H, W); ``explain`` sums channels."""
+
+    name = "input_x_gradient"
+    default_reduce = "sum"
+
+    def _compute(self, x: torch.Tensor, spec: TargetSpec) -> torch.Tensor:
+        g, _, _ = input_gradients(self.model, x, spec, self.output)
+        return x[:, None] * g
+
+
+SMOOTHGRAD_KINDS = ("mean", "squared", "vargrad")
+
+
+@REGISTRY.register("smoothgrad")
+class SmoothGrad(GradientAttribution):
+    """Smilkov et al. 2017 over ``n_samples`` noisy copies ``x + N(0, sigma^2)``:
+    ``kind="mean"`` (SmoothGrad), ``"squared"`` (SmoothGrad^2: mean of g^2), ``"vargrad"``
+    (population variance of g: mean g^2 - (mean g)^2, as captum).
+
+    sigma = ``noise_level * (max - min)`` of each sample (default 0.15, 25 samples), or the absolute
+    ``sigma`` when given. The noisy copies are NOT clamped to [0, 1]: the method is defined on
+    ``x + noise`` and the model receives it as is. Noise is drawn from a generator seeded with
+    ``seed`` on the input's device (one (B, C, H, W) draw per copy, copy by copy), so results
+    do not depend on the chunking; ``attribute(..., noise=)`` injects a given (n, B, C, H, W) noise.
+    g is the signed gradient (``absolute=True``: |g|, as captum's NoiseTunnel over Saliency).
+    Copies go through the model in chunks bounded by ``memory_budget`` bytes (or
+    ``internal_batch_size`` images). Returns (B, [T,] C, H, W).
+    """
+
+    name = "smoothgrad"
+
+    def __init__(self, model: nn.Module, *, output: str = "logit", kind: str = "mean", n_samples: int = 25,
+                 noise_level: float = 0.15, sigma: float | None = None, seed: int = 0, absolute: bool = False,
+                 internal_batch_size: int | None = None, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
+        super().__init__(model, output=output)
+        if kind not in SMOOTHGRAD_KINDS:
+            raise InputError(f"kind must be one of {SMOOTHGRAD_KINDS}, got {kind!r}")
+        if n_samples < 1:
+            raise InputError(f"n_samples must be >= 1, got {n_samples}")
+        if (sigma if sigma is not None else noise_level) < 0:
+            raise InputError("sigma / noise_level must be >= 0")
+        self.kind, self.n_samples, self.noise_level, self.sigma = kind, n_samples, noise_level, sigma
+        self.seed, self.absolute = seed, absolute
+        self._chunk = _ChunkSizer(internal_batch_size, memory_budget)
+
+    @property
+    def default_reduce(self) -> str:  # type: ignore[override]
+        return "max_abs" if self.kind == "mean" else "sum"
+
+    def sigmas(self, x: torch.Tensor) -> torch.Tensor:
+        """Noise standard deviation per sample, (B,)."""
+        if self.sigma is not None:
+            return torch.full((x.shape[0],), float(self.sigma), device=x.device, dtype=x.dtype)
+        flat = x.flatten(1)
+        return self.noise_level * (flat.amax(1) - flat.amin(1))
+
+    def _compute(self, x: torch.Tensor, spec: TargetSpec, noise: torch.Tensor | None = None) -> torch.Tensor:
+        b, n = x.shape[0], self.n_samples
+        if noise is not None and tuple(noise.shape) != (n, *x.shape):
+            raise InputError(f"noise must have shape {(n, *x.shape)}, got {tuple(noise.shape)}")
+        targets = spec.without_logits(x, self.model)
+        n_t = targets.shape[1]
+        sig = self.sigmas(x).view(b, *([1] * (x.ndim - 1)))
+        gen = torch.Generator(device=x.device).manual_seed(self.seed)
+        chunk = self._chunk(self.model, x)
+        acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        acc = torch.zeros((b, n_t, *x.shape[1:]), device=x.device, dtype=acc_dtype)
+        acc2 = torch.zeros_like(acc)
+        # copies in order (k, b), k-major; each chunk holds whole copies when B <= chunk
+        per = max(1, chunk // b)
+        for k0 in range(0, n, per):
+            ks = range(k0, min(k0 + per, n))
+            eps = torch.stack([noise[k].to(x) if noise is not None else
+                               torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype) * sig
+                               for k in ks])  # (K', B, C, H, W)
+            xs = (x[None] + eps).flatten(0, 1)
+            tt = targets.repeat(len(ks), 1)
+            for s0 in range(0, xs.shape[0], chunk):
+                sl = slice(s0, s0 + chunk)
+                g, _, _ = input_gradients(self.model, xs[sl], tt[sl], self.output)
+                if self.absolute:
+                    g = g.abs()
+                idx = torch.arange(s0, s0 + g.shape[0], device=x.device) % b
+                acc.index_add_(0, idx, g.to(acc.dtype))
+                acc2.index_add_(0, idx, g.to(acc.dtype) ** 2)
+        mean = acc / n
+        if self.kind == "mean":
+            out = mean
+        elif self.kind == "squared":
+            out = acc2 / n
+        else:
+            out = acc2 / n - mean**2
+        return out.to(x.dtype)
+
+
+class _GuidedReLU(torch.autograd.Function):
+    """ReLU whose backward passes only positive gradients at positive inputs (Springenberg 2015)."""
+
+    @staticmethod
+    def forward(ctx, inp: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = inp.clamp(min=0)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (out,) = ctx.saved_tensors
+        return grad.clamp(min=0) * (out > 0).to(grad.dtype)
+
+
+@contextmanager
+def guided_relus(model: nn.Module) -> Iterator[list[nn.Module]]:
+    """Within the block every ``nn.ReLU`` module of ``model`` backpropagates like guided backprop.
+
+    A forward hook replaces the module's output by ``_GuidedReLU`` of its input (for an inplace
+    ReLU the input already holds relu(input), which gives the same mask). Hooks are removed on exit,
+    also on error. Functional ReLUs (``F.relu`` inside ``forward``) are not modules and stay plain.
+    """
+    handles = []
+
+    def hook(_m: nn.Module, inp: tuple, _out: torch.Tensor) -> torch.Tensor:
+        return _GuidedReLU.apply(inp[0])
+
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    try:
+        for m in relus:
+            handles.append(m.register_forward_hook(hook))
+        yield relus
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@REGISTRY.register("guided_backprop")
+class GuidedBackprop(GradientAttribution):
+    """Springenberg et al. 2015: the input gradient with every ``nn.ReLU`` module passing only
+    positive gradients (captum's GuidedBackprop semantics). (B, [T,] C, H, W), signed;
+    ``explain`` reduces channels by max of |.|. Models with functional ReLUs are not guided there.
+    """
+
+    name = "guided_backprop"
+    default_reduce = "max_abs"
+
+    def _compute(self, x: torch.Tensor, spec: TargetSpec) -> torch.Tensor:
+        with guided_relus(self.model) as relus:
+            if not relus:
+                raise InputError("GuidedBackprop needs nn.ReLU modules in the model; found none")
+            g, _, _ = input_gradients(self.model, x, spec, self.output)
+        return g

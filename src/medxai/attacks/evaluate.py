@@ -93,6 +93,7 @@ def _bal_acc(y: np.ndarray, pred: np.ndarray) -> float:
     produce predictions of classes absent from y, which is expected here (no warning)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        warnings.filterwarnings("ignore", message="A single label was found")
         return float(balanced_accuracy_score(y, pred))
 
 

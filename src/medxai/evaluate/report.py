@@ -1,0 +1,53 @@
+"""Evaluate a trained run on a dataset: ``eval.json`` and ``predictions.csv``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medxai._util.io import atomic_write_json, atomic_write_text
+from medxai.evaluate.metrics import classification
+
+
+def predictions_csv(ids: Sequence[str], y_true: np.ndarray, scores: np.ndarray, class_names: Sequence[str],
+                    task: str) -> str:
+    """CSV text: ``id, truth, pred, score_<class>...`` (multilabel: ``truth_<label>`` with empty = NaN,
+    ``score_<label>``). Scores are written with 9 significant digits."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    if task == "multilabel":
+        w.writerow(["id", *[f"truth_{c}" for c in class_names], *[f"score_{c}" for c in class_names]])
+        for i, t, s in zip(ids, y_true, scores, strict=True):
+            w.writerow([i, *["" if math.isnan(v) else int(v) for v in t], *[f"{v:.9g}" for v in s]])
+    else:
+        w.writerow(["id", "truth", "pred", *[f"score_{c}" for c in class_names]])
+        for i, t, s in zip(ids, y_true, scores, strict=True):
+            w.writerow([i, int(t), int(np.argmax(s)), *[f"{v:.9g}" for v in s]])
+    return buf.getvalue()
+
+
+def evaluate_run(run_dir: str | Path, data: Any, *, out: str | Path | None = None, which: str = "best",
+                 batch_size: int = 64, device: str | None = None, n_boot: int = 1000, seed: int = 0,
+                 num_workers: int = 0) -> dict[str, Any]:
+    """Load the run's model (``medxai.train.load_run``), predict ``data`` and write ``eval.json``
+    and ``predictions.csv`` into ``out`` (default: the run directory). Returns the eval dict."""
+    from medxai.evaluate.predict import predict
+    from medxai.train.checkpoint import load_run
+
+    model, info = load_run(run_dir, which=which, device=device)
+    ids, y_true, scores = predict(model, data, batch_size=batch_size, device=device, task=info.task,
+                                  num_workers=num_workers)
+    result = classification(y_true, scores, info.task, info.class_names, n_boot=n_boot, seed=seed)
+    result["run"] = str(Path(run_dir))
+    result["checkpoint"] = info.checkpoint.name
+    result["data"] = getattr(data, "spec", None) or getattr(data, "root", None) or type(data).__name__
+    out = Path(out) if out is not None else Path(run_dir)
+    atomic_write_json(out / "eval.json", result)
+    atomic_write_text(out / "predictions.csv", predictions_csv(ids, y_true, scores, info.class_names, info.task))
+    return result

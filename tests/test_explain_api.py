@@ -1,0 +1,200 @@
+"""``explain`` by name, ``postprocess`` per sample, and the no-side-effects rule for every method."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medxai.errors import ConfigError, InputError
+from medxai.explain import (
+    REGISTRY,
+    GradCAM,
+    GradCAMPlusPlus,
+    IntegratedGradients,
+    Saliency,
+    SmoothGrad,
+    explain,
+    postprocess,
+)
+from medxai.explain.base import _HOOK_DICTS
+
+METHODS = ["saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "guided_backprop", "gradcam",
+           "gradcam++"]
+FAST = {"integrated_gradients": {"n_steps": 4}, "smoothgrad": {"n_samples": 3}}
+
+
+def _cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(inplace=True), nn.Dropout(0.5),
+                         nn.Conv2d(6, 8, 3, padding=1, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 5))
+
+
+def _x(b=3, s=10, seed=1):
+    torch.manual_seed(seed)
+    return torch.rand(b, 3, s, s)
+
+
+# ----------------------------------------------------------------------------- explain
+
+def test_registry_names():
+    for name in [*METHODS, "ig", "gradcampp"]:
+        assert name in REGISTRY
+    assert REGISTRY["ig"] is IntegratedGradients and REGISTRY["gradcampp"] is GradCAMPlusPlus
+
+
+def test_explain_reduces_and_upsamples_per_method():
+    model, x = _cnn().eval(), _x()
+    sal = explain(model, x, "saliency", 2)
+    torch.testing.assert_close(sal, Saliency(model).attribute(x, 2).abs().amax(1, keepdim=True))
+    ig = explain(model, x, "ig", 2, n_steps=6, baseline="blur", blur_sigma=2.0)
+    ref = IntegratedGradients(model, n_steps=6, blur_sigma=2.0).attribute(x, 2, baseline="blur").sum(1, keepdim=True)
+    torch.testing.assert_close(ig, ref)
+    sg2 = explain(model, x, "smoothgrad", 2, kind="squared", n_samples=3)
+    torch.testing.assert_close(sg2, SmoothGrad(model, kind="squared", n_samples=3).attribute(x, 2).sum(1, keepdim=True))
+    cam = explain(model, x, "gradcam", 2)
+    raw = GradCAM(model, layer="5", upsample=False).attribute(x, 2)
+    assert raw.shape == (3, 1, 5, 5)
+    torch.testing.assert_close(cam, F.interpolate(raw, size=(10, 10), mode="bilinear", align_corners=False))
+    near = explain(model, x, "gradcam", 2, upsample_mode="nearest", normalize="minmax")
+    ref = F.interpolate(raw, size=(10, 10), mode="nearest")
+    lo, hi = ref.amin((1, 2, 3), keepdim=True), ref.amax((1, 2, 3), keepdim=True)
+    torch.testing.assert_close(near, (ref - lo) / (hi - lo))
+    summed = explain(model, x, "saliency", 2, reduce_channels="sum")
+    torch.testing.assert_close(summed, Saliency(model).attribute(x, 2).sum(1, keepdim=True))
+
+
+def test_explain_top_k_and_tuples_and_errors():
+    model, x = _cnn().eval(), _x()
+    maps = explain(model, x, "gradcam++", top_k=3)
+    assert maps.shape == (3, 3, 1, 10, 10)
+    with torch.no_grad():
+        top = model(x).argsort(1, descending=True)[:, :3]
+    for j in range(3):
+        torch.testing.assert_close(maps[:, j], explain(model, x, "gradcam++", top[:, j]))
+    out, delta = explain(model, x, "ig", 1, n_steps=4, return_convergence_delta=True)
+    assert out.shape == (3, 1, 10, 10)
+    torch.testing.assert_close(delta, out.flatten(1).sum(1) - (model(x)[:, 1] - model(torch.zeros_like(x))[:, 1]),
+                               atol=1e-5, rtol=1e-4)
+    with pytest.raises(ConfigError, match="does not accept"):
+        explain(model, x, "saliency", 0, n_steps=3)
+    with pytest.raises(ConfigError, match="known"):
+        explain(model, x, "shap")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_bad_inputs_refused(method):
+    model = _cnn().eval()
+    for bad in (_x() * 1.5, _x() - 0.2, torch.full((1, 3, 10, 10), float("nan")), _x().double().long()):
+        with pytest.raises(InputError):
+            explain(model, bad, method, 0, **FAST.get(method, {}))
+
+
+# ----------------------------------------------------------------------------- no side effects
+
+class Flaky(nn.Module):
+    """Runs the inner model, then raises on call number ``fail_at`` (hooks have fired by then)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner, self.calls, self.fail_at = inner, 0, None
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.inner(x)
+        if self.calls == self.fail_at:
+            raise RuntimeError("midway")
+        return out
+
+
+def _state(model):
+    return {
+        "modes": [m.training for m in model.modules()],
+        "req": [p.requires_grad for p in model.parameters()],
+        "grad_ids": [id(p.grad) for p in model.parameters()],
+        "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+        "tensors": {k: v.clone() for k, v in model.state_dict().items()},
+        "hooks": [(name, sorted(getattr(m, name))) for m in model.modules() for name in _HOOK_DICTS
+                  if isinstance(getattr(m, name, None), dict)],
+        "inplace": [m.inplace for m in model.modules() if isinstance(m, nn.ReLU)],
+    }
+
+
+def _same(a, b):
+    assert a["modes"] == b["modes"] and a["req"] == b["req"] and a["grad_ids"] == b["grad_ids"]
+    assert a["hooks"] == b["hooks"] and a["inplace"] == b["inplace"]
+    for g, h in zip(a["grads"], b["grads"], strict=True):
+        assert (g is None and h is None) or torch.equal(g, h)
+    for k in a["tensors"]:
+        assert torch.equal(a["tensors"][k], b["tensors"][k]), k
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_no_side_effects_also_when_raising_midway(method):
+    model = Flaky(_cnn()).train()
+    inner = model.inner
+    inner[0].weight.grad = torch.ones_like(inner[0].weight)
+    inner[8].bias.requires_grad_(False)
+    inner[4].register_forward_hook(lambda m, i, o: None)
+    x = _x()
+    before = _state(model)
+    kw = FAST.get(method, {})
+    maps = explain(model, x, method, None, **kw)  # None: predicted class (eval mode: dropout off)
+    _same(before, _state(model))
+    calls = model.calls
+    model.calls, model.fail_at = 0, calls  # fail on the last forward of the run
+    with pytest.raises(RuntimeError, match="midway"):
+        explain(model, x, method, None, **kw)
+    _same(before, _state(model))
+    model.calls, model.fail_at = 0, None
+    torch.testing.assert_close(explain(model, x, method, None, **kw), maps, atol=0, rtol=0)  # deterministic
+    assert model.training
+
+
+# ----------------------------------------------------------------------------- postprocess
+
+def _np_norm(a, how, q=99.5):
+    flat = a.reshape(a.shape[0], -1)
+    if how == "minmax":
+        lo, hi = flat.min(1, keepdims=True), flat.max(1, keepdims=True)
+        return (flat - lo) / (hi - lo)
+    if how == "maxabs":
+        return flat / np.abs(flat).max(1, keepdims=True)
+    s = np.percentile(np.abs(flat), q, axis=1, keepdims=True)
+    return np.clip(flat / s, -1, 1)
+
+
+@pytest.mark.parametrize("how", ["minmax", "maxabs", "percentile"])
+def test_postprocess_normalisation_is_per_sample(how):
+    torch.manual_seed(0)
+    maps = torch.randn(4, 1, 8, 8, dtype=torch.float64) * torch.tensor([1e-8, 1.0, 1e3, 5.0]).view(4, 1, 1, 1)
+    out = postprocess(maps, normalize=how, percentile=90)
+    np.testing.assert_allclose(out.flatten(1).numpy(), _np_norm(maps.numpy(), how, 90), rtol=1e-10, atol=1e-12)
+    for i in range(4):  # each sample alone gives the same: no dependence on the rest of the batch
+        torch.testing.assert_close(postprocess(maps[i:i + 1], normalize=how, percentile=90), out[i:i + 1])
+    zero = postprocess(torch.zeros(2, 1, 3, 3), normalize=how)
+    assert torch.equal(zero, torch.zeros(2, 1, 3, 3))
+
+
+def test_postprocess_channels_relu_upsample_and_targets_axis():
+    torch.manual_seed(0)
+    maps = torch.randn(2, 3, 3, 4, 4)  # (B, T, C, H, W)
+    a = maps.numpy()
+    np.testing.assert_allclose(postprocess(maps, reduce_channels="sum").numpy(), a.sum(2, keepdims=True), rtol=1e-6)
+    np.testing.assert_allclose(postprocess(maps, reduce_channels="abs_sum").numpy(), np.abs(a).sum(2, keepdims=True),
+                               rtol=1e-6)
+    np.testing.assert_allclose(postprocess(maps, reduce_channels="max_abs").numpy(), np.abs(a).max(2, keepdims=True))
+    relu = postprocess(maps, relu=True, reduce_channels="sum")
+    np.testing.assert_allclose(relu.numpy(), np.maximum(a.sum(2, keepdims=True), 0), rtol=1e-6)
+    up = postprocess(maps, upsample="bilinear", size=9, normalize="minmax")
+    assert up.shape == (2, 3, 3, 9, 9)
+    ref = F.interpolate(maps.flatten(0, 1), size=(9, 9), mode="bilinear", align_corners=False)
+    lo, hi = ref.amin((1, 2, 3), keepdim=True), ref.amax((1, 2, 3), keepdim=True)
+    torch.testing.assert_close(up, ((ref - lo) / (hi - lo)).view(2, 3, 3, 9, 9))
+    with pytest.raises(InputError):
+        postprocess(maps, normalize="zscore")
+    with pytest.raises(InputError):
+        postprocess(maps, upsample="bilinear")
+    with pytest.raises(InputError):
+        postprocess(maps[0, 0], normalize="minmax")

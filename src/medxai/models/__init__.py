@@ -1,0 +1,57 @@
+"""Model zoo: every model takes [0, 1] images (B, C, H, W), normalises them in its first layer and
+returns logits (B, num_classes).
+
+``create(name, num_classes, in_chans=3, *, pretrained=None, normalize="imagenet", **kw)`` over
+``REGISTRY`` (``list_models()``): ResNet-18/34/50, DenseNet-121, EfficientNet-B0..B7 (MONAI 2-D),
+MobileNetV2, Inception-v3, ViTs (timm layout; ``vit.capture_attention``), tiny ``small-cnn`` and
+``resnet8``, ``combined:A+B+...``, ``timm:NAME`` / ``torchvision:NAME`` when installed.
+``load_weights`` reads local torchvision / timm / MONAI / DINO / MAE checkpoints safely;
+``freeze`` / ``unfreeze`` handle fine-tuning (BatchNorm statistics included).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from medxai.models import cnn, inception, mobilenet, vit  # noqa: F401  (fill the registry)
+from medxai.models._common import IMAGENET_MEAN, IMAGENET_STD, Normalize
+from medxai.models.combined import Combined
+from medxai.models.factory import create, list_models
+from medxai.models.freeze import freeze, parameterised_layers, unfreeze
+from medxai.models.inception import InceptionV3
+from medxai.models.mobilenet import MobileNetV2
+from medxai.models.registry import REGISTRY
+from medxai.models.vit import VisionTransformer, capture_attention, resample_pos_embed
+from medxai.models.weights import LoadReport, adapt_input_conv, load_weights, read_state_dict
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "REGISTRY",
+    "Combined",
+    "InceptionV3",
+    "LoadReport",
+    "MobileNetV2",
+    "Normalize",
+    "VisionTransformer",
+    "adapt_input_conv",
+    "capture_attention",
+    "create",
+    "freeze",
+    "list_models",
+    "load_run",
+    "load_weights",
+    "parameterised_layers",
+    "read_state_dict",
+    "resample_pos_embed",
+    "unfreeze",
+]
+
+
+def load_run(path: str | Path) -> nn.Module:
+    """Rebuild the trained model of a run directory (implemented in ``medxai.train.checkpoint``)."""
+    from medxai.train.checkpoint import load_run as _load
+
+    return _load(path)

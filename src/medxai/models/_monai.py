@@ -1,0 +1,46 @@
+"""MONAI 2-D networks with the input normalisation as their first layer (imported lazily: MONAI
+takes ~2 s to import).
+
+Parameter names equal torchvision's for ResNet; DenseNet and EfficientNet keep MONAI's names
+(``load_weights`` maps torchvision / lukemelas names onto them).
+"""
+
+from __future__ import annotations
+
+from monai.networks.nets import DenseNet, EfficientNetBN, ResNet
+from torch import nn
+
+from medxai.models._common import NormalizedInput, move_first
+
+
+class MonaiResNet(NormalizedInput, ResNet):
+    """torchvision-layout ResNet (7x7/2 stem, max-pool, 1x1 conv + BN projection without bias)."""
+
+    def __init__(self, normalize: nn.Module, **kw) -> None:
+        super().__init__(**kw)
+        self.normalize = normalize
+        move_first(self, "normalize")
+
+
+class MonaiDenseNet(NormalizedInput, DenseNet):
+    """MONAI DenseNet (torchvision structure; ``denselayerN.layers.*`` and ``class_layers.out`` names)."""
+
+    def __init__(self, normalize: nn.Module, **kw) -> None:
+        super().__init__(**kw)
+        self.normalize = normalize
+        move_first(self, "normalize")
+
+
+class MonaiEfficientNet(NormalizedInput, EfficientNetBN):
+    """MONAI EfficientNet-B0..B7 (lukemelas layout with blocks nested per stage: ``_blocks.S.I``).
+
+    TF "same" padding computed for the architecture's nominal image size (static, as MONAI).
+    Plain swish (``x * sigmoid(x)``) instead of MONAI's memory-efficient custom autograd function,
+    so that higher-order gradients and hooks behave like any other layer.
+    """
+
+    def __init__(self, normalize: nn.Module, model_name: str, **kw) -> None:
+        super().__init__(model_name, pretrained=False, spatial_dims=2, **kw)
+        self.set_swish(memory_efficient=False)
+        self.normalize = normalize
+        move_first(self, "normalize")

@@ -1,0 +1,524 @@
+"""The training loop: ``fit(model, train_data, val_data, config) -> TrainResult``.
+
+One loop for every scheme: how a batch becomes a loss and an update is the configured
+``Objective`` (``medxai.train.objectives``); the loop owns data order, optimizer, schedule,
+validation, checkpoints, early stopping and the run directory:
+
+    run_dir/config.yaml        the resolved TrainConfig (every default written out)
+    run_dir/model.json         what rebuilds the model (medxai_config, task, classes, input shape)
+    run_dir/metrics.jsonl      one JSON line per epoch (losses, val metrics, lr, time)
+    run_dir/last.safetensors   weights + optimizer + schedulers + RNG states + loop state
+    run_dir/best.safetensors   weights of the best epoch by ``monitor``
+    run_dir/train.log          human-readable log; run_dir/summary.json: best epoch, time
+
+Every file is written atomically. ``resume=True`` continues from last.safetensors; on CPU the
+result is bitwise identical to an uninterrupted run (the data order of epoch e depends only on
+(seed, e), and every RNG state is restored).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
+
+from medxai._util.io import atomic_write_json, atomic_write_text
+from medxai._util.seed import derive_seed, seed_everything
+from medxai._util.validate import check_images
+from medxai.errors import CheckpointError, ConfigError, MedxaiError
+from medxai.evaluate.metrics import classification, higher_is_better, metric_names
+from medxai.evaluate.predict import collate, eval_mode, forward_all, probabilities
+from medxai.train.checkpoint import (
+    load_model_state,
+    read_checkpoint,
+    save_checkpoint,
+    write_model_json,
+)
+from medxai.train.config import TrainConfig, dump_yaml, train_config
+from medxai.train.losses import (
+    build_loss,
+    class_weights_from_labels,
+    sample_weights_from_labels,
+)
+from medxai.train.objectives import StepContext, create_objective
+
+log = logging.getLogger("medxai.train")
+
+
+class NonFiniteLossError(MedxaiError):
+    """The training loss became NaN/Inf. ``epoch`` and ``step`` count from 1."""
+
+    def __init__(self, epoch: int, step: int, value: float, checkpoint: Path | None) -> None:
+        self.epoch, self.step, self.value, self.checkpoint = epoch, step, value, checkpoint
+        kept = f"last good checkpoint kept: {checkpoint}" if checkpoint else "no checkpoint was written"
+        super().__init__(f"non-finite training loss ({value}) at epoch {epoch}, step {step}; "
+                         f"training stopped before the update ({kept})")
+
+
+@dataclass
+class TrainResult:
+    """What ``fit`` returns. ``model`` holds the best weights when ``restore_best`` (else the last).
+    ``history``: one dict per epoch (as in metrics.jsonl); epochs count from 1."""
+
+    model: nn.Module
+    history: list[dict[str, Any]]
+    monitor: str
+    best_epoch: int | None
+    best_value: float | None
+    epochs_run: int
+    stopped_early: bool
+    train_time_s: float
+    run_dir: Path | None = None
+    task: str = ""
+    class_names: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _worker_init(worker_id: int) -> None:
+    """Seed numpy and random in a DataLoader worker from torch's per-worker seed."""
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)  # noqa: NPY002 - datasets may use the legacy global RNG
+    random.seed(s)
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"train.device: {exc}") from None
+
+
+def labels_of(data: Dataset) -> np.ndarray:
+    """All labels of a dataset: its ``.labels`` attribute, else read item by item."""
+    labels = getattr(data, "labels", None)
+    if labels is not None:
+        return np.asarray(labels)
+    return np.stack([np.asarray(collate([data[i]])["label"][0]) for i in range(len(data))])  # type: ignore[arg-type]
+
+
+def _rng_state() -> dict[str, Any]:
+    st: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),  # noqa: NPY002
+                          "python": random.getstate()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: Mapping[str, Any]) -> None:
+    try:
+        torch.set_rng_state(st["torch"])
+        np.random.set_state(tuple(st["numpy"]))  # noqa: NPY002
+        py = st["python"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+        if "cuda" in st and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(list(st["cuda"]))
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint RNG state is malformed: {exc}") from None
+
+
+def _finite_or_none(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _jsonline(rec: Mapping[str, Any]) -> str:
+    return json.dumps({k: _finite_or_none(v) for k, v in rec.items()}, allow_nan=False)
+
+
+def _packable(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of an objective's state that checkpoints can hold (tensors, numbers, strings)."""
+    def ok(v: Any) -> bool:
+        if isinstance(v, (torch.Tensor, int, float, str, bool)) or v is None:
+            return True
+        if isinstance(v, (list, tuple)):
+            return all(ok(x) for x in v)
+        if isinstance(v, Mapping):
+            return all(isinstance(k, str) and ok(x) for k, x in v.items())
+        return False
+
+    return {k: v for k, v in state.items() if isinstance(k, str) and ok(v)}
+
+
+def _make_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """Multiplier of ``lr`` after ``t`` iterations: linear warm-up, then cosine to ``min_lr``,
+    step decay (``gamma`` every ``step_size`` epochs) or constant (none / plateau)."""
+    warm = round(cfg.warmup_epochs * steps_per_epoch)
+    total = cfg.epochs * steps_per_epoch
+    floor = cfg.min_lr / cfg.lr
+
+    def factor(t: int) -> float:
+        w = (t + 1) / warm if t < warm else 1.0
+        if cfg.scheduler == "cosine":
+            p = min(max((t - warm) / max(1, total - warm), 0.0), 1.0)
+            return w * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
+        if cfg.scheduler == "step":
+            return w * cfg.gamma ** ((t // steps_per_epoch) // cfg.step_size)
+        return w
+
+    return factor
+
+
+# ----------------------------------------------------------------------------- fit
+def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
+        config: TrainConfig | Mapping[str, Any] | None = None, *, run_dir: str | Path | None = None,
+        resume: bool = False, progress: bool = False, meta: Mapping[str, Any] | None = None) -> TrainResult:
+    """Train ``model`` on ``train_data`` (items: dict with ``image`` (C, H, W) in [0, 1] and ``label``).
+
+    ``config``: a ``TrainConfig`` or dict (validated; errors name the key). ``run_dir``: write the
+    run folder there (None: train in memory only). ``resume``: continue from
+    ``run_dir/last.safetensors``. ``meta``: extra entries for model.json (e.g. preprocessing).
+    Raises ``NonFiniteLossError`` naming epoch and step if the loss stops being finite.
+    """
+    cfg = train_config(config)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    if resume and run_dir is None:
+        raise ConfigError("resume=True needs run_dir (where last.safetensors is)")
+    task = cfg.task or getattr(train_data, "task", None)
+    if task is None:
+        raise ConfigError("train.task is not set and the dataset has no .task attribute")
+    if task not in ("binary", "multiclass", "ordinal", "multilabel"):
+        raise ConfigError(f"train.task: unknown task {task!r}")
+    head = getattr(model, "ordinal_head", None)
+    head_mode = head["mode"] if head else "ce"
+    if head_mode != cfg.ordinal:
+        raise ConfigError(f"train.ordinal={cfg.ordinal!r} but the model's ordinal head is {head_mode!r}; wrap the "
+                          "model with medxai.train.OrdinalHead(backbone, mode, num_classes) (backbone with 1 output)")
+    monitor = cfg.monitor
+    if val_data is None and monitor.startswith("val_"):
+        if "monitor" in cfg.model_fields_set:
+            raise ConfigError(f"train.monitor={monitor!r} needs validation data")
+        monitor = "train_loss"
+    known = {"train_loss", "val_loss", *(f"val_{m}" for m in metric_names(task))}
+    if task != "multilabel":
+        known.add("train_accuracy")
+    es = cfg.early_stopping
+    es_monitor = (es.monitor or monitor) if es else None
+    if es_monitor and val_data is None and es_monitor.startswith("val_"):
+        raise ConfigError(f"train.early_stopping.monitor={es_monitor!r} needs validation data")
+
+    def better_fn(name: str, mode: str) -> Callable[[float, float | None, float], bool]:
+        maximize = higher_is_better(name) if mode == "auto" else mode == "max"
+
+        def better(v: float, best: float | None, delta: float = 0.0) -> bool:
+            if v is None or not math.isfinite(v):
+                return False
+            if best is None:
+                return True
+            return v > best + delta if maximize else v < best - delta
+
+        return better
+
+    is_better = better_fn(monitor, cfg.mode)
+    es_better = better_fn(es_monitor, es.mode) if es else None
+
+    device = _resolve_device(cfg.device)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    # probe one item: number of outputs, input shape (eval mode, no grad: no state changes)
+    if len(train_data) == 0:  # type: ignore[arg-type]
+        raise ConfigError("the training dataset is empty")
+    probe = collate([train_data[0]])
+    check_images(probe["image"], "training image")
+    with eval_mode(model), torch.no_grad():
+        out = model(probe["image"].to(device))
+    if out.ndim != 2:
+        raise ConfigError(f"the model must return (B, K) logits, got shape {tuple(out.shape)}")
+    num_classes = int(out.shape[1])
+    if task == "binary" and num_classes != 2:
+        raise ConfigError(f"task 'binary' needs a model with 2 outputs (softmax), got {num_classes}")
+    class_names = [str(c) for c in (getattr(train_data, "class_names", None) or range(num_classes))]
+    if len(class_names) != num_classes:
+        raise ConfigError(f"the dataset has {len(class_names)} classes {class_names} but the model outputs "
+                          f"{num_classes} logits")
+    in_shape = list(probe["image"].shape[1:])
+
+    # data
+    gen = torch.Generator()
+    weights = None
+    if cfg.balance != "none":
+        labels = labels_of(train_data)
+        if cfg.balance == "sampler":
+            if task == "multilabel":
+                raise ConfigError("train.balance='sampler' is for single-label tasks")
+            sampler = WeightedRandomSampler(sample_weights_from_labels(labels, num_classes),
+                                            num_samples=len(train_data), replacement=True, generator=gen)
+        else:
+            weights = class_weights_from_labels(labels, task, num_classes)
+    if cfg.balance != "sampler":
+        sampler = RandomSampler(train_data, generator=gen)  # type: ignore[arg-type]
+    loader = DataLoader(train_data, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                        collate_fn=collate, generator=gen, worker_init_fn=_worker_init, drop_last=cfg.drop_last)
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise ConfigError(f"train.batch_size={cfg.batch_size} with drop_last leaves no batch "
+                          f"({len(train_data)} samples)")
+    val_loader = None if val_data is None else DataLoader(
+        val_data, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False,
+        num_workers=cfg.num_workers, collate_fn=collate)
+
+    # optimisation
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("the model has no trainable parameter (everything frozen?)")
+    optimizer = _make_optimizer(cfg, params)
+    warm_steps = round(cfg.warmup_epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
+    plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.plateau_factor,
+                                                          patience=cfg.plateau_patience)
+               if cfg.scheduler == "plateau" else None)
+    loss_fn = build_loss(task, num_classes, class_weights=weights, label_smoothing=cfg.label_smoothing)
+    plain_loss = build_loss(task, num_classes)
+    objective = create_objective(cfg.objective.name, **cfg.objective.params())
+
+    def autocast():
+        if cfg.precision == "bf16":
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    where = {"epoch": 0, "step": 0}
+    last_path = run_dir / "last.safetensors" if run_dir else None
+    have_last = [False]
+
+    def backward_step(loss: torch.Tensor) -> None:
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise NonFiniteLossError(where["epoch"] + 1, where["step"] + 1, value,
+                                     last_path if have_last[0] else None)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    ctx = StepContext(model=model, optimizer=optimizer, loss_fn=loss_fn, backward_step=backward_step,
+                      autocast=autocast, epoch=0, step=0, task=task)
+
+    # state
+    history: list[dict[str, Any]] = []
+    start_epoch, global_step = 0, 0
+    best_value: float | None = None
+    best_epoch: int | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+    es_best: float | None = None
+    es_bad = 0
+    stopped = False
+    time_before = 0.0
+    log_lines: list[str] = []
+
+    def note(msg: str) -> None:
+        log.info(msg)
+        log_lines.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}")
+        if run_dir is not None:
+            atomic_write_text(run_dir / "train.log", "\n".join(log_lines) + "\n")
+
+    model_meta = {"model": getattr(model, "medxai_config", None), "ordinal_head": head, "task": task,
+                  "class_names": class_names, "num_classes": num_classes, "in_chans": in_shape[0],
+                  "input_shape": in_shape, "image_size": in_shape[1:],
+                  "normalize": (getattr(model, "medxai_config", None) or {}).get("normalize"),
+                  "preprocessing": getattr(train_data, "preprocessing", None), **dict(meta or {})}
+
+    if resume:
+        ck = read_checkpoint(last_path)  # type: ignore[arg-type]
+        tr = ck.get("train") or {}
+        try:
+            load_model_state(model, ck.model_state, where=str(last_path))
+            optimizer.load_state_dict(ck.get("optimizer"))
+            sch = ck.get("scheduler") or {}
+            sched.load_state_dict(sch["lambda"])
+            if plateau is not None and sch.get("plateau") is not None:
+                plateau.load_state_dict(sch["plateau"])
+            start_epoch, global_step = int(tr["epoch"]), int(tr["global_step"])
+            best_value, best_epoch = tr.get("best_value"), tr.get("best_epoch")
+            es_best, es_bad = tr.get("es_best"), int(tr.get("es_bad", 0))
+            stopped = bool(tr.get("stopped_early", False))
+            time_before = float(tr.get("train_time_s", 0.0))
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{last_path}: cannot resume from this checkpoint ({exc})") from None
+        ctx.state.update(ck.get("objective") or {})
+        history = list(ck.get("history") or [])
+        _set_rng_state(ck.get("rng") or {})
+        if (run_dir / "best.safetensors").is_file():
+            best_state = read_checkpoint(run_dir / "best.safetensors").model_state
+        old_log = run_dir / "train.log"
+        if old_log.is_file():
+            log_lines = old_log.read_text(encoding="utf-8").splitlines()
+        have_last[0] = True
+        note(f"resumed from {last_path.name} after epoch {start_epoch} (step {global_step})")
+    else:
+        seed_everything(cfg.seed)
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg.model_copy(update={"task": task})))
+        write_model_json(run_dir, model_meta)
+        atomic_write_text(run_dir / "metrics.jsonl", "".join(_jsonline(r) + "\n" for r in history))
+        if not resume:
+            note(f"training {type(model).__name__} on {len(train_data)} samples ({task}, {num_classes} classes), "
+                 f"{steps_per_epoch} steps/epoch, device {device}, objective {cfg.objective.name}")
+
+    def save_last() -> None:
+        if run_dir is None:
+            return
+        train_state = {"epoch": epoch + 1, "global_step": global_step, "best_value": best_value,
+                       "best_epoch": best_epoch, "es_best": es_best, "es_bad": es_bad, "stopped_early": stopped,
+                       "train_time_s": time_before + (time.perf_counter() - t_start),
+                       "config": cfg.model_dump(mode="json")}
+        save_checkpoint(last_path, model,  # type: ignore[arg-type]
+                        states={"optimizer": optimizer.state_dict(),
+                                "scheduler": {"lambda": sched.state_dict(),
+                                              "plateau": plateau.state_dict() if plateau else None},
+                                "rng": _rng_state(), "objective": _packable(ctx.state)},
+                        meta={"train": train_state, "history": history})
+        have_last[0] = True
+
+    det_prev = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    cudnn_prev = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    t_start = time.perf_counter()
+    epoch = start_epoch - 1
+    with ExitStack() as stack:
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+            stack.callback(lambda: torch.use_deterministic_algorithms(det_prev[0], warn_only=det_prev[1]))
+            stack.callback(lambda: setattr(torch.backends.cudnn, "benchmark", cudnn_prev[0]))
+            stack.callback(lambda: setattr(torch.backends.cudnn, "deterministic", cudnn_prev[1]))
+        bars = None
+        if progress:
+            from medxai.cli._app import progress as make_progress
+
+            bars = stack.enter_context(make_progress())
+            ep_task = bars.add_task("epochs", total=cfg.epochs, completed=start_epoch)
+            st_task = bars.add_task("train", total=steps_per_epoch)
+        optimizer.zero_grad(set_to_none=True)
+        first_val: tuple[torch.Tensor, torch.Tensor] | None = None
+        for epoch in range(start_epoch, cfg.epochs):
+            if stopped:
+                break
+            t0 = time.perf_counter()
+            model.train()
+            gen.manual_seed(derive_seed(cfg.seed, "train-order", epoch))
+            tot_loss, tot_n, correct, counted = 0.0, 0, 0, 0
+            extra_sum: dict[str, float] = {}
+            if bars is not None:
+                bars.reset(st_task, total=steps_per_epoch, description=f"epoch {epoch + 1}/{cfg.epochs}")
+            for step, batch in enumerate(loader):
+                where["epoch"], where["step"] = epoch, step
+                ctx.epoch, ctx.step = epoch, step
+                x = check_images(batch["image"], "training batch").to(device, non_blocking=True)
+                if cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                y = batch["label"].to(device, non_blocking=True)
+                try:
+                    out = objective.train_step(ctx, x, y)
+                except NonFiniteLossError as exc:
+                    note(str(exc))
+                    raise
+                if not math.isfinite(out.loss):
+                    exc = NonFiniteLossError(epoch + 1, step + 1, out.loss, last_path if have_last[0] else None)
+                    note(str(exc))
+                    raise exc
+                b = x.shape[0]
+                tot_loss += out.loss * b
+                tot_n += b
+                for k, v in out.extra.items():
+                    extra_sum[k] = extra_sum.get(k, 0.0) + float(v) * b
+                if out.logits is not None and task != "multilabel":
+                    correct += int((out.logits.argmax(1) == y).sum())
+                    counted += b
+                lr_used = optimizer.param_groups[0]["lr"]
+                if plateau is None or global_step < warm_steps:
+                    sched.step()
+                global_step += 1
+                if bars is not None:
+                    bars.update(st_task, advance=1, description=f"epoch {epoch + 1}/{cfg.epochs} "
+                                f"loss {tot_loss / tot_n:.4f}")
+            rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss": tot_loss / max(tot_n, 1)}
+            if counted:
+                rec["train_accuracy"] = correct / counted
+            rec.update({k: v / max(tot_n, 1) for k, v in extra_sum.items() if k not in rec})
+            val_batch = None
+            if val_loader is not None:
+                _, yv, logits = forward_all(model, val_loader, device=device, autocast=autocast,
+                                            channels_last=cfg.channels_last)
+                rec["val_loss"] = float(plain_loss(logits, yv))
+                scores = probabilities(logits, task).numpy()
+                ev = classification(yv.numpy(), scores, task, class_names, n_boot=0)
+                rec.update({f"val_{k}": v for k, v in ev["metrics"].items()})
+                if first_val is None:
+                    first = collate([val_data[i] for i in range(min(len(val_data), cfg.batch_size))])  # type: ignore
+                    first_val = (first["image"].to(device), first["label"].to(device))
+                val_batch = first_val
+            for k, v in (objective.on_epoch_end(ctx, val_batch) or {}).items():
+                rec.setdefault(k, float(v))
+            rec["lr"] = lr_used  # the rate of the epoch's last update
+            rec["time_s"] = time.perf_counter() - t0
+            if monitor not in rec:
+                raise ConfigError(f"train.monitor={monitor!r} is not a logged value; known: "
+                                  f"{', '.join(sorted(set(rec) | known - {'epoch', 'lr', 'time_s'}))}")
+            history.append(rec)
+            value = rec[monitor]
+            if is_better(value, best_value):
+                best_value, best_epoch = float(value), epoch + 1
+                best_state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+                if run_dir is not None:
+                    save_checkpoint(run_dir / "best.safetensors", model,
+                                    meta={"train": {"epoch": epoch + 1, "monitor": monitor, "value": best_value}})
+            if es is not None:
+                ev_value = rec.get(es_monitor)  # type: ignore[arg-type]
+                if es_better(ev_value, es_best, es.min_delta):  # type: ignore[misc]
+                    es_best, es_bad = float(ev_value), 0
+                else:
+                    es_bad += 1
+                    if es_bad >= es.patience:
+                        stopped = True
+            if plateau is not None and global_step >= warm_steps:
+                plateau.step(rec.get("val_loss", rec["train_loss"]))
+            save_last()
+            if run_dir is not None:
+                atomic_write_text(run_dir / "metrics.jsonl", "".join(_jsonline(r) + "\n" for r in history))
+            shown = f"{monitor} {value:.4f}" if isinstance(value, float) and math.isfinite(value) else ""
+            note(f"epoch {epoch + 1}/{cfg.epochs} train_loss {rec['train_loss']:.4f} "
+                 + (f"val_loss {rec['val_loss']:.4f} " if "val_loss" in rec else "") + shown
+                 + f" lr {rec['lr']:.3g} ({rec['time_s']:.1f}s)" + (" best" if best_epoch == epoch + 1 else ""))
+            if bars is not None:
+                bars.update(ep_task, advance=1, description=f"epochs ({shown})")
+            if stopped:
+                note(f"early stopping: {es_monitor} did not improve for {es_bad} epoch(s)")
+                break
+
+    train_time = time_before + (time.perf_counter() - t_start)
+    if cfg.restore_best and best_state is not None:
+        load_model_state(model, best_state, where="best weights")
+    if run_dir is not None:
+        atomic_write_json(run_dir / "summary.json", {
+            "epochs_run": len(history), "best_epoch": best_epoch, "best_value": best_value, "monitor": monitor,
+            "stopped_early": stopped, "train_time_s": train_time, "restored_best": bool(cfg.restore_best
+                                                                                      and best_state is not None)})
+        note(f"done: {len(history)} epoch(s), best {monitor} {best_value} at epoch {best_epoch}, {train_time:.1f}s")
+    return TrainResult(model=model, history=history, monitor=monitor, best_epoch=best_epoch, best_value=best_value,
+                       epochs_run=len(history), stopped_early=stopped, train_time_s=train_time, run_dir=run_dir,
+                       task=task, class_names=class_names)

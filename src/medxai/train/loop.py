@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
 
@@ -46,7 +47,7 @@ from medxai.train.checkpoint import (
     save_checkpoint,
     write_model_json,
 )
-from medxai.train.config import TrainConfig, dump_yaml, train_config
+from medxai.train.config import TrainConfig, train_config
 from medxai.train.losses import (
     build_loss,
     class_weights_from_labels,
@@ -184,12 +185,15 @@ def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
 # ----------------------------------------------------------------------------- fit
 def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
         config: TrainConfig | Mapping[str, Any] | None = None, *, run_dir: str | Path | None = None,
-        resume: bool = False, progress: bool = False, meta: Mapping[str, Any] | None = None) -> TrainResult:
+        resume: bool = False, progress: bool = False, meta: Mapping[str, Any] | None = None,
+        full_config: Mapping[str, Any] | None = None) -> TrainResult:
     """Train ``model`` on ``train_data`` (items: dict with ``image`` (C, H, W) in [0, 1] and ``label``).
 
     ``config``: a ``TrainConfig`` or dict (validated; errors name the key). ``run_dir``: write the
     run folder there (None: train in memory only). ``resume``: continue from
     ``run_dir/last.safetensors``. ``meta``: extra entries for model.json (e.g. preprocessing).
+    ``full_config``: written to config.yaml instead of the train config alone (the CLI passes the
+    whole resolved run config; its ``train`` section is replaced by the validated one).
     Raises ``NonFiniteLossError`` naming epoch and step if the loss stops being finite.
     """
     cfg = train_config(config)
@@ -373,7 +377,10 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
         seed_everything(cfg.seed)
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg.model_copy(update={"task": task})))
+        resolved = cfg.model_copy(update={"task": task}).model_dump(mode="json")
+        if full_config is not None:
+            resolved = {**dict(full_config), "train": resolved}
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
         write_model_json(run_dir, model_meta)
         atomic_write_text(run_dir / "metrics.jsonl", "".join(_jsonline(r) + "\n" for r in history))
         if not resume:

@@ -54,6 +54,10 @@ class OrdinalHead(nn.Module):
         if cfg is not None:
             self.medxai_config = dict(cfg)
         self.ordinal_head = {"mode": mode, "num_classes": self.num_classes}
+        for attr in ("default_cam_layer", "medxai_arch"):  # keep what explainers look up, re-rooted
+            v = getattr(backbone, attr, None)
+            if isinstance(v, str):
+                setattr(self, attr, f"backbone.{v}" if attr == "default_cam_layer" else v)
 
     def thresholds(self) -> torch.Tensor:
         gaps = F.softplus(self.log_gaps)

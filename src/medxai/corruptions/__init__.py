@@ -1,0 +1,30 @@
+"""Image corruptions for robustness tables: ``apply(x, name, severity, seed=None)``.
+
+Batched torch on the input's device, x (B, C, H, W) in [0, 1]. Names (``list_corruptions()``):
+the fundus study's camera faults ``motion_blur``, ``light_leakage``, ``underexposure``,
+``overexposure`` (levels 1-4), and ``gaussian_noise``,
+``shot_noise``, ``impulse_noise``, ``defocus_blur``, ``gaussian_blur``, ``brightness``,
+``contrast``, ``gamma``, ``jpeg``, ``pixelate``, ``haze`` (1-5). Each function's docstring gives
+its formula and table; spatial parameters scale with the image size (tables at 224 px).
+"""
+
+from medxai.corruptions import blur, digital, fundus, noise, photometric  # noqa: F401  (register)
+from medxai.corruptions.base import REGISTRY, Corruption, apply, list_corruptions, max_severity, size_scale
+from medxai.corruptions.fundus import field_of_view
+from medxai.corruptions.gallery import example_fundus, gallery
+
+#: The fundus study's four camera faults.
+FUNDUS_FAULTS = ("motion_blur", "light_leakage", "underexposure", "overexposure")
+
+__all__ = [
+    "FUNDUS_FAULTS",
+    "REGISTRY",
+    "Corruption",
+    "apply",
+    "example_fundus",
+    "field_of_view",
+    "gallery",
+    "list_corruptions",
+    "max_severity",
+    "size_scale",
+]

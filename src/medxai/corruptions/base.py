@@ -1,0 +1,93 @@
+"""The corruption registry and ``apply``: one call for every corruption, batched, in torch.
+
+Every corruption is a function ``fn(x, severity, generator) -> x'`` on float32 (B, C, H, W) in
+[0, 1], registered with its maximum severity and its parameter table. Tables are written for a
+224-px image (ImageNet-C's size) and spatial parameters scale with ``min(H, W) / 224`` so that a
+severity looks alike at 64 and at 512 px. Random draws (noise fields, blur angles, glow
+directions) are made in the same order for every severity, so with one seed a larger severity is
+the same corruption, only stronger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from medxai._util.registry import Registry
+from medxai._util.validate import check_images
+from medxai.errors import InputError
+
+REFERENCE_SIZE = 224
+
+CorruptionFn = Callable[[torch.Tensor, int, "torch.Generator | None"], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """A registered corruption: ``fn``, its severities 1..``max_severity`` and its ``table``
+    (one entry per severity, at 224 px); ``kind``: noise, blur, photometric, digital, fundus."""
+
+    name: str
+    fn: CorruptionFn
+    max_severity: int
+    kind: str
+    table: tuple = field(default_factory=tuple)
+    source: str = ""
+
+
+#: name -> ``Corruption``.
+REGISTRY: Registry[Corruption] = Registry("corruption")
+
+
+def register(name: str, *, table: Sequence, kind: str, source: str) -> Callable[[CorruptionFn], CorruptionFn]:
+    """Register ``fn`` under ``name``; its severities are 1..len(table)."""
+
+    def deco(fn: CorruptionFn) -> CorruptionFn:
+        REGISTRY.add(name, Corruption(name, fn, len(table), kind, tuple(table), source))
+        return fn
+
+    return deco
+
+
+def list_corruptions(kind: str | None = None) -> list[str]:
+    """Registered corruption names (optionally of one ``kind``), sorted."""
+    return [n for n, c in REGISTRY.items() if kind is None or c.kind == kind]
+
+
+def max_severity(name: str) -> int:
+    return REGISTRY.get(name).max_severity
+
+
+def size_scale(x: torch.Tensor) -> float:
+    """Spatial parameters are given at 224 px; they scale by ``min(H, W) / 224``."""
+    return min(x.shape[-2:]) / REFERENCE_SIZE
+
+
+def apply(x: torch.Tensor, name: str, severity: int, seed: int | None = None) -> torch.Tensor:
+    """Corrupt a batch: x (B, C, H, W) float in [0, 1] -> same shape, dtype and device, in [0, 1].
+
+    ``severity`` 0 returns an unchanged copy; 1..``max_severity(name)`` otherwise. ``seed`` makes
+    the random draws deterministic (a generator on x's device); None uses torch's global RNG.
+    """
+    check_images(x, "x")
+    c = REGISTRY.get(name)
+    if isinstance(severity, bool) or int(severity) != severity or not 0 <= int(severity) <= c.max_severity:
+        raise InputError(f"severity of {name!r} must be an integer in 0..{c.max_severity}, got {severity!r}")
+    severity = int(severity)
+    if severity == 0:
+        return x.clone()
+    gen = None
+    if seed is not None:
+        gen = torch.Generator(device=x.device).manual_seed(int(seed) % 2**63)
+    out = c.fn(x.float(), severity, gen)
+    return out.clamp(0, 1).to(x.dtype)
+
+
+def rand(shape: Sequence[int], gen: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+    return torch.rand(tuple(shape), generator=gen, device=like.device, dtype=torch.float32)
+
+
+def randn(shape: Sequence[int], gen: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+    return torch.randn(tuple(shape), generator=gen, device=like.device, dtype=torch.float32)

@@ -6,9 +6,11 @@
 - ``evaluate(model, data, eps_list, norm, steps)`` -> a JSON-ready dict: success rate, robust
   accuracy, prediction-change rate (ART) and balanced variants per eps, reusing work across eps.
 - ``STEPS``: the per-norm step objects (random_perturb / step / project).
+- ``parse_eps("2.5/255")``, ``parse_eps_list("0.2/255,0.4/255")``: budgets from text (no eval).
 """
 
 from medxai.attacks.apgd import APGD, attack_list, dlr_loss
+from medxai.attacks.budget import parse_eps, parse_eps_list
 from medxai.attacks.evaluate import METRICS, evaluate
 from medxai.attacks.pgd import FGSM, PGD, attack_mode
 from medxai.attacks.steps import STEPS, AttackStep, L2Step, LinfStep
@@ -26,4 +28,6 @@ __all__ = [
     "attack_mode",
     "dlr_loss",
     "evaluate",
+    "parse_eps",
+    "parse_eps_list",
 ]

@@ -75,14 +75,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            if "weights only" in str(err).lower() or "weights_only" in str(err).lower():
+            msg = str(err)
+            detail = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n|$)", msg)
+            detail_s = detail.group(1).strip() if detail else (msg.strip().splitlines() or [type(err).__name__])[0]
+            if "Unsupported global" in msg:
+                glob = re.search(r"GLOBAL (\S+)", msg)
                 raise CheckpointError(
-                    f"{p}: refused: the file pickles objects other than tensors and plain containers, and "
-                    f"unpickling them could run code (torch.load(weights_only=True) says: {first}). "
-                    "Re-save the weights with torch.save(model.state_dict()) or as .safetensors."
+                    f"{p}: refused: the file pickles a call to {glob.group(1) if glob else 'a Python object'}, "
+                    "and unpickling it could run code; only tensors and plain containers are read "
+                    "(torch.load(weights_only=True)). Re-save the weights with torch.save(model.state_dict()) "
+                    "or as .safetensors."
                 ) from None
-            raise CheckpointError(f"{p}: cannot read as a PyTorch checkpoint ({first})") from None
+            raise CheckpointError(f"{p}: cannot read as a weights-only PyTorch file, refused ({detail_s})") from None
     else:
         raise CheckpointError(f"{p}: unsupported checkpoint type {suffix or '(no suffix)'!r}; "
                               "use .safetensors, .pth or .pt")
@@ -115,7 +119,8 @@ def _efficientnet_index(model: nn.Module) -> list[str]:
     blocks = getattr(model, "_blocks", None)
     if blocks is None:
         return []
-    return [f"_blocks.{s}.{i}." for s, stage in enumerate(blocks) for i in range(len(stage))]
+    # MONAI numbers blocks globally inside each stage: _blocks.1.1, _blocks.1.2, _blocks.2.3, ...
+    return [f"_blocks.{s}.{name}." for s, stage in enumerate(blocks) for name in stage._modules]
 
 
 def _map_keys(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:

@@ -172,3 +172,20 @@ def test_unavailable_adapters_say_so() -> None:
         if importlib.util.find_spec(pkg) is None:
             with pytest.raises(ConfigError, match=pkg):
                 M.create(f"{pkg}:resnet18", 2)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "densenet121", "efficientnet-b0", "mobilenet-v2"])
+def test_no_layer_output_is_overwritten_in_place(name: str) -> None:
+    """Hooks (CAMs, LRP, sanity checks) see each layer's output as it was produced."""
+    m = M.create(name, 2).eval()
+    seen = []
+    hooks = [mod.register_forward_hook(lambda _m, _i, out, n=n: seen.append((n, out, out.clone())))
+             for n, mod in m.named_modules() if n]
+    try:
+        with torch.no_grad():
+            m(torch.rand(1, 3, 32, 32))
+    finally:
+        for h in hooks:
+            h.remove()
+    changed = [n for n, out, copy in seen if isinstance(out, torch.Tensor) and not torch.equal(out, copy)]
+    assert len(seen) > 20 and changed == []

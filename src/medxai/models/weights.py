@@ -10,7 +10,9 @@ names are mapped per architecture family:
 - ResNet: torchvision = timm = medxai (MONAI 2-D ResNet with torchvision names);
 - DenseNet-121: torchvision (also the old ``norm.1`` names) -> MONAI ``denselayerN.layers.*``,
   ``classifier`` -> ``class_layers.out``;
-- EfficientNet: MONAI, or lukemelas ``efficientnet_pytorch`` (flat ``_blocks.N``) -> nested per stage;
+- EfficientNet: MONAI, or lukemelas ``efficientnet_pytorch`` (flat ``_blocks.N``) -> nested per stage
+  (torchvision / timm EfficientNets are not mapped: they pad symmetrically and use other BatchNorm
+  eps, so their weights would compute something else here; use ``torchvision:`` / ``timm:`` names);
 - ViT: timm ``vit_base_patch16_224``, DINO ``dino_vitbase16_pretrain.pth`` (no head) and MAE
   ``mae_pretrain_vit_base.pth`` (under ``model``, no head; ``fc_norm`` when fine-tuned with global
   pooling) all use timm names; position embeddings of another grid are resampled (bicubic, as timm);

@@ -88,11 +88,11 @@ def run_audit(cfg: AuditConfig, out: str | Path, *, synthetic: bool | None = Non
                 model.load_state_dict(src.state_dict())
             if mc.freeze is not None:
                 freeze(model, until=mc.freeze)
-            train_cfg = {"seed": cfg.seed, "task": task, **mc.train, "out_dir": str(d / "run"),
-                         "class_names": class_names}
-            res = fit(model, datasets["train"], datasets["val"], train_cfg)
+            train_cfg = {"seed": cfg.seed, "task": task, **mc.train}
+            res = fit(model, datasets["train"], datasets["val"], train_cfg, run_dir=d / "run",
+                      meta={"class_names": class_names})
             return {"arch": mc.arch, "objective": (mc.train.get("objective") or {}).get("name", "standard"),
-                    "epochs_run": getattr(res, "epochs_run", None), "seconds": getattr(res, "seconds", None)}
+                    "epochs_run": res.epochs_run, "best_epoch": res.best_epoch, "seconds": res.train_time_s}
 
         model_stages[mc.name] = runner.run(f"train/{mc.name}", parts, train_stage)
 

@@ -14,22 +14,18 @@ from medxai.pipeline.config import AuditConfig
 from medxai.pipeline.data import EvalSample
 from medxai.pipeline.robustness import headline
 
-HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "quadratic_kappa", "macro_auc", "recall", "specificity", "f1",
-                    "ece")
 
-
-def _metric_entry(v: Any) -> dict | None:
-    if isinstance(v, dict) and "value" in v:
-        return {k: v.get(k) for k in ("value", "ci_low", "ci_high")}
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return {"value": float(v)}
-    return None
-
-
-def _model_section(name: str, st: StageResult, ev: dict, cfg_models: dict) -> dict:
+def _model_section(st: StageResult, ev: dict, class_names: list[str]) -> dict:
+    """One model's panel: headline metrics with CIs, learning curves, confusion matrix."""
     import json
 
-    metrics = {k: e for k in HEADLINE_METRICS if (e := _metric_entry(ev["metrics"].get(k))) is not None}
+    res = ev["metrics"]
+    ci = res.get("ci", {})
+    metrics = {}
+    for k, v in res["metrics"].items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            c = ci.get(k, {})
+            metrics[k] = {"value": float(v), "ci_low": c.get("low"), "ci_high": c.get("high")}
     hist = []
     mj = st.dir / "run" / "metrics.jsonl"
     if mj.is_file():
@@ -37,13 +33,11 @@ def _model_section(name: str, st: StageResult, ev: dict, cfg_models: dict) -> di
             row = json.loads(line)
             hist.append({"epoch": row.get("epoch"), "train_loss": row.get("train_loss"),
                          "val_loss": row.get("val_loss")})
-    conf = ev["metrics"].get("confusion_matrix")
     out = {"arch": st.result.get("arch"), "objective": st.result.get("objective"), "metrics": metrics,
-           "history": hist, "train_seconds": st.result.get("seconds")}
-    if conf is not None and ev["metrics"].get("class_names"):
-        out["confusion"] = {"labels": ev["metrics"]["class_names"], "matrix": conf}
-    if ev["metrics"].get("roc"):
-        out["roc"] = ev["metrics"]["roc"]
+           "history": hist, "train_seconds": st.result.get("seconds"), "n_test": ev.get("n")}
+    conf = res.get("confusion_matrix")
+    if conf is not None and not isinstance(conf, dict) and len(conf) == len(class_names):
+        out["confusion"] = {"labels": class_names, "matrix": conf}
     return out
 
 
@@ -85,7 +79,7 @@ def assemble_report(cfg: AuditConfig, out: Path, data_st: StageResult, model_sta
         "subtitle": f"{data_st.result['description']} · task {task} · models: {', '.join(models)}",
         "config": cfg.model_dump(mode="json"),
         "data": {k: data_st.result[k] for k in ("description", "class_names", "splits", "task")},
-        "models": {n: _model_section(n, model_stages[n], evals[n], {}) for n in models},
+        "models": {n: _model_section(model_stages[n], evals[n], class_names) for n in models},
         "robustness": {}, "assets": {"data_examples": rel(data_st.dir / data_st.result["examples"])},
     }
     # robustness

@@ -17,7 +17,8 @@ def _scores(model: torch.nn.Module, x: torch.Tensor, task: str, batch: int = 256
 
 
 def headline(task: str) -> str:
-    return {"multilabel": "macro_auc", "ordinal": "quadratic_kappa"}.get(task, "balanced_accuracy")
+    """The task's headline metric (a key of ``classification(...)["metrics"]``)."""
+    return {"multilabel": "auc_macro", "ordinal": "kappa_quadratic"}.get(task, "balanced_accuracy")
 
 
 def corruption_table(model: torch.nn.Module, s: EvalSample, task: str, class_names: list[str],
@@ -31,8 +32,7 @@ def corruption_table(model: torch.nn.Module, s: EvalSample, task: str, class_nam
 
     def value(x: torch.Tensor) -> float:
         res = classification(y, _scores(model, x, task), task, class_names=class_names, n_boot=0, seed=seed)
-        v = res[metric]
-        return float(v["value"] if isinstance(v, dict) else v)
+        return float(res["metrics"][metric])
 
     clean = value(s.x)
     table: dict[str, list[float]] = {}

@@ -178,3 +178,39 @@ def test_tokens_to_grid():
     assert tokens_to_grid(torch.zeros(1, 201, 4)).shape == (1, 4, 14, 14)
     with pytest.raises(Exception, match="square"):
         tokens_to_grid(torch.zeros(1, 20, 4), n_prefix=1)
+
+
+def test_zoo_resnet18_automatic_layer_equals_captum():
+    models = pytest.importorskip("medxai.models")
+    torch.manual_seed(0)
+    model = models.create("resnet18", num_classes=5).eval()
+    x, t = _x(b=3, s=64), torch.tensor([0, 3, 4])
+    cam = GradCAM(model, upsample=False)
+    ours = cam.attribute(x, t)
+    assert cam.layer == model.default_cam_layer
+    ref = LayerGradCam(model, model.get_submodule(model.default_cam_layer)).attribute(
+        x, target=t, relu_attributions=True)
+    assert ours.shape == ref.shape == (3, 1, 2, 2)
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
+
+
+def test_zoo_vit_token_layer():
+    models = pytest.importorskip("medxai.models")
+    torch.manual_seed(0)
+    model = models.create("vit-ti4", num_classes=3, img_size=32).eval()
+    x, t = _x(b=2, s=32), torch.tensor([2, 0])
+    ours = GradCAM(model, upsample=False).attribute(x, t)
+    layer = model.get_submodule(model.default_cam_layer)
+    store = {}
+    h = layer.register_forward_hook(lambda m, i, o: store.setdefault("a", o))
+    try:
+        out = model(x.clone())
+    finally:
+        h.remove()
+    a = store["a"]
+    (g,) = torch.autograd.grad(out.gather(1, t[:, None]).sum(), a)
+    p = getattr(model, "num_prefix_tokens", 1)
+    w = g[:, p:].mean(1)
+    ref = (a[:, p:].detach() * w[:, None]).sum(-1).clamp(min=0).view(2, 1, 8, 8)
+    assert ours.shape == (2, 1, 8, 8)
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)

@@ -89,8 +89,11 @@ def test_several_targets_one_pass_equals_separate_calls():
     both, delta = ig.attribute(x, t2, return_convergence_delta=True)
     calls_multi = model.calls
     model.calls = 0
-    ig.attribute(x, t2[:, 0])
+    ig.attribute(x, t2[:, 0], return_convergence_delta=True)
     assert calls_multi == model.calls == 3  # clean forward, baseline forward, 16 path points in one chunk
+    model.calls = 0
+    ig.attribute(x, t2)
+    assert model.calls == 1  # targets given, no delta: only the path points
     assert both.shape == (2, 3, 3, 12, 12) and delta.shape == (2, 3)
     for j in range(3):
         torch.testing.assert_close(both[:, j], ig.attribute(x, t2[:, j]), atol=1e-6, rtol=1e-6)
@@ -215,3 +218,21 @@ def test_refuses_bad_input():
         ig.attribute(torch.rand(1, 3, 8, 8), 0, baseline=torch.full((3, 8, 8), -0.1))
     with pytest.raises(InputError):
         ig.attribute(torch.rand(1, 3, 8, 8), 7)
+
+
+def test_completeness_under_one_percent_on_zoo_resnet18():
+    """The zoo's resnet18 (random init, seed 0, eval mode), 32 px, 50 Gauss-Legendre steps, blurred
+    baseline (sigma 10 px scaled to 32 px): |f(x) - f(x')| is a sizeable fraction of a logit."""
+    models = pytest.importorskip("medxai.models")
+    torch.manual_seed(0)
+    model = models.create("resnet18", num_classes=5).eval()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    ig = IntegratedGradients(model, n_steps=50, blur_scaled=True)
+    attr, delta = ig.attribute(x, None, baseline="blur", return_convergence_delta=True)
+    with torch.no_grad():
+        out = model(x)
+        t = out.argmax(1, keepdim=True)
+        gap = (out.gather(1, t) - model(ig.baselines(x, None, "blur")[0]).gather(1, t))[:, 0]
+    assert float(gap.abs().min()) > 0.3
+    torch.testing.assert_close(delta, attr.flatten(1).sum(1) - gap, atol=1e-4, rtol=1e-4)
+    assert float((delta.abs() / gap.abs()).max()) < 0.01

@@ -202,16 +202,22 @@ class IntegratedGradients(GradientAttribution):
     def _compute(self, x: torch.Tensor, spec: TargetSpec, baseline: Baseline = "zero",
                  return_convergence_delta: bool = False):
         b = x.shape[0]
-        with torch.no_grad():
-            logits = self.model(x)
-        _check_logits(logits, b)
-        targets = spec(logits)
-        _check_target_range(targets, logits.shape[1])
-        fx = select_output(logits, self.output).gather(1, targets)
+        need_gap = return_convergence_delta or self.adaptive
+        gap = None
+        if spec.needs_logits or need_gap:
+            with torch.no_grad():
+                logits = self.model(x)
+            _check_logits(logits, b)
+            targets = spec(logits)
+            _check_target_range(targets, logits.shape[1])
+            fx = select_output(logits, self.output).gather(1, targets)
+        else:  # given targets: no forward at x (range checked by the first path chunk)
+            targets = spec.without_logits(x, self.model)
         bl = self.baselines(x, targets[:, 0], baseline)
         s = bl.shape[0]
-        fxb = torch.stack([self._scores(bl[i], targets) for i in range(s)]).mean(0)
-        gap = fx - fxb  # (B, T)
+        if need_gap:
+            fxb = torch.stack([self._scores(bl[i], targets) for i in range(s)]).mean(0)
+            gap = fx - fxb  # (B, T)
         if not self.adaptive:
             attr = self._ig(x, bl, targets, self.n_steps)
             self.n_evaluations_ = torch.full((b,), self.n_steps * s, dtype=torch.long)
@@ -233,6 +239,7 @@ class IntegratedGradients(GradientAttribution):
             self.n_evaluations_ = n_eval
         if not return_convergence_delta:
             return attr
+        assert gap is not None
         delta = attr.flatten(2).sum(-1) - gap
         return attr, delta
 

@@ -33,6 +33,51 @@ def chunk_size_for(x: torch.Tensor, memory_budget: int = DEFAULT_MEMORY_BUDGET,
     return min(n, max_batch) if max_batch else n
 
 
+def sample_runs(si: torch.Tensor) -> list[tuple[int, slice]]:
+    """Split a chunk's sample indices into ``(sample, slice of the chunk)`` runs.
+
+    The engine's chunks are sample-major (flat index = sample * P + perturbation), so a chunk holds
+    a few contiguous runs; ``make_inputs`` can build each run from one image by broadcasting instead
+    of gathering a copy of the image per perturbation.
+    """
+    vals, counts = torch.unique_consecutive(si, return_counts=True)
+    runs, start = [], 0
+    for v, c in zip(vals.tolist(), counts.tolist(), strict=True):
+        runs.append((int(v), slice(start, start + c)))
+        start += c
+    return runs
+
+
+class InputBuffer:
+    """A reusable (n, C, H, W) batch like ``x`` for ``make_inputs`` to fill in place.
+
+    Reusing one buffer across chunks avoids re-faulting fresh pages for every chunk (several ms per
+    chunk of 64 images at 128 px on CPU). Safe because the engine consumes each chunk's outputs
+    before it asks for the next inputs.
+    """
+
+    def __init__(self, x: torch.Tensor, channels_last: bool = False) -> None:
+        self.x, self.buf = x, None
+        self.fmt = torch.channels_last if channels_last and x.ndim == 4 else torch.contiguous_format
+
+    def __call__(self, n: int) -> torch.Tensor:
+        if self.buf is None or self.buf.shape[0] < n:
+            self.buf = torch.empty((n, *self.x.shape[1:]), dtype=self.x.dtype, device=self.x.device,
+                                   memory_format=self.fmt)
+        return self.buf[:n]
+
+
+def blend_into(out: torch.Tensor, keep: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+               drop: torch.Tensor | None = None) -> torch.Tensor:
+    """``out = a * keep + b * drop`` (broadcasting; ``drop`` defaults to ``1 - keep``).
+
+    ``a`` where keep = 1, ``b`` where keep = 0, exactly (for finite a, b); on CPU ~20x faster than
+    ``torch.where`` with a broadcast boolean mask.
+    """
+    torch.mul(keep, a, out=out)
+    return out.addcmul_(1 - keep if drop is None else drop, b)
+
+
 @torch.no_grad()
 def perturbed_outputs(
     model: nn.Module,

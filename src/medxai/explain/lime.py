@@ -32,7 +32,13 @@ from torch import nn
 from medxai._util.validate import check_images
 from medxai.errors import InputError
 from medxai.explain.base import Attribution, preserve_model
-from medxai.explain.engine import DEFAULT_MEMORY_BUDGET, perturbed_outputs
+from medxai.explain.engine import (
+    DEFAULT_MEMORY_BUDGET,
+    InputBuffer,
+    blend_into,
+    perturbed_outputs,
+    sample_runs,
+)
 from medxai.explain.registry import REGISTRY
 
 __all__ = ["Lime", "LimeResult", "kernel_weights", "superpixels", "weighted_ridge"]
@@ -193,7 +199,8 @@ class Lime(Attribution):
                  segmentation_params: dict | None = None, num_samples: int = 1000,
                  hide_color: float | Sequence[float] | None = None, kernel_width: float = 0.25,
                  alpha: float = 1.0, seed: int = 0, output: str = "softmax",
-                 batch_size: int | None = None, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
+                 batch_size: int | None = None, memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                 channels_last: bool = False) -> None:
         super().__init__(model, output=output)
         if num_samples < 2:
             raise InputError(f"num_samples must be >= 2, got {num_samples}")
@@ -201,6 +208,7 @@ class Lime(Attribution):
         self.num_samples, self.hide_color = num_samples, hide_color
         self.kernel_width, self.alpha, self.seed = kernel_width, alpha, seed
         self.batch_size, self.memory_budget = batch_size, memory_budget
+        self.channels_last = channels_last
 
     def _segments(self, x: torch.Tensor, segments) -> torch.Tensor:
         seg = self.segmentation if segments is None else segments
@@ -241,10 +249,19 @@ class Lime(Attribution):
         z = self._perturbations(b, n_max, n_features, x.device, perturbations, seed)
         fill = _fill(x, seg, n_max, self.hide_color)
         seg_flat = seg.reshape(b, -1)
+        z_on = z.to(x.dtype)
+        z_off = 1 - z_on
+
+        buffer = InputBuffer(x, self.channels_last)
 
         def make(si: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
-            on = z[si, pi].gather(1, seg_flat[si]).reshape(len(si), 1, *x.shape[2:])
-            return torch.where(on, x[si], fill[si])
+            out = buffer(len(si))
+            for b, sl in sample_runs(si):
+                shape = (-1, 1, *x.shape[2:])
+                on = z_on[b, pi[sl]].index_select(1, seg_flat[b]).reshape(shape)
+                off = z_off[b, pi[sl]].index_select(1, seg_flat[b]).reshape(shape)
+                blend_into(out[sl], on, x[b], fill[b], off)
+            return out
 
         y = perturbed_outputs(self.model, x, z.shape[1], make, targets, output=self.output,
                               batch_size=self.batch_size, memory_budget=self.memory_budget)  # (B, N, T)

@@ -20,7 +20,13 @@ from torch import nn
 
 from medxai.errors import InputError
 from medxai.explain.base import Attribution
-from medxai.explain.engine import DEFAULT_MEMORY_BUDGET, perturbed_outputs
+from medxai.explain.engine import (
+    DEFAULT_MEMORY_BUDGET,
+    InputBuffer,
+    blend_into,
+    perturbed_outputs,
+    sample_runs,
+)
 from medxai.explain.registry import REGISTRY
 
 __all__ = ["Occlusion", "occlusion_windows"]
@@ -78,10 +84,11 @@ class Occlusion(Attribution):
     def __init__(self, model: nn.Module, *, window: int | Sequence[int] | None = None,
                  stride: int | Sequence[int] | None = None, baseline: float | torch.Tensor = 0.0,
                  output: str = "logit", batch_size: int | None = None,
-                 memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET, channels_last: bool = False) -> None:
         super().__init__(model, output=output)
         self.window, self.stride, self.baseline = window, stride, baseline
         self.batch_size, self.memory_budget = batch_size, memory_budget
+        self.channels_last = channels_last
 
     def _config(self, x: torch.Tensor, window, stride) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
         c, h, w = x.shape[1:]
@@ -115,17 +122,24 @@ class Occlusion(Attribution):
         nc, nh, nw = cc.shape[0], ch.shape[0], cw.shape[0]
         n_win = nc * nh * nw
 
+        f = x.dtype
+        cc_f, ch_f, cw_f = cc.to(f), ch.to(f), cw.to(f)
+
+        buffer = InputBuffer(x, self.channels_last)
+
         def make(si: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
             p = (pi - 1).clamp(min=0)  # perturbation 0 is the clean image
             kc, kh, kw = p // (nh * nw), (p // nw) % nh, p % nw
-            m = (cc[kc][:, :, None, None] & ch[kh][:, None, :, None] & cw[kw][:, None, None, :]
-                 & (pi > 0)[:, None, None, None])
-            return torch.where(m, base[si], x[si])
+            occluded = (cc_f[kc][:, :, None, None] * ch_f[kh][:, None, :, None] * cw_f[kw][:, None, None, :]
+                        * (pi > 0).to(f)[:, None, None, None])
+            out = buffer(len(si))
+            for b, sl in sample_runs(si):
+                blend_into(out[sl], occluded[sl], base[b], x[b])
+            return out
 
         out = perturbed_outputs(self.model, x, n_win + 1, make, targets, output=self.output,
                                 batch_size=self.batch_size, memory_budget=self.memory_budget)
         diff = (out[:, :1] - out[:, 1:]).reshape(x.shape[0], nc, nh, nw, -1)  # (B, nc, nh, nw, T)
-        f = x.dtype
-        attr = torch.einsum("bkmnt,kc,mi,nj->btcij", diff, cc.to(f), ch.to(f), cw.to(f))
-        count = torch.einsum("kc,mi,nj->cij", cc.to(f), ch.to(f), cw.to(f))
+        attr = torch.einsum("bkmnt,kc,mi,nj->btcij", diff, cc_f, ch_f, cw_f)
+        count = torch.einsum("kc,mi,nj->cij", cc_f, ch_f, cw_f)
         return attr / count

@@ -18,7 +18,13 @@ from torch import nn
 
 from medxai.errors import InputError
 from medxai.explain.base import Attribution
-from medxai.explain.engine import DEFAULT_MEMORY_BUDGET, chunk_size_for, perturbed_outputs
+from medxai.explain.engine import (
+    DEFAULT_MEMORY_BUDGET,
+    InputBuffer,
+    chunk_size_for,
+    perturbed_outputs,
+    sample_runs,
+)
 from medxai.explain.registry import REGISTRY
 
 __all__ = ["RISE", "RiseMasks", "rise_masks"]
@@ -77,18 +83,24 @@ class RISE(Attribution):
 
     def __init__(self, model: nn.Module, *, n_masks: int = 4000, s: int = 8, p: float = 0.5, seed: int = 0,
                  output: str = "softmax", batch_size: int | None = None,
-                 memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET, channels_last: bool = False) -> None:
         super().__init__(model, output=output)
         self.n_masks, self.s, self.p, self.seed = n_masks, s, p, seed
         self.batch_size, self.memory_budget = batch_size, memory_budget
+        self.channels_last = channels_last
 
     def _attribute(self, x: torch.Tensor, targets: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
         b, _, h, w = x.shape
         masks = RiseMasks(self.n_masks, (h, w), s=self.s, p=self.p, seed=self.seed if seed is None else seed,
                           device=x.device, dtype=x.dtype)
 
+        buffer = InputBuffer(x, self.channels_last)
+
         def make(si: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
-            return x[si] * masks[pi][:, None]
+            out = buffer(len(si))
+            for b, sl in sample_runs(si):
+                torch.mul(x[b], masks[pi[sl]][:, None], out=out[sl])
+            return out
 
         out = perturbed_outputs(self.model, x, self.n_masks, make, targets, output=self.output,
                                 batch_size=self.batch_size, memory_budget=self.memory_budget)  # (B, N, T)

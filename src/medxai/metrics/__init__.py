@@ -1,0 +1,81 @@
+"""Scoring explanations: localisation, faithfulness, randomisation, complexity, shortcuts, statistics.
+
+Every metric is a function over a batch returning per-sample tensors (never normalising across
+the batch, never modifying its inputs), registered by name in ``METRICS`` with its metadata
+(category, higher_is_better, needs, reference) and an adapter for running it by name on a
+``ScoreContext``. Definitions: ``shared/reference/definitions.md`` section 2.
+
+>>> import torch
+>>> from medxai.metrics import pointing_game
+>>> maps = torch.tensor([[[0.0, 0.2], [0.9, 0.1]]])
+>>> masks = torch.tensor([[[False, False], [True, False]]])
+>>> pointing_game(maps, masks)
+tensor([1.])
+"""
+
+from __future__ import annotations
+
+from medxai.metrics.complexity import complexity, effective_complexity, sparseness, total_variation
+from medxai.metrics.faithfulness import (
+    CurveResult,
+    RoadResult,
+    deletion,
+    insertion,
+    pixel_flipping,
+    region_perturbation,
+    rise_blur,
+    road,
+)
+from medxai.metrics.imputation import linear_imputation, noisy_linear_imputation
+from medxai.metrics.localisation import (
+    energy_pointing_game,
+    mask_auroc,
+    mask_iou,
+    pointing_game,
+    relevance_mass_accuracy,
+    relevance_rank_accuracy,
+    topk_iou,
+)
+from medxai.metrics.randomisation import RandomisationResult, model_randomisation, spearman, ssim
+from medxai.metrics.registry import ALIASES, CATEGORIES, METRICS, MetricInfo, ScoreContext, resolve
+from medxai.metrics.shortcut import ShortcutScore, shortcut_share
+from medxai.metrics.statistics import bootstrap_ci, compare, summarize
+
+__all__ = [
+    "ALIASES",
+    "CATEGORIES",
+    "METRICS",
+    "CurveResult",
+    "MetricInfo",
+    "RandomisationResult",
+    "RoadResult",
+    "ScoreContext",
+    "ShortcutScore",
+    "bootstrap_ci",
+    "compare",
+    "complexity",
+    "deletion",
+    "effective_complexity",
+    "energy_pointing_game",
+    "insertion",
+    "linear_imputation",
+    "mask_auroc",
+    "mask_iou",
+    "model_randomisation",
+    "noisy_linear_imputation",
+    "pixel_flipping",
+    "pointing_game",
+    "region_perturbation",
+    "relevance_mass_accuracy",
+    "relevance_rank_accuracy",
+    "resolve",
+    "rise_blur",
+    "road",
+    "shortcut_share",
+    "sparseness",
+    "spearman",
+    "ssim",
+    "summarize",
+    "topk_iou",
+    "total_variation",
+]

@@ -1,0 +1,183 @@
+"""Shared input handling for the metrics: maps, masks, boxes, targets, ranks and orderings.
+
+Conventions (definitions.md section 0):
+- maps: (B, H, W) or (B, 1, H, W) for one map per image, (B, T, H, W) for T targets per image.
+  A 4-D map with C > 1 and no target axis to align it with is refused: reduce the channels
+  explicitly first (e.g. ``maps.sum(1)`` or ``maps.abs().amax(1)``).
+- masks: bool or {0, 1} (B, H, W), (B, 1, H, W), per-target (B, T, H, W) or per-class
+  (B, K, H, W) selected with ``targets``. Boxes (B, 4) or (B, T, 4) as x0, y0, x1, y1 in pixel
+  indices, half-open: pixel (row r, column c) is inside iff x0 <= c < x1 and y0 <= r < y1.
+- NaN policy: NaN/Inf in a map is refused (InputError); an empty mask gives NaN; a ratio whose
+  denominator is zero (no positive mass, constant map where a spread is needed) gives NaN.
+- Ties: stable sort, the lowest flat index first.
+Nothing here modifies the caller's tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from medxai.errors import InputError
+
+
+def check_maps(maps: torch.Tensor, name: str = "maps") -> torch.Tensor:
+    """Refuse non-tensors, non-float, wrong ndim and NaN/Inf maps. Returns ``maps`` unchanged."""
+    if not isinstance(maps, torch.Tensor):
+        raise InputError(f"{name} must be a torch.Tensor, got {type(maps).__name__}")
+    if not maps.is_floating_point():
+        raise InputError(f"{name} must be a float tensor, got dtype {maps.dtype}")
+    if maps.ndim not in (3, 4):
+        raise InputError(f"{name} must have shape (B, H, W), (B, 1, H, W) or (B, T, H, W), got {tuple(maps.shape)}")
+    if maps.numel() == 0:
+        raise InputError(f"{name} is empty (shape {tuple(maps.shape)})")
+    if not bool(torch.isfinite(maps).all()):
+        raise InputError(f"{name} contains NaN/Inf; attribution maps must be finite")
+    return maps
+
+
+def single_maps(maps: torch.Tensor, name: str = "maps") -> torch.Tensor:
+    """One map per image: (B, H, W) or (B, 1, H, W) -> (B, H, W) (a view, never a copy)."""
+    check_maps(maps, name)
+    if maps.ndim == 4:
+        if maps.shape[1] != 1:
+            raise InputError(
+                f"{name} has {maps.shape[1]} channels; give one map per image (B, H, W) or (B, 1, H, W): "
+                "reduce the channels explicitly first, e.g. maps.sum(1) or maps.abs().amax(1)")
+        maps = maps[:, 0]
+    return maps
+
+
+def boxes_to_masks(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Rasterise half-open boxes (..., 4) = x0, y0, x1, y1 into bool masks (..., H, W)."""
+    if boxes.shape[-1] != 4:
+        raise InputError(f"boxes must end in 4 coordinates (x0, y0, x1, y1), got {tuple(boxes.shape)}")
+    b = boxes.to(torch.float64)
+    cols = torch.arange(width, device=boxes.device, dtype=torch.float64)
+    rows = torch.arange(height, device=boxes.device, dtype=torch.float64)
+    inx = (cols >= b[..., 0:1]) & (cols < b[..., 2:3])  # (..., W)
+    iny = (rows >= b[..., 1:2]) & (rows < b[..., 3:4])  # (..., H)
+    return iny[..., :, None] & inx[..., None, :]
+
+
+def as_bool_masks(masks: torch.Tensor, name: str = "masks") -> torch.Tensor:
+    """bool view of a {0, 1} mask; anything else is refused."""
+    if not isinstance(masks, torch.Tensor):
+        raise InputError(f"{name} must be a torch.Tensor, got {type(masks).__name__}")
+    if masks.dtype == torch.bool:
+        return masks
+    if masks.is_floating_point() and not bool(torch.isfinite(masks).all()):
+        raise InputError(f"{name} contains NaN/Inf")
+    if not bool(((masks == 0) | (masks == 1)).all()):
+        raise InputError(f"{name} must be boolean or hold only 0 and 1")
+    return masks != 0
+
+
+def align(
+    maps: torch.Tensor,
+    masks: torch.Tensor,
+    targets: torch.Tensor | int | None = None,
+    *,
+    name: str = "masks",
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Bring maps and masks (or boxes) to (B, T, H, W) each.
+
+    ``targets`` ((B,) or (B, T) class indices) picks per-class masks (B, K, H, W) for each map.
+    Returns (maps (B, T, H, W), masks (B, T, H, W) bool, squeeze) where ``squeeze`` says there is
+    one map per image, so scores come back as (B,) rather than (B, T).
+    """
+    check_maps(maps)
+    if not isinstance(masks, torch.Tensor):
+        raise InputError(f"{name} must be a torch.Tensor, got {type(masks).__name__}")
+    m4 = maps[:, None] if maps.ndim == 3 else maps
+    b, tm, h, w = m4.shape
+    if masks.shape[0] != b:
+        raise InputError(f"{name} has batch {masks.shape[0]} but maps have batch {b}")
+    is_boxes = (masks.dtype != torch.bool and masks.shape[-1] == 4
+                and (masks.ndim == 2 or (masks.ndim == 3 and tuple(masks.shape[-2:]) != (h, w))))
+    if is_boxes:
+        s = boxes_to_masks(masks, h, w)
+        s = s[:, None] if s.ndim == 3 else s  # (B, K, H, W)
+    elif masks.ndim in (3, 4):
+        s = as_bool_masks(masks[:, None] if masks.ndim == 3 else masks, name)
+        if tuple(s.shape[-2:]) != (h, w):
+            raise InputError(f"{name} are {tuple(s.shape[-2:])} but maps are {(h, w)}; resize one of them first")
+    else:
+        raise InputError(f"{name} must be (B, H, W), (B, K, H, W) or boxes (B, 4), got {tuple(masks.shape)}")
+    if targets is not None:
+        tt = torch.as_tensor(targets, device=s.device)
+        if tt.is_floating_point():
+            raise InputError("targets must hold class indices (integers)")
+        tt = tt.long()
+        if tt.ndim == 0:
+            tt = tt.expand(b)
+        if tt.ndim == 1:
+            tt = tt[:, None]
+        if tt.ndim != 2 or tt.shape[0] != b:
+            raise InputError(f"targets must be an int, (B,) or (B, T); got {tuple(tt.shape)}")
+        if int(tt.min()) < 0 or int(tt.max()) >= s.shape[1]:
+            raise InputError(f"targets out of range for {s.shape[1]} class {name} per image")
+        s = s.gather(1, tt[:, :, None, None].expand(-1, -1, h, w))
+    elif s.shape[1] > 1 and tm == 1:
+        raise InputError(f"{s.shape[1]} {name} per image but one map: give targets to pick the class masks")
+    t = max(tm, s.shape[1])
+    if s.shape[1] not in (1, t) or tm not in (1, t):
+        raise InputError(f"maps have {tm} targets per image but {name} have {s.shape[1]}")
+    return m4.expand(-1, t, -1, -1), s.expand(-1, t, -1, -1), t == 1
+
+
+def finish(scores: torch.Tensor, squeeze: bool) -> torch.Tensor:
+    """(B, T) scores -> (B,) when one map per image was given."""
+    return scores[:, 0] if squeeze else scores
+
+
+def order_desc(values: torch.Tensor) -> torch.Tensor:
+    """Indices that sort the last axis descending; ties: the lowest index first (stable)."""
+    return torch.sort(values, dim=-1, descending=True, stable=True).indices
+
+
+def order_asc(values: torch.Tensor) -> torch.Tensor:
+    """Indices that sort the last axis ascending; ties: the lowest index first (stable)."""
+    return torch.sort(values, dim=-1, descending=False, stable=True).indices
+
+
+def ranks_of(order: torch.Tensor) -> torch.Tensor:
+    """Inverse permutation: position of every element in ``order`` (..., n) -> (..., n) long."""
+    ranks = torch.empty_like(order)
+    ranks.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
+    return ranks
+
+
+def average_ranks(values: torch.Tensor) -> torch.Tensor:
+    """1-based ranks along the last axis with ties given their average rank (scipy.stats.rankdata).
+
+    Batched and exact: (..., n) -> float64 (..., n).
+    """
+    v = values.to(torch.float64)
+    n = v.shape[-1]
+    sv, idx = torch.sort(v, dim=-1, stable=True)
+    pos = torch.arange(n, device=v.device, dtype=torch.float64).expand_as(sv)
+    new = torch.ones_like(sv, dtype=torch.bool)
+    new[..., 1:] = sv[..., 1:] != sv[..., :-1]
+    # first position of each tie group, carried forward; last position, carried backward
+    first = torch.where(new, pos, torch.zeros_like(pos)).cummax(dim=-1).values
+    end = torch.ones_like(new)
+    end[..., :-1] = new[..., 1:]
+    lastpos = torch.where(end, pos, torch.full_like(pos, float(n))).flip(-1).cummin(dim=-1).values.flip(-1)
+    avg = (first + lastpos) / 2 + 1
+    out = torch.empty_like(avg)
+    out.scatter_(-1, idx, avg)
+    return out
+
+
+def minmax(maps: torch.Tensor) -> torch.Tensor:
+    """Per-map min-max normalisation over the last two axes; a constant map becomes all zeros."""
+    lo = maps.amin(dim=(-2, -1), keepdim=True)
+    hi = maps.amax(dim=(-2, -1), keepdim=True)
+    span = hi - lo
+    return torch.where(span > 0, (maps - lo) / torch.where(span > 0, span, torch.ones_like(span)),
+                       torch.zeros_like(maps))
+
+
+def nan_where(cond: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``values`` with NaN where ``cond`` holds (out of place)."""
+    return torch.where(cond, torch.full_like(values, float("nan")), values)

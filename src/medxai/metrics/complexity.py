@@ -1,0 +1,76 @@
+"""Complexity: how concentrated, how simple, how smooth is a map (no model, no mask needed).
+
+Maps (B, H, W) or (B, 1, H, W) -> (B,) on the maps' device and dtype. Every normalisation is
+per map, never across the batch (Quantus 0.6.0's ``normalise_by_max`` uses one maximum for the
+whole batch, so its scores depend on the other samples).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from medxai.metrics._common import minmax, nan_where, single_maps
+from medxai.metrics.registry import metric, on_maps
+
+__all__ = ["complexity", "effective_complexity", "sparseness", "total_variation"]
+
+
+def _abs_flat(maps: torch.Tensor, normalise: bool) -> torch.Tensor:
+    a = single_maps(maps).reshape(maps.shape[0], -1).abs().to(torch.float64)
+    if normalise:
+        peak = a.amax(-1, keepdim=True)
+        a = a / torch.where(peak > 0, peak, torch.ones_like(peak))
+    return a
+
+
+@metric("sparseness", category="complexity", higher_is_better=True,
+        reference="Chalasani et al. 2020, Concise explanations of neural networks using adversarial training "
+                  "(ICML); Gini index", score=on_maps)
+def sparseness(maps: torch.Tensor, *, normalise: bool = True) -> torch.Tensor:
+    """Gini index of |a| + 1e-7: G = sum_i (2i - n - 1) a_(i) / (n sum a), a sorted ascending, i = 1..n.
+
+    ``normalise``: divide |a| by its per-map maximum first (as Quantus does per sample); the
+    1e-7 makes the score depend on scale only through this choice. 0 = uniform, -> 1 = one pixel.
+    """
+    a = torch.sort(_abs_flat(maps, normalise) + 1e-7, dim=-1).values
+    n = a.shape[-1]
+    i = torch.arange(1, n + 1, device=a.device, dtype=torch.float64)
+    g = ((2 * i - n - 1) * a).sum(-1) / (n * a.sum(-1))
+    return g.to(maps.dtype)
+
+
+@metric("complexity", category="complexity", higher_is_better=False,
+        reference="Bhatt et al. 2020, Evaluating and aggregating feature-based model explanations (IJCAI)",
+        score=on_maps)
+def complexity(maps: torch.Tensor) -> torch.Tensor:
+    """Entropy -sum p ln(p + 1e-12) of p = |a| / sum |a| (nats). NaN for an all-zero map."""
+    a = _abs_flat(maps, normalise=False)
+    total = a.sum(-1, keepdim=True)
+    p = a / torch.where(total > 0, total, torch.ones_like(total))
+    h = -(p * torch.log(p + 1e-12)).sum(-1)
+    return nan_where(total[:, 0] <= 0, h).to(maps.dtype)
+
+
+@metric("effective_complexity", category="complexity", higher_is_better=False,
+        reference="Nguyen & Martinez 2020, On quantitative aspects of model interpretability (arXiv:2007.07584)",
+        score=on_maps)
+def effective_complexity(maps: torch.Tensor, *, eps: float = 1e-5, normalise: bool = True) -> torch.Tensor:
+    """Number of pixels with |a| > eps, after dividing |a| by its per-map maximum (``normalise``)."""
+    return (_abs_flat(maps, normalise) > eps).sum(-1).to(maps.dtype)
+
+
+@metric("total_variation", category="complexity", higher_is_better=False,
+        reference="the adversarial-training study's smoothness score (anisotropic total variation)",
+        score=on_maps)
+def total_variation(maps: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between 4-neighbouring pixels of the per-map min-max normalised map.
+
+    TV = (sum |a[i+1, j] - a[i, j]| + sum |a[i, j+1] - a[i, j]|) / (H (W - 1) + (H - 1) W), with
+    a in [0, 1] per map (a constant map is all zeros: TV 0). Lower is smoother.
+    """
+    a = minmax(single_maps(maps).to(torch.float64))
+    h, w = a.shape[-2:]
+    dy = (a[:, 1:, :] - a[:, :-1, :]).abs().sum((-2, -1))
+    dx = (a[:, :, 1:] - a[:, :, :-1]).abs().sum((-2, -1))
+    pairs = h * (w - 1) + (h - 1) * w
+    return ((dy + dx) / max(pairs, 1)).to(maps.dtype)

@@ -8,10 +8,10 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from _metrics_helpers import images, smooth_maps, tiny_cnn
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
+from _metrics_helpers import images, smooth_maps, tiny_cnn
 from medxai.errors import InputError
 from medxai.metrics import (
     METRICS,

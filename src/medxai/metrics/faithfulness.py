@@ -8,7 +8,9 @@ large batches, in torch, on the images' device.
 Maps: (B, H, W) or (B, 1, H, W), one map per image shared by all channels. Pixel order: by
 descending map value, ties to the lowest flat index (stable); LeRF orders ascending, ties to
 the lowest index. ``target`` None explains the class predicted on the clean image (lowest index
-on ties). The model runs in eval mode with frozen parameters and is restored afterwards.
+on ties). Every metric scores the softmax probability of the target by default (``output``:
+"logit" | "softmax" | "sigmoid"; Quantus' defaults too). The model runs in eval mode with
+frozen parameters and is restored afterwards.
 """
 
 from __future__ import annotations
@@ -215,7 +217,7 @@ def insertion(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, target: int
         score=_curve_score("pixel_flipping"))
 def pixel_flipping(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, target: int | torch.Tensor | None = None,
                    *, steps: int | None = 100, features_in_step: int | None = None, baseline: float = 0.0,
-                   output: str = "logit", batch_size: int | None = None) -> CurveResult:
+                   output: str = "softmax", batch_size: int | None = None) -> CurveResult:
     """Flip pixels (all channels) to ``baseline`` in descending map order, ``features_in_step``
     pixels per step (default ceil(HW / steps)); the curve is the target's ``output`` after each
     step, starting with the clean image. Quantus' PixelFlipping curve is ``curve[:, 1:]``.
@@ -233,10 +235,11 @@ def _aopc_score(fn, ctx: ScoreContext) -> dict[str, torch.Tensor]:
         score=_aopc_score)
 def region_perturbation(model: nn.Module, x: torch.Tensor, maps: torch.Tensor,
                         target: int | torch.Tensor | None = None, *, patch_size: int = 8, regions: int = 100,
-                        order: str = "morf", baseline: float | str = 0.0, output: str = "logit",
+                        order: str = "morf", baseline: float | str = 0.0, output: str = "softmax",
                         seed: Seed = 0, batch_size: int | None = None) -> CurveResult:
-    """Region perturbation: non-overlapping ``patch_size`` patches (a grid from the top-left; border
-    patches are cut by the image) ranked by summed attribution ("morf" descending, "lerf"
+    """Region perturbation: non-overlapping ``patch_size`` patches (a grid centred on the image
+    when the size is not a multiple: border patches are cut, floor(extra / 2) before) ranked by
+    summed attribution ("morf" descending, "lerf"
     ascending, "random"), replaced cumulatively by ``baseline`` (a value, or "uniform" noise
     U(0, 1) as in Samek et al.) for k = 1..L = min(regions, #patches). Random draws come from a
     generator per sample seeded by ``seed`` (an int for all samples, or one per sample).
@@ -249,8 +252,9 @@ def region_perturbation(model: nn.Module, x: torch.Tensor, maps: torch.Tensor,
     if patch_size < 1:
         raise InputError(f"patch_size must be >= 1, got {patch_size}")
     ph, pw = math.ceil(h / patch_size), math.ceil(w / patch_size)
-    rows = torch.arange(h, device=x.device) // patch_size
-    cols = torch.arange(w, device=x.device) // patch_size
+    oy, ox = (ph * patch_size - h) // 2, (pw * patch_size - w) // 2  # grid centred, as Quantus pads
+    rows = (torch.arange(h, device=x.device) + oy) // patch_size
+    cols = (torch.arange(w, device=x.device) + ox) // patch_size
     patch_of = (rows[:, None] * pw + cols[None, :]).reshape(-1)  # (HW,)
     sums = torch.zeros(b, ph * pw, device=x.device, dtype=torch.float64)
     sums.index_add_(1, patch_of, flat.to(torch.float64))

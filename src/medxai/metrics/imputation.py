@@ -200,13 +200,16 @@ def _pcg(op, prec, b: torch.Tensor, rtol: float, max_iter: int) -> torch.Tensor:
     p = z.clone()
     rz = _dot(r, z)
     stop = rtol * b.flatten(-2).norm(dim=-1)[..., None, None]
+    active = b.flatten(-2).norm(dim=-1)[..., None, None] > stop
     for _ in range(max_iter):
         ap = op(p)
         pap = _dot(p, ap)
-        alpha = torch.where(pap > 0, rz / torch.where(pap > 0, pap, 1.0), 0.0)
+        # a converged system stops moving, so its result does not depend on the rest of the batch
+        alpha = torch.where(active & (pap > 0), rz / torch.where(pap > 0, pap, 1.0), 0.0)
         u.add_(alpha * p)
         r.sub_(alpha * ap)
-        if bool((r.flatten(-2).norm(dim=-1)[..., None, None] <= stop).all()):
+        active = active & (r.flatten(-2).norm(dim=-1)[..., None, None] > stop)
+        if not bool(active.any()):
             break
         z = prec(r)
         rz_new = _dot(r, z)

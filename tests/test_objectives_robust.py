@@ -218,6 +218,29 @@ def test_fast_catastrophic_overfitting_warning_when_pgd_accuracy_collapses():
     assert second["check_pgd_accuracy"] == 0.0 and second["catastrophic_overfitting"] == 1.0
 
 
+@pytest.mark.parametrize("objective,logged", [
+    ({"name": "adversarial", "eps": "4/255", "steps": 2, "mix": 0.5}, {"eps": 4 / 255}),
+    ({"name": "trades", "eps": 0.02, "steps": 2}, {}),
+    ({"name": "fast", "eps": 0.02}, {"eps": 0.02}),
+    ({"name": "free", "eps": 0.02, "replays": 2}, {"eps": 0.02}),
+    ({"name": "corruption", "p": 1.0, "levels": [1, 2]}, {}),
+])
+def test_objectives_run_inside_fit(objective, logged):
+    from medxai.train import fit
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    items = [{"image": torch.rand(3, 12, 12, generator=g), "label": torch.tensor(i % 2)} for i in range(16)]
+    res = fit(tiny(0, k=2), items, items[:8], {"task": "binary", "epochs": 2, "batch_size": 8, "device": "cpu",
+                                               "objective": objective})
+    last = res.history[-1]
+    assert np.isfinite(last["train_loss"]) and last["epoch"] == 2
+    for k, v in logged.items():
+        assert last[k] == pytest.approx(v)
+    if objective["name"] == "fast":  # the per-epoch check ran on the validation batch
+        assert last["catastrophic_overfitting"] in (0.0, 1.0) and 0.0 <= last["check_pgd_accuracy"] <= 1.0
+
+
 def test_first_layer_robustification_keeps_frozen_groups_bitwise():
     from medxai.models import create, freeze
     from medxai.train import fit

@@ -198,7 +198,6 @@ class Fast(Objective, _Budget, _CheckBatch):
         _CheckBatch.__init__(self)
         self.check, self.check_steps, self.check_restarts = bool(check), int(check_steps), int(check_restarts)
         self.drop, self.gap = float(drop), float(gap)
-        self.prev_pgd_acc: float | None = None
 
     def train_step(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         self.remember(x, y)
@@ -231,17 +230,17 @@ class Fast(Objective, _Budget, _CheckBatch):
         with torch.no_grad(), attack_mode(ctx.model):
             pgd_acc = float((ctx.model(x_pgd).argmax(1) == y).float().mean())
             fgsm_acc = float((ctx.model(x_fgsm).argmax(1) == y).float().mean())
-        collapsed = (self.prev_pgd_acc is not None and pgd_acc < self.prev_pgd_acc - self.drop) or (
-            fgsm_acc - pgd_acc > self.gap)
+        prev = ctx.state.get("fast_check_pgd_accuracy")  # in ctx.state: survives a resume
+        collapsed = (prev is not None and pgd_acc < prev - self.drop) or (fgsm_acc - pgd_acc > self.gap)
         if collapsed:
-            before = "" if self.prev_pgd_acc is None else f" (previous epoch {self.prev_pgd_acc:.2f})"
+            before = "" if prev is None else f" (previous epoch {prev:.2f})"
             msg = (f"catastrophic overfitting in fast adversarial training at epoch {ctx.epoch + 1}: "
                    f"PGD-{self.check_steps} accuracy at eps {eps:.4g} is {pgd_acc:.2f}{before} while FGSM accuracy "
                    f"is {fgsm_acc:.2f}; the model resists only the single-step attack. Use the weights of an "
                    "earlier epoch (early stopping), a smaller step_size or eps, or the 'adversarial' objective.")
             warnings.warn(msg, CatastrophicOverfittingWarning, stacklevel=2)
             log.warning(msg)
-        self.prev_pgd_acc = pgd_acc
+        ctx.state["fast_check_pgd_accuracy"] = pgd_acc
         return {"check_pgd_accuracy": pgd_acc, "check_fgsm_accuracy": fgsm_acc,
                 "catastrophic_overfitting": float(collapsed)}
 

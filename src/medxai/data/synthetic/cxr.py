@@ -45,6 +45,7 @@ from medxai.data.synthetic._draw import (
     F32,
     blur3,
     bump,
+    clip,
     grid,
     grid_half,
     segment_d2,
@@ -228,13 +229,13 @@ def _patches(an: _Anatomy, l: np.random.Generator, lungs: np.ndarray, k: int, si
     mott = texture(l, s, 12) * F32(0.5) + texture(l, s, 30) * F32(0.35) + texture(l, s, 70) * F32(0.15)
     acc = acc * (F32(2) - np.minimum(acc, F32(1)))  # soft union of the lobules, rounded top
     field = np.minimum(acc, F32(1)) * (F32(0.75) + F32(0.45) * mott)
-    return threshold(np.clip(field, 0, 1) * lungs * F32(dense), 0.06)
+    return threshold(clip(field, 0, 1) * lungs * F32(dense), 0.06)
 
 
 def _tone(dens: np.ndarray, a: np.random.Generator) -> np.ndarray:
     lo, hi = a.uniform(0.0, 0.08), a.uniform(0.85, 1.0)
     img = F32(lo) + F32((hi - lo) / 0.66) * dens
-    np.clip(img, 0, 1, out=img)
+    clip(img, 0, 1, out=img)
     g = F32(a.uniform(-0.35, 0.35))
     return img + g * img * (F32(1) - img)
 
@@ -315,11 +316,11 @@ def _atelectasis(an: _Anatomy, l: np.random.Generator, free: np.ndarray, strengt
         hy, hx = an.top + 0.45 * (base - an.top), 0.5 + side * (an.med + 0.03)
         ty, tx = base - 0.01, 0.5 + side * (an.med + l.uniform(0.08, 0.16))
         d2 = segment_d2(an.y, an.x, hy, hx, ty, tx)
-        tt = np.clip(((an.y - F32(hy)) * F32(ty - hy) + (an.x - F32(hx)) * F32(tx - hx))
+        tt = clip(((an.y - F32(hy)) * F32(ty - hy) + (an.x - F32(hx)) * F32(tx - hx))
                      * F32(1 / ((ty - hy) ** 2 + (tx - hx) ** 2)), 0, 1)
         width = F32(0.015) + F32(l.uniform(0.05, 0.08)) * tt
         field = bump(d2 / (width * width)) * F32(1.2)
-    return threshold(np.clip(field, 0, 1) * free * F32(strength))
+    return threshold(clip(field, 0, 1) * free * F32(strength))
 
 
 def _edema(an: _Anatomy, l: np.random.Generator, free: np.ndarray, strength: float):
@@ -330,7 +331,7 @@ def _edema(an: _Anatomy, l: np.random.Generator, free: np.ndarray, strength: flo
         rx, ry = l.uniform(0.13, 0.18), l.uniform(0.15, 0.2)
         q = ((an.x - F32(hx)) * F32(1 / rx)) ** 2 + ((an.y - F32(hy)) * F32(1 / ry)) ** 2
         acc = acc + bump(q)
-    haze = np.clip(acc * F32(1.1), 0, 1) * (F32(0.85) + F32(0.3) * texture(l, an.n, 10))
+    haze = clip(acc * F32(1.1), 0, 1) * (F32(0.85) + F32(0.3) * texture(l, an.n, 10))
     lines = F32(0)
     for side in (-1, 1):  # Kerley B lines: short horizontal lines at the lateral bases
         base = an.base if side < 0 else an.base_l
@@ -340,7 +341,7 @@ def _edema(an: _Anatomy, l: np.random.Generator, free: np.ndarray, strength: flo
             ln = l.uniform(0.025, 0.04)
             d2 = segment_d2(an.y, an.x, y0, xe, y0, xe - side * ln)
             lines = np.maximum(lines, bump(d2 * F32(1 / max(1.2 * an.pxg, 0.005) ** 2)))
-    return threshold(np.clip(np.maximum(haze * F32(0.75), lines * F32(0.8)), 0, 1) * free * F32(strength), 0.08)
+    return threshold(clip(np.maximum(haze * F32(0.75), lines * F32(0.8)), 0, 1) * free * F32(strength), 0.08)
 
 
 def _effusion(an: _Anatomy, l: np.random.Generator, lungs_by_side: dict, strength: float):
@@ -353,7 +354,7 @@ def _effusion(an: _Anatomy, l: np.random.Generator, lungs_by_side: dict, strengt
         men = F32(level) - F32(l.uniform(0.04, 0.09)) * lat * lat  # meniscus rises laterally
         fluid = smoothstep(0.0, 0.03, an.y - men)
         acc = acc + fluid * lungs_by_side[side]
-    return threshold(np.clip(acc, 0, 1) * F32(strength))
+    return threshold(clip(acc, 0, 1) * F32(strength))
 
 
 def render_multilabel(ctx: Context) -> Rendered:

@@ -43,6 +43,7 @@ from medxai.data.synthetic._draw import (
     blend,
     blur3,
     bump,
+    clip,
     cos_sin,
     grid,
     line_stamps,
@@ -352,7 +353,7 @@ def render(ctx: Context) -> Rendered:
                 blend(img, field[sl], colour * loc, where=sl)
     mask = (dark > 0) | (exu > 0) | (cws > 0)
 
-    np.clip(img, 0, 1, out=img)
+    clip(img, 0, 1, out=img)
     img += curve * img * (F32(1) - img)
     nz = ctx.stream(NOISE)
     img += F32(nz.uniform(0.004, 0.025)) * white(nz, s, 3)

@@ -41,6 +41,7 @@ from medxai.data.synthetic._draw import (
     blend,
     blur3,
     bump,
+    clip,
     cos_sin,
     grid,
     line_stamps,
@@ -107,7 +108,7 @@ def render(ctx: Context) -> Rendered:
     cy0, cx0 = 0.5 + a.uniform(-0.12, 0.12), 0.5 + a.uniform(-0.12, 0.12)
     r2 = ((yy - F32(cy0)) ** 2 + (xx - F32(cx0)) ** 2)
     illum = (F32(1.04) - F32(a.uniform(0.3, 0.8)) * r2) * F32(a.uniform(0.85, 1.12))
-    red = np.clip(texture(a, s, 4), -1.5, 2.5) * F32(a.uniform(0.02, 0.06))  # blotchy erythema
+    red = clip(texture(a, s, 4), -1.5, 2.5) * F32(a.uniform(0.02, 0.06))  # blotchy erythema
     img = (illum * (F32(1) + F32(0.025) * texture(a, s, 40)))[None] * skin  # channel-first (3, H, W)
     img += red[None] * rgb(0.4, -0.6, -0.5)
     rim = a.random() < 0.35  # the dermatoscope's dark circular rim
@@ -160,7 +161,7 @@ def render(ctx: Context) -> Rendered:
                 bw = window(s, by, bx, br * 1.3 * 1.7 + 2.0 / s)  # the blob's own window, inside the lesion's
                 rel = _relative(bw, win)
                 b = _blob(l, wy[rel], wx[rel], by, bx, br, 0.3)
-                b *= np.clip(F32(0.8) + F32(0.35) * texture(l, s, 18)[win][rel], 0, 1)
+                b *= clip(F32(0.8) + F32(0.35) * texture(l, s, 18)[win][rel], 0, 1)
                 b = threshold(b * les[rel] * F32(strength[kind]), 0.08)
                 sub = col[:, rel[0], rel[1]]
                 sub += b[None] * (rgb(*palette[kind]) - sub)
@@ -206,7 +207,7 @@ def render(ctx: Context) -> Rendered:
         blend(img, hair * F32(0.85), rgb(0.15, 0.1, 0.07))
 
     curve = F32(a.uniform(-0.25, 0.3))
-    np.clip(img, 0, 1, out=img)
+    clip(img, 0, 1, out=img)
     img += curve * img * (F32(1) - img)
     nz = ctx.stream(NOISE)
     img += F32(nz.uniform(0.004, 0.02)) * white(nz, s, 3)

@@ -98,3 +98,12 @@ def test_no_side_effects_even_when_model_raises():
     Occlusion(model, window=4, stride=4).attribute(x, 1)
     assert all(m.training for m in model.modules()) and model.inner[0].weight.grad is g
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN stats untouched
+
+
+def test_layout_and_chunking_do_not_change_the_map():
+    model = _cnn().eval()
+    x = torch.rand(3, 3, 10, 10)
+    ref = Occlusion(model, window=3, stride=2, channels_last=False, batch_size=1000).attribute(x, 1)
+    for cl, bs in ((True, 1000), (True, 5), (False, 7)):
+        out = Occlusion(model, window=3, stride=2, channels_last=cl, batch_size=bs).attribute(x, 1)
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)

@@ -53,11 +53,14 @@ class InputBuffer:
 
     Reusing one buffer across chunks avoids re-faulting fresh pages for every chunk (several ms per
     chunk of 64 images at 128 px on CPU). Safe because the engine consumes each chunk's outputs
-    before it asks for the next inputs.
+    before it asks for the next inputs. ``channels_last`` (None: on CPU) lays the batch out NHWC,
+    which oneDNN convolutions run faster than NCHW (same values up to float rounding).
     """
 
-    def __init__(self, x: torch.Tensor, channels_last: bool = False) -> None:
+    def __init__(self, x: torch.Tensor, channels_last: bool | None = None) -> None:
         self.x, self.buf = x, None
+        if channels_last is None:
+            channels_last = x.device.type == "cpu"
         self.fmt = torch.channels_last if channels_last and x.ndim == 4 else torch.contiguous_format
 
     def __call__(self, n: int) -> torch.Tensor:

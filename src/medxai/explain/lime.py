@@ -188,6 +188,7 @@ class Lime(Attribution):
         kernel_width: 0.25 (lime). alpha: ridge penalty, 1 (lime).
         seed: seed of the perturbation matrix (a per-call ``seed=`` overrides it).
         output: "softmax" (default, lime explains probabilities), "sigmoid" or "logit".
+        batch_size / memory_budget: images per model call; channels_last: NHWC batches (None: on CPU).
     ``explain_superpixels`` returns a :class:`LimeResult` with weights, intercept, local
     prediction and fit score; ``perturbations=`` (N, F) or (B, N, F) binary fixes the matrix.
     """
@@ -200,7 +201,7 @@ class Lime(Attribution):
                  hide_color: float | Sequence[float] | None = None, kernel_width: float = 0.25,
                  alpha: float = 1.0, seed: int = 0, output: str = "softmax",
                  batch_size: int | None = None, memory_budget: int = DEFAULT_MEMORY_BUDGET,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool | None = None) -> None:
         super().__init__(model, output=output)
         if num_samples < 2:
             raise InputError(f"num_samples must be >= 2, got {num_samples}")

@@ -76,6 +76,7 @@ class Occlusion(Attribution):
         output: what is explained: "logit" (default, like captum on a logit model), "softmax",
             "sigmoid".
         batch_size / memory_budget: images per model call (default from the memory budget).
+        channels_last: lay perturbed batches out NHWC (None: on CPU, where convolutions run faster).
     """
 
     name = "occlusion"
@@ -84,7 +85,7 @@ class Occlusion(Attribution):
     def __init__(self, model: nn.Module, *, window: int | Sequence[int] | None = None,
                  stride: int | Sequence[int] | None = None, baseline: float | torch.Tensor = 0.0,
                  output: str = "logit", batch_size: int | None = None,
-                 memory_budget: int = DEFAULT_MEMORY_BUDGET, channels_last: bool = False) -> None:
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET, channels_last: bool | None = None) -> None:
         super().__init__(model, output=output)
         self.window, self.stride, self.baseline = window, stride, baseline
         self.batch_size, self.memory_budget = batch_size, memory_budget

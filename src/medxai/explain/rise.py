@@ -76,6 +76,7 @@ class RISE(Attribution):
         seed: mask seed. output: "softmax" (default: the paper weights masks by the class
             probability), "sigmoid" or "logit".
         batch_size / memory_budget: images per model call.
+        channels_last: lay perturbed batches out NHWC (None: on CPU, where convolutions run faster).
     """
 
     name = "rise"
@@ -83,7 +84,7 @@ class RISE(Attribution):
 
     def __init__(self, model: nn.Module, *, n_masks: int = 4000, s: int = 8, p: float = 0.5, seed: int = 0,
                  output: str = "softmax", batch_size: int | None = None,
-                 memory_budget: int = DEFAULT_MEMORY_BUDGET, channels_last: bool = False) -> None:
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET, channels_last: bool | None = None) -> None:
         super().__init__(model, output=output)
         self.n_masks, self.s, self.p, self.seed = n_masks, s, p, seed
         self.batch_size, self.memory_budget = batch_size, memory_budget

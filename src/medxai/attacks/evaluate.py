@@ -30,6 +30,7 @@ from medxai._util.seed import derive_seed
 from medxai._util.validate import check_images
 from medxai.attacks._data import iter_batches
 from medxai.attacks.pgd import PGD, attack_mode
+from medxai.attacks.steps import STEPS
 from medxai.errors import InputError
 
 METRICS = ("success_rate", "robust_accuracy", "prediction_change_rate", "balanced_success_rate",
@@ -149,6 +150,7 @@ def evaluate(model: nn.Module, data: Any, eps_list: list[float] | tuple[float, .
     eps_sorted = sorted(float(e) for e in eps_list)
     if not eps_sorted or eps_sorted[0] < 0:
         raise InputError(f"eps_list must be a non-empty list of budgets >= 0, got {list(eps_list)}")
+    STEPS.get(norm)  # an unknown norm fails before any work, listing the known ones
     loss = "bce" if task == "multilabel" else "ce"
     lab = _Labels(loss, label)
     if device is None:

@@ -66,13 +66,14 @@ PNEUMONIA_SHARES = (0.27, 0.73)  # Kaggle chest_xray/train: 1341 NORMAL, 3875 PN
 class _Anatomy:
     """Per-image geometry in canonical coordinates (x, y fractions of the side, after a small affine)."""
 
-    def __init__(self, a: np.random.Generator, s: int):
+    def __init__(self, a: np.random.Generator, s: int, coords: bool = True):
         self.s = s
         self.scale = a.uniform(0.9, 1.06)
         self.rot = unit(a.uniform(-0.06, 0.06))
         self.off = (a.uniform(-0.03, 0.03), a.uniform(-0.035, 0.035))
         self.px = 1.0 / (s * self.scale)  # one (full-resolution) pixel in canonical units
-        self._coords(*grid(s))
+        if coords:
+            self._coords(*grid(s))
         self.T = a.uniform(0.31, 0.38)  # thorax half-width
         self.top = a.uniform(0.1, 0.15)
         self.base = a.uniform(0.68, 0.77)  # costophrenic level (right)
@@ -91,7 +92,47 @@ class _Anatomy:
         self.x = F32(0.5 + self.off[1]) + (F32(c) * px + F32(sn) * py) * k
         self.y = F32(0.5 + self.off[0]) + (F32(c) * py - F32(sn) * px) * k
         self.n = yy.shape[0]  # side of the grid these coordinates cover
-        self.pxg = self.px * self.s / self.n  # one pixel of that grid in canonical units
+        self.f = 1 if self.n == self.s else 2  # image pixels per grid pixel
+        self.pxg = self.px * self.f  # one pixel of that grid in canonical units
+
+    def box(self, y0: float, x0: float, y1: float, x1: float, margin: float = 0.0) -> tuple[slice, slice]:
+        """Slices of this grid that cover the canonical box [y0, y1] x [x0, x1] grown by ``margin``."""
+        c, sn = self.rot
+        ys, xs = [], []
+        for yc in (min(y0, y1) - margin, max(y0, y1) + margin):
+            for xc in (min(x0, x1) - margin, max(x0, x1) + margin):
+                u, v = xc - 0.5 - self.off[1], yc - 0.5 - self.off[0]
+                xs.append(0.5 + self.scale * (c * u - sn * v))
+                ys.append(0.5 + self.scale * (sn * u + c * v))
+        k = self.s / self.f
+
+        def span(vals):
+            lo = math.floor(min(vals) * k - 0.5) - 1
+            hi = math.ceil(max(vals) * k - 0.5) + 2
+            return slice(min(max(0, lo), self.n), min(max(0, hi), self.n))
+
+        return span(ys), span(xs)
+
+    def ellipse(self, out: np.ndarray, cy: float, cx: float, ry: float, rx: float, amp: float = 1.0,
+                op: str = "add") -> None:
+        """Add (or max) ``amp * bump`` of an axis-aligned canonical ellipse into ``out``, over its box only."""
+        sl = self.box(cy - ry, cx - rx, cy + ry, cx + rx)
+        q = ((self.x[sl] - F32(cx)) * F32(1 / rx)) ** 2 + ((self.y[sl] - F32(cy)) * F32(1 / ry)) ** 2
+        val = bump(q) * F32(amp)
+        if op == "add":
+            out[sl] += val
+        else:
+            np.maximum(out[sl], val, out=out[sl])
+
+    def segment(self, out: np.ndarray, y0: float, x0: float, y1: float, x1: float, th: float,
+                amp: float = 1.0, op: str = "max") -> None:
+        """Max (or add) ``amp * bump(d^2 / th^2)`` of the distance d to a canonical segment, over its box."""
+        sl = self.box(y0, x0, y1, x1, th)
+        val = bump(segment_d2(self.y[sl], self.x[sl], y0, x0, y1, x1) * F32(1 / th**2)) * F32(amp)
+        if op == "add":
+            out[sl] += val
+        else:
+            np.maximum(out[sl], val, out=out[sl])
 
     def half(self) -> _Anatomy:
         """The same anatomy on the half-resolution grid (for the smooth parts; see ``upsample2``)."""
@@ -183,19 +224,17 @@ def _anatomy_density(an: _Anatomy, a: np.random.Generator, lungs: np.ndarray):
     coef = F32(a.uniform(0.3, 0.38))
     air = lungs * ldepth
     # hila and vascular markings, fading to the periphery
-    hil = F32(0)
+    hil = np.zeros((s, s), F32)
     for side in (-1, 1):
-        hy, hx = an.top + 0.42 * (an.base - an.top), 0.5 + side * (an.med + 0.04)
-        q = ((x - F32(hx)) ** 2 * F32(1.6) + (y - F32(hy)) ** 2) * F32(1 / 0.12**2)
-        hil = hil + bump(q)
+        an.ellipse(hil, an.top + 0.42 * (an.base - an.top), 0.5 + side * (an.med + 0.04), 0.12, 0.12 / 1.6**0.5)
     marks = texture(a, s, 26) + F32(0.5) * texture(a, s, 60)
     mk = F32(0.09) * hil * hil + F32(0.02) * marks * (F32(0.4) + hil)
     dens = dens - air * (coef - mk)
     dens = dens + F32(a.uniform(0.045, 0.075)) * _ribs(an, a) * body
-    for side in (-1, 1):
+    for side in (-1, 1):  # clavicles
         y0, x0 = an.top + a.uniform(0.02, 0.05), 0.5 + side * a.uniform(0.035, 0.05)
         y1, x1 = an.top - a.uniform(0.0, 0.04), 0.5 + side * (an.T + a.uniform(0.0, 0.04))
-        dens = dens + F32(0.08) * bump(segment_d2(y, x, y0, x0, y1, x1) * F32(1 / a.uniform(0.011, 0.016) ** 2))
+        an.segment(dens, y0, x0, y1, x1, a.uniform(0.011, 0.016), 0.08, op="add")
     spine = smoothstep(0.04, 0.022, d)
     vy = (y - F32(a.uniform(0, 0.05))) * F32(1 / 0.052)
     fv = vy - np.floor(vy)
@@ -204,13 +243,13 @@ def _anatomy_density(an: _Anatomy, a: np.random.Generator, lungs: np.ndarray):
     carina = an.top + a.uniform(0.14, 0.2)
     trachea = smoothstep(0.016, 0.009, d) * smoothstep(carina + 0.01, carina - 0.03, y)
     dens = dens - F32(0.07) * trachea
-    ak = ((x - F32(0.5 + an.med + 0.01)) ** 2 + (y - F32(an.top + 0.13)) ** 2) * F32(1 / 0.035**2)
-    dens = dens + F32(0.06) * bump(ak)
+    an.ellipse(dens, an.top + 0.13, 0.5 + an.med + 0.01, 0.035, 0.035, 0.06)  # aortic knob
     if a.random() < 0.5:  # gastric bubble under the left hemidiaphragm
         gy, gx = an.base_l + a.uniform(0.01, 0.04), 0.5 + an.T * a.uniform(0.35, 0.65)
         r = a.uniform(0.03, 0.05)
-        q = ((x - F32(gx)) * F32(1 / (1.3 * r))) ** 2 + ((y - F32(gy)) * F32(1 / r)) ** 2
-        dens = dens - F32(0.12) * bump(q) * smoothstep(an.base_l - 0.02, an.base_l + 0.01, y)
+        bub = np.zeros((s, s), F32)
+        an.ellipse(bub, gy, gx, r, 1.3 * r)
+        dens = dens - F32(0.12) * bub * smoothstep(an.base_l - 0.02, an.base_l + 0.01, y)
     return dens, F32(0.8) * coef * air + F32(0.05)
 
 
@@ -224,11 +263,10 @@ def _patches(an: _Anatomy, l: np.random.Generator, lungs: np.ndarray, k: int, si
         rx, ry = l.uniform(0.05, 0.1), l.uniform(0.06, 0.12)
         for _ in range(3):  # each patch: a few overlapping lobules
             oy, ox = l.normal(0, 0.35) * ry, l.normal(0, 0.35) * rx
-            q = ((an.x - F32(cx + ox)) * F32(1 / rx)) ** 2 + ((an.y - F32(cy + oy)) * F32(1 / ry)) ** 2
-            acc = acc + bump(q)
-    mott = texture(l, s, 12) * F32(0.5) + texture(l, s, 30) * F32(0.35) + texture(l, s, 70) * F32(0.15)
+            an.ellipse(acc, cy + oy, cx + ox, ry, rx)
+    mott = texture(l, s, 8) * F32(0.5) + texture(l, s, 18) * F32(0.35) + texture(l, s, 40) * F32(0.15)
     acc = acc * (F32(2) - np.minimum(acc, F32(1)))  # soft union of the lobules, rounded top
-    field = np.minimum(acc, F32(1)) * (F32(0.75) + F32(0.45) * mott)
+    field = np.minimum(acc, F32(1)) * (F32(0.65) + F32(0.5) * mott)  # ill-defined, patchy margins
     return threshold(clip(field, 0, 1) * lungs * F32(dense), 0.06)
 
 
@@ -254,8 +292,8 @@ class _Pass:
     def __init__(self, ctx: Context):
         self.s = ctx.size
         self.a = ctx.stream(ANATOMY)
-        self.an = _Anatomy(self.a, self.s)
         self.half = self.s >= 96
+        self.an = _Anatomy(self.a, self.s, coords=not self.half)
         self.lo = self.an.half() if self.half else self.an
         self.lung_lo = {-1: self.lo.lung(-1), 1: self.lo.lung(1)}
         self.lungs_lo = np.maximum(self.lung_lo[-1], self.lung_lo[1])
@@ -308,8 +346,7 @@ def _atelectasis(an: _Anatomy, l: np.random.Generator, free: np.ndarray, strengt
             half = l.uniform(0.05, 0.09)
             c, sn = unit(l.uniform(-0.35, 0.35))
             th = max(1.3 * an.pxg, l.uniform(0.008, 0.014))
-            d2 = segment_d2(an.y, an.x, cy - half * sn, cx - half * c, cy + half * sn, cx + half * c)
-            acc = np.maximum(acc, bump(d2 * F32(1 / th**2)))
+            an.segment(acc, cy - half * sn, cx - half * c, cy + half * sn, cx + half * c, th)
         field = acc * F32(1.3)
     else:  # lobar collapse: a dense wedge from the hilum down to the base
         base = an.base if side < 0 else an.base_l
@@ -324,23 +361,19 @@ def _atelectasis(an: _Anatomy, l: np.random.Generator, free: np.ndarray, strengt
 
 
 def _edema(an: _Anatomy, l: np.random.Generator, free: np.ndarray, strength: float):
-    acc = F32(0)
+    acc = np.zeros((an.n, an.n), F32)
     for side in (-1, 1):
         hy = an.top + l.uniform(0.4, 0.5) * (an.base - an.top)
         hx = 0.5 + side * (an.med + l.uniform(0.03, 0.06))
-        rx, ry = l.uniform(0.13, 0.18), l.uniform(0.15, 0.2)
-        q = ((an.x - F32(hx)) * F32(1 / rx)) ** 2 + ((an.y - F32(hy)) * F32(1 / ry)) ** 2
-        acc = acc + bump(q)
+        an.ellipse(acc, hy, hx, l.uniform(0.15, 0.2), l.uniform(0.13, 0.18))
     haze = clip(acc * F32(1.1), 0, 1) * (F32(0.85) + F32(0.3) * texture(l, an.n, 10))
-    lines = F32(0)
+    lines = np.zeros((an.n, an.n), F32)
     for side in (-1, 1):  # Kerley B lines: short horizontal lines at the lateral bases
         base = an.base if side < 0 else an.base_l
         for _ in range(int(l.integers(2, 5))):
             y0 = base - l.uniform(0.02, 0.12)
             xe = 0.5 + side * (an.T - l.uniform(0.0, 0.02))
-            ln = l.uniform(0.025, 0.04)
-            d2 = segment_d2(an.y, an.x, y0, xe, y0, xe - side * ln)
-            lines = np.maximum(lines, bump(d2 * F32(1 / max(1.2 * an.pxg, 0.005) ** 2)))
+            an.segment(lines, y0, xe, y0, xe - side * l.uniform(0.025, 0.04), max(1.2 * an.pxg, 0.005))
     return threshold(clip(np.maximum(haze * F32(0.75), lines * F32(0.8)), 0, 1) * free * F32(strength), 0.08)
 
 

@@ -172,24 +172,54 @@ def _vessel_tree(a: np.random.Generator, s: int, ref: int, disc: tuple[float, fl
     return np.concatenate(ys), np.concatenate(xs), np.concatenate(rs), np.concatenate(amps)
 
 
+QUADRANT_START = np.array([1.0, 1.5, 0.5, 0.0]) * math.pi  # angle ranges of quadrants 0-3 (y points down)
+
+
 def _points(rng: np.random.Generator, n: int, geo: dict, quadrants=None, rmin=0.15, rmax=0.85):
-    """n lesion centres (y, x), fractions of the side, inside the field of view, off the disc, in the
-    given quadrants (0-3 around the fovea: 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right)."""
+    """n lesion centres (y, x), fractions of the side, inside the field of view and off the disc.
+
+    ``quadrants``: None, or an int array (n,) giving each point's quadrant around the fovea (0 top-left,
+    1 top-right, 2 bottom-left, 3 bottom-right). Vectorised rejection sampling, 6 candidates a round.
+    """
     fy, fx, big_r = geo["fovea"][0], geo["fovea"][1], geo["R"]
     dy_, dx_, rd = geo["disc"][0], geo["disc"][1], geo["rd"]
-    out_y, out_x = [np.zeros(0)], [np.zeros(0)]
-    while sum(len(v) for v in out_y) < n:
-        m = 4 * n + 8
-        rad = big_r * np.sqrt(rng.uniform(rmin * rmin, rmax * rmax, m))
-        c, sn = cos_sin(rng.uniform(0, 2 * math.pi, m))
-        y, x = fy + rad * sn, fx + rad * c
-        ok = ((y - dy_) ** 2 + (x - dx_) ** 2 > (1.7 * rd) ** 2) & (np.abs(y - geo["center"][0]) < geo["ylim"])
-        if quadrants is not None:
-            q = (y > fy).astype(int) * 2 + (x > fx).astype(int)
-            ok &= np.isin(q, quadrants)
-        out_y.append(y[ok])
-        out_x.append(x[ok])
-    return np.concatenate(out_y)[:n], np.concatenate(out_x)[:n]
+    y, x = np.zeros(n), np.zeros(n)
+    todo = np.arange(n)
+    while todo.size:
+        m = todo.size
+        rad = big_r * np.sqrt(rng.uniform(rmin * rmin, rmax * rmax, (m, 6)))
+        if quadrants is None:
+            ang = rng.uniform(0, 2 * math.pi, (m, 6))
+        else:
+            ang = QUADRANT_START[np.asarray(quadrants)[todo]][:, None] + rng.uniform(0, 0.5 * math.pi, (m, 6))
+        c, sn = cos_sin(ang)
+        cy, cx = fy + rad * sn, fx + rad * c
+        ok = ((cy - dy_) ** 2 + (cx - dx_) ** 2 > (1.7 * rd) ** 2) & (np.abs(cy - geo["center"][0]) < geo["ylim"])
+        has, first = ok.any(axis=1), ok.argmax(axis=1)
+        rows = np.flatnonzero(has)
+        y[todo[rows]], x[todo[rows]] = cy[rows, first[rows]], cx[rows, first[rows]]
+        todo = todo[~has]
+    return y, x
+
+
+def _tufts(l: np.random.Generator, s: int, centres: list[tuple[float, float]]):
+    """Neovascular tufts: fine tortuous vessels folded into a small disc around each centre (pixels)."""
+    ys, xs = [], []
+    for cy_, cx_ in centres:
+        cr = l.uniform(0.035, 0.06) * s
+        k, n = int(l.integers(6, 11)), max(6, int(l.uniform(1.2, 2.4) * cr / 0.5))
+        c0, s0 = cos_sin(l.uniform(0, 2 * math.pi, k))
+        rr = cr * np.sqrt(l.random(k)) * 0.6
+        dc, ds = cos_sin(l.uniform(0, 2 * math.pi, k))
+        d0 = dc + 1j * ds
+        t = (l.normal(0, 0.55, (k, n)) + l.choice([-0.25, 0.25], (k, 1))) * 0.5
+        d = d0[:, None] * np.cumprod(((1 - t * t) + 2j * t) / (1 + t * t), axis=1)
+        pos = (rr * (c0 + 1j * s0))[:, None] + 0.5 * np.cumsum(d, axis=1)
+        dist = np.abs(pos) + 1e-6
+        pos = pos * np.where(dist > cr, cr / dist, 1.0)  # fold the walk back into the tuft
+        ys.append(cy_ * s + pos.imag.ravel())
+        xs.append(cx_ * s + pos.real.ravel())
+    return np.concatenate(ys), np.concatenate(xs)
 
 
 def _lesions(ctx: Context, geo: dict):
@@ -200,33 +230,31 @@ def _lesions(ctx: Context, geo: dict):
     dark, exu, cws = zero, zero.copy(), zero.copy()
     if grade == 0:
         return dark, exu, cws
+    # dark-red dots and blots, all in one stamp call: (y, x, ry, rx, cos, sin, amp) per stamp
     r_ma = max(0.9, 0.0075 * s)
-    n_ma = {1: l.integers(1, 5), 2: l.integers(4, 13), 3: l.integers(8, 21), 4: l.integers(0, 16)}[grade]
-    y, x = _points(l, int(n_ma), geo)
-    dark = np.minimum(stamp(s, y * s, x * s, r_ma * l.uniform(0.85, 1.35, y.size), amp=1.6), 1.0)
+    n_ma = int({1: l.integers(1, 5), 2: l.integers(4, 13), 3: l.integers(8, 21), 4: l.integers(0, 16)}[grade])
+    y, x = _points(l, n_ma, geo)
+    rm = r_ma * l.uniform(0.85, 1.35, n_ma)
+    parts = [(y * s, x * s, rm, rm, np.ones(n_ma), np.zeros(n_ma), np.full(n_ma, 1.6))]
 
-    haem_q: list[int] = []
+    haem_q = np.zeros(0, int)
     want_exu = False
     if grade == 2:
         kind = l.integers(0, 3)  # 0 haemorrhages, 1 exudates, 2 both
         if kind != 1:
-            haem_q = list(l.permutation(4)[: l.integers(1, 3)])
+            haem_q = l.permutation(4)[: l.integers(1, 3)]
         want_exu = kind != 0
     elif grade == 3:
-        haem_q = list(l.permutation(4)[: l.integers(3, 5)])
+        haem_q = l.permutation(4)[: l.integers(3, 5)]
         want_exu = l.random() < 0.5
     elif grade == 4:
         if l.random() < 0.5:
-            haem_q = list(l.permutation(4)[: l.integers(1, 5)])
+            haem_q = l.permutation(4)[: l.integers(1, 5)]
         want_exu = l.random() < 0.4
-    hy, hx = [], []
-    for q in haem_q:
-        k = int(l.integers(3, 7)) if grade == 3 else int(l.integers(1, 3))
-        py, px = _points(l, k, geo, quadrants=[q], rmin=0.2)
-        hy.append(py)
-        hx.append(px)
-    if hy:
-        py, px = np.concatenate(hy) * s, np.concatenate(hx) * s
+    if haem_q.size:
+        per = l.integers(3, 7, haem_q.size) if grade == 3 else l.integers(1, 3, haem_q.size)
+        py, px = _points(l, int(per.sum()), geo, quadrants=np.repeat(haem_q, per), rmin=0.2)
+        py, px = py * s, px * s
         m = py.size
         flame = l.random(m) < 0.4
         rb = np.maximum(1.5, l.uniform(0.011, 0.026, m) * s)
@@ -235,57 +263,40 @@ def _lesions(ctx: Context, geo: dict):
         # flames lie along the nerve-fibre direction, roughly radial from the disc
         vy, vx = py - geo["disc"][0] * s, px - geo["disc"][1] * s
         norm = np.sqrt(vy * vy + vx * vx) + 1e-6
-        c, sn = np.where(flame, vx / norm, 1.0), np.where(flame, vy / norm, 0.0)
         ca, sa = cos_sin(l.uniform(0, 2 * math.pi, m))
-        c, sn = np.where(flame, c, ca), np.where(flame, sn, sa)
+        c, sn = np.where(flame, vx / norm, ca), np.where(flame, vy / norm, sa)
         # each blot: a main stamp plus a satellite for an irregular outline
         jy, jx = l.normal(0, 0.35, m) * rb, l.normal(0, 0.35, m) * rb
-        f = stamp(s, np.r_[py, py + jy], np.r_[px, px + jx], np.r_[ry, 0.7 * ry], np.r_[rx, 0.7 * rx],
-                  np.r_[c, c], np.r_[sn, sn], amp=1.8)
-        dark = np.maximum(dark, np.minimum(f, 1.0) * F32(0.92))
+        parts.append((py, px, ry, rx, c, sn, np.full(m, 1.8)))
+        parts.append((py + jy, px + jx, 0.7 * ry, 0.7 * rx, c, sn, np.full(m, 1.8)))
+    py, px, ry, rx, c, sn, amp = (np.concatenate(v) for v in zip(*parts, strict=True))
+    dark = np.minimum(stamp(s, py, px, ry, rx, c, sn, amp=amp), F32(1)) * F32(0.93)
     if want_exu:
-        for _ in range(int(l.integers(1, 4))):
-            cy_, cx_ = _points(l, 1, geo, rmin=0.15, rmax=0.7)
-            k = int(l.integers(5, 21))
-            spread = l.uniform(0.025, 0.06)
-            ca, sa = cos_sin(l.uniform(0, 2 * math.pi, k))
-            rad = spread * np.sqrt(l.uniform(0.1, 1.0, k)) if l.random() < 0.5 else spread * l.uniform(0.7, 1.0, k)
-            ey, ex = (cy_[0] + rad * sa) * s, (cx_[0] + rad * ca) * s
-            re = max(0.8, 0.0045 * s) * l.uniform(0.8, 1.7, k)
-            exu += stamp(s, ey, ex, re, amp=2.0)
-        exu = np.minimum(exu, 1.0) * F32(0.92)
+        k = int(l.integers(1, 4))
+        cy_, cx_ = _points(l, k, geo, rmin=0.15, rmax=0.7)
+        per = l.integers(5, 21, k)
+        spread = np.repeat(l.uniform(0.025, 0.06, k), per)
+        ca, sa = cos_sin(l.uniform(0, 2 * math.pi, per.sum()))
+        ring = np.repeat(l.random(k) < 0.5, per)  # circinate rings or scattered clusters
+        rad = spread * np.where(ring, l.uniform(0.7, 1.0, per.sum()), np.sqrt(l.uniform(0.1, 1.0, per.sum())))
+        ey, ex = (np.repeat(cy_, per) + rad * sa) * s, (np.repeat(cx_, per) + rad * ca) * s
+        re = max(0.8, 0.0045 * s) * l.uniform(0.8, 1.7, per.sum())
+        exu = np.minimum(stamp(s, ey, ex, re, amp=2.0), F32(1)) * F32(0.92)
     if grade == 3 and l.random() < 0.5:
         k = int(l.integers(1, 4))
         cy_, cx_ = _points(l, k, geo, rmin=0.2, rmax=0.7)
         rc = max(2.0, 0.024 * s) * l.uniform(0.8, 1.3, k)
-        cws = np.minimum(stamp(s, cy_ * s, cx_ * s, rc, rc * l.uniform(1.0, 1.6, k), amp=1.0), 1.0) * F32(0.6)
+        cws = np.minimum(stamp(s, cy_ * s, cx_ * s, rc, rc * l.uniform(1.0, 1.6, k), amp=1.0), F32(1)) * F32(0.6)
     if grade == 4:
-        nv = np.zeros((s, s), F32)
-        for j in range(int(l.integers(1, 3))):
-            if j == 0 and l.random() < 0.6:
-                cy_, cx_ = geo["disc"][0], geo["disc"][1]
-            else:
-                py, px = _points(l, 1, geo, rmin=0.35, rmax=0.7)
-                cy_, cx_ = float(py[0]), float(px[0])
-            cr = l.uniform(0.035, 0.06) * s
-            r_nv = max(0.55, 0.0035 * s)
-            amp_nv = min(1.0, max(0.0035 * s, 0.45) / 0.55)
-            ys_, xs_ = [], []
-            for _ in range(int(l.integers(6, 11))):
-                (c0, s0), rr = unit(l.uniform(0, 2 * math.pi)), cr * math.sqrt(l.random()) * 0.6
-                d0 = complex(*unit(l.uniform(0, 2 * math.pi)))
-                n = max(6, int(l.uniform(1.2, 2.4) * cr / 0.5))
-                wy, wx = walk(l, cy_ * s + rr * s0, cx_ * s + rr * c0, d0, n, 0.5, 0.55,
-                              l.choice([-0.25, 0.25]))
-                # keep the tuft compact: fold points back towards the centre
-                oy, ox = wy - cy_ * s, wx - cx_ * s
-                dist = np.sqrt(oy * oy + ox * ox) + 1e-6
-                shrink = np.where(dist > cr, cr / dist, 1.0)
-                ys_.append(cy_ * s + oy * shrink)
-                xs_.append(cx_ * s + ox * shrink)
-            wy, wx = np.concatenate(ys_), np.concatenate(xs_)
-            nv += stamp(s, wy, wx, r_nv, amp=amp_nv * line_stamps(wy, wx, r_nv, 0.5))
-        dark = np.maximum(dark, np.minimum(nv, 1.0) * F32(0.95))
+        k = int(l.integers(1, 3))
+        centres = [geo["disc"]] if l.random() < 0.6 else []  # on the disc (NVD) and/or elsewhere (NVE)
+        py, px = _points(l, k - len(centres), geo, rmin=0.35, rmax=0.7)
+        centres += list(zip(py, px, strict=True))
+        wy, wx = _tufts(l, s, centres)
+        r_nv = max(0.55, 0.0035 * s)
+        amp_nv = min(1.0, max(0.0035 * s, 0.45) / 0.55)
+        nv = stamp(s, wy, wx, r_nv, amp=amp_nv * line_stamps(wy, wx, r_nv, 0.5))
+        dark = np.maximum(dark, np.minimum(nv, F32(1)) * F32(0.95))
     return threshold(dark), threshold(exu), threshold(cws)
 
 

@@ -11,9 +11,7 @@ __all__ = ["app", "main", "state"]
 
 def _load_commands() -> None:
     # Each module registers its commands on `app` at import time.
-    from medxai.cli import data  # noqa: F401
-
-    for name in ("train", "attack", "explain", "score", "audit"):
+    for name in ("data", "train", "attack", "explain", "score", "audit"):
         try:
             __import__(f"medxai.cli.{name}")
         except ModuleNotFoundError as exc:  # a stage not built yet

@@ -136,10 +136,10 @@ def run_audit(cfg: AuditConfig, out: str | Path, *, synthetic: bool | None = Non
     gallery = None
     if cfg.corruption.enabled and cfg.corruption.gallery:
         def gallery_stage(d: Path) -> dict:
-            from medxai.pipeline.figures import corruption_gallery
+            from medxai.corruptions import gallery as corruption_gallery
 
-            corruption_gallery(sample.subset(2).x, cfg.corruption.names, cfg.corruption.severities,
-                               d / "gallery.png", seed=cfg.seed)
+            corruption_gallery(sample.subset(1).x, d / "gallery.png", cfg.corruption.names,
+                               cfg.corruption.severities, seed=cfg.seed)
             return {"png": "gallery.png"}
 
         gallery = runner.run("corrupt/gallery", {"data": data_key, "c": cfg.corruption.model_dump()}, gallery_stage)
@@ -172,7 +172,7 @@ def run_audit(cfg: AuditConfig, out: str | Path, *, synthetic: bool | None = Non
                                   "n": cfg.score.sanity_n, "output": cfg.explain.output},
                                  lambda d, st=st, method=method, opts=opts: sanity_stage(
                                      d, _load_model(st), sample.subset(cfg.score.sanity_n), method, opts,
-                                     cfg.explain, seed=cfg.seed))
+                                     cfg.explain, task, seed=cfg.seed))
                 sanity.append({"model": name, "method": method, **res.result})
 
     # -- report -------------------------------------------------------------------------------

@@ -99,3 +99,21 @@ def score_stage(d: Path, model: torch.nn.Module, s: EvalSample, ex: StageResult,
         out["shortcut"] = {"share": float(share[ok].mean()) if ok.any() else None,
                            "peak_rate": float(peak[ok].mean()) if ok.any() else None, "n": int(ok.sum())}
     return out
+
+
+def sanity_stage(d: Path, model: torch.nn.Module, s: EvalSample, method: str, opts: dict[str, Any],
+                 ecfg: ExplainConfig, task: str, seed: int = 0) -> dict:
+    """Cascading model-parameter randomisation (Adebayo 2018) of one (model, method)."""
+    from medxai.metrics import model_randomisation
+
+    targets = explanation_targets(model, s, ecfg.target, task)
+    kw = dict(opts)
+    if ecfg.output != "logit":
+        kw.setdefault("output", ecfg.output)
+    res = model_randomisation(model, method, s.x, targets, order="cascading", seed=seed, explainer_kwargs=kw)
+    out = res.to_dict()
+    sp = [v for v in out["spearman_abs"] if v is not None]
+    ss = [v for v in out["ssim"] if v is not None]
+    out.update(final_spearman=sp[-1] if sp else None, final_ssim=ss[-1] if ss else None,
+               spearman=out["spearman_abs"])
+    return out

@@ -57,21 +57,6 @@ def data_examples(s: EvalSample, class_names: list[str], task: str, path: Path) 
     _save(fig, path)
 
 
-def corruption_gallery(x: torch.Tensor, names: list[str], severities: list[int], path: Path, seed: int = 0) -> None:
-    """Rows = corruptions, columns = clean + each severity, for the first image of ``x``."""
-    from medxai.corruptions import apply
-
-    img = x[:1]
-    cols = [0, *severities]
-    fig, axes = plt.subplots(len(names), len(cols), figsize=(1.6 * len(cols), 1.7 * len(names)), squeeze=False)
-    for r, name in enumerate(names):
-        for c, sev in enumerate(cols):
-            out = img if sev == 0 else apply(img, name, sev, seed=seed)
-            _show(axes[r][c], out[0])
-            axes[r][c].set_title(f"{name} {sev}" if sev else ("clean" if r == 0 else ""), fontsize=6)
-    _save(fig, path)
-
-
 def image_png(img: torch.Tensor, path: Path) -> None:
     """One image (C, H, W) in [0, 1] as an 8-bit PNG."""
     arr = (img.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)

@@ -24,7 +24,7 @@ def headline(task: str) -> str:
 def corruption_table(model: torch.nn.Module, s: EvalSample, task: str, class_names: list[str],
                      names: list[str], severities: list[int], seed: int = 0) -> dict:
     """Metric on clean and corrupted copies of the sample; drop = clean - corrupted."""
-    from medxai.corruptions import apply
+    from medxai.corruptions import apply, max_severity
     from medxai.evaluate import classification
 
     metric = headline(task)
@@ -38,9 +38,10 @@ def corruption_table(model: torch.nn.Module, s: EvalSample, task: str, class_nam
     table: dict[str, list[float]] = {}
     drops: dict[str, list[float]] = {}
     for name in names:
-        vals = [value(apply(s.x, name, sev, seed=seed)) for sev in severities]
+        top = max_severity(name)  # the fundus four have 4 levels, the others 5
+        vals = [value(apply(s.x, name, sev, seed=seed)) if sev <= top else None for sev in severities]
         table[name] = vals
-        drops[name] = [clean - v for v in vals]
-    all_drops = [d for row in drops.values() for d in row]
+        drops[name] = [None if v is None else clean - v for v in vals]
+    all_drops = [d for row in drops.values() for d in row if d is not None]
     return {"metric": metric, "clean": clean, "values": table, "drops": drops, "severities": list(severities),
             "mean_drop": float(np.mean(all_drops)) if all_drops else None}

@@ -127,16 +127,22 @@ def _attack_figure(att: dict) -> str:
 
 def _corruption_figure(cor: dict) -> str:
     models = list(cor["models"])
-    fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 0.35 * 15 + 1.2), squeeze=False)
+    rows = list(next(iter(cor["models"].values()))["drops"])
+    sev = [str(s) for s in cor["severities"]]
+    fig, axes = plt.subplots(1, len(models), figsize=(2.2 + 0.9 * len(sev) * len(models) + 1.6 * len(models),
+                                                       1.0 + 0.42 * len(rows)), squeeze=False, constrained_layout=True)
     vmax = max((abs(v) for c in cor["models"].values() for row in c["drops"].values() for v in row
                 if v is not None), default=1.0) or 1.0
     for ax, name in zip(axes[0], models, strict=True):
         drops = cor["models"][name]["drops"]
-        rows = list(drops)
         data = [[float("nan") if v is None else v for v in drops[r]] for r in rows]
-        im = ax.imshow(data, cmap="Reds", vmin=0, vmax=vmax, aspect="auto")
+        im = ax.imshow(data, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
+        for i, row in enumerate(data):
+            for j, v in enumerate(row):
+                if v == v:
+                    ax.text(j, i, f"{v:+.2f}", ha="center", va="center", fontsize=7)
         ax.set_yticks(range(len(rows)), rows, fontsize=7)
-        ax.set_xticks(range(len(cor["severities"])), [str(s) for s in cor["severities"]], fontsize=7)
+        ax.set_xticks(range(len(sev)), sev, fontsize=7)
         ax.set_xlabel("severity")
         ax.set_title(f"{name}: drop in {cor['metric']}", fontsize=9)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)

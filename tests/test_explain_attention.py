@@ -1,0 +1,550 @@
+"""ViT attention explanations: raw attention, rollout, Chefer 2021b, Chefer 2021a (LRP), ViT Grad-CAM.
+
+References written here, one image at a time: forward hooks on the explicit attention path (the
+Dropout after the softmax receives the probabilities), gradients by ``Tensor.register_hook`` and
+``backward()`` as the reference code does, full N x N rollout matrices, and for Chefer 2021a an
+autograd-based LRP in the style of Chefer's ``layers_ours.py`` (``gradprop``: x * d(z)/d(x) . s)
+fed by hooks on the model's own modules. The trained-model test learns the synthetic skin-lesion
+study with a 2-block patch-4 ViT at 32 px and scores the maps against the lesion masks.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import medxai.models as M
+from medxai.errors import ConfigError, InputError
+from medxai.explain import (
+    REGISTRY,
+    AttentionRollout,
+    CheferGeneric,
+    CheferLRP,
+    GradCAM,
+    RawAttention,
+    explain,
+    vit_lrp,
+)
+from medxai.models.vit import Attention
+
+torch.set_num_threads(1)
+
+
+def _vit(seed: int = 0, reg: int = 0, depth: int = 3, size: int = 16, **kw) -> torch.nn.Module:
+    """A tiny ViT (patch 4, 4 heads of 8) with weights large enough for peaked attention."""
+    torch.manual_seed(seed)
+    m = M.create("vit-ti4", 5, 3, img_size=size, depth=depth, embed_dim=32, num_heads=4, reg_tokens=reg, **kw)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith("qkv.weight"):
+                p.normal_(0, 2.5 / math.sqrt(p.shape[1]))
+            elif p.ndim == 2:
+                p.normal_(0, 1 / math.sqrt(p.shape[1]))
+            elif name.endswith("proj.weight") and p.ndim == 4:
+                p.normal_(0, 1 / math.sqrt(p[0].numel()))
+            elif name.endswith((".bias", "gamma")) or "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+            else:  # cls / reg tokens, position embeddings
+                p.normal_(0, 0.5)
+    return m.eval()
+
+
+def _x(b: int = 3, size: int = 16, seed: int = 1) -> torch.Tensor:
+    return torch.rand(b, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> None:
+    """max |a - b| <= tol * max |b| (maps of any scale)."""
+    scale = float(b.abs().max())
+    err = float((a - b).abs().max())
+    assert a.shape == b.shape, (a.shape, b.shape)
+    assert err <= tol * max(scale, 1e-12), f"max abs error {err:.3g} for max |ref| {scale:.3g} (tol {tol})"
+
+
+# --------------------------------------------------------------------------- reference implementations
+
+@contextmanager
+def explicit_probs(model, grads: list | None = None):
+    """Hooks on each block's attention Dropout (explicit path): its input is softmax(q k^T / s).
+    With ``grads`` the probabilities' gradients are saved by tensor hooks (the reference code)."""
+    mods = [m for m in model.modules() if isinstance(m, Attention)]
+    store: list = []
+
+    def hook(_m, inp, _out):
+        store.append(inp[0])
+        if grads is not None:
+            i = len(store) - 1
+            inp[0].register_hook(lambda g, i=i: grads.__setitem__(i, g))
+
+    handles = [a.attn_drop.register_forward_hook(hook) for a in mods]
+    for a in mods:
+        a.fused_attn = False
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+        for a in mods:
+            a.fused_attn = True
+
+
+def _fuse(a, how):
+    return {"mean": a.mean(0), "max": a.max(0).values, "min": a.min(0).values}[how]
+
+
+def _up(row, model, size, mode):
+    g = math.isqrt(row.numel())
+    grid = row.reshape(1, 1, g, g)
+    if mode is None:
+        return grid[0]
+    kw = {"align_corners": False} if mode == "bilinear" else {}
+    return F.interpolate(grid, size=(size, size), mode=mode, **kw)[0]
+
+
+def ref_raw(model, x1, layer=-1, fusion="mean", mode="bilinear"):
+    with explicit_probs(model) as st, torch.no_grad():
+        model(x1)
+    a = _fuse(st[layer][0], fusion)
+    return _up(a[0, model.num_prefix_tokens:], model, x1.shape[-1], mode)
+
+
+def ref_rollout(model, x1, fusion="mean", discard=0.0, start=0, mode="bilinear"):
+    with explicit_probs(model) as st, torch.no_grad():
+        model(x1)
+    n = st[0].shape[-1]
+    eye = torch.eye(n, dtype=x1.dtype)
+    r = eye.clone()
+    for a in st[start:]:
+        a = _fuse(a[0], fusion).clone()
+        k = int(n * n * discard)
+        if k:
+            flat = a.view(-1)
+            order = np.argsort(flat.numpy(), kind="stable")[:k]
+            order = order[order != 0]  # the [CLS, CLS] entry is kept (jacobgil)
+            flat[torch.as_tensor(order)] = 0
+        b = a + eye
+        b = b / b.sum(dim=-1, keepdim=True)
+        r = b @ r
+    return _up(r[0, model.num_prefix_tokens:], model, x1.shape[-1], mode)
+
+
+def _reference_backward(model, x1, target):
+    """The reference code's way: params require grad, one_hot * output summed, backward()."""
+    grads: dict = {}
+    for p in model.parameters():
+        p.requires_grad_(True)
+    with explicit_probs(model, grads) as st:
+        out = model(x1)
+        one_hot = torch.zeros_like(out)
+        one_hot[0, target] = 1
+        model.zero_grad()
+        (one_hot * out).sum().backward()
+    model.zero_grad(set_to_none=True)
+    return [a.detach()[0] for a in st], [grads[i][0] for i in range(len(st))]
+
+
+def ref_generic(model, x1, target, mode="bilinear"):
+    attns, grads = _reference_backward(model, x1, target)
+    n = attns[0].shape[-1]
+    r = torch.eye(n, dtype=x1.dtype)
+    for a, g in zip(attns, grads, strict=True):
+        cam = (g * a).clamp(min=0).mean(dim=0)
+        r = r + cam @ r
+    return _up(r[0, model.num_prefix_tokens:], model, x1.shape[-1], mode)
+
+
+# ---- Chefer 2021a in the style of layers_ours.py: autograd gradprop on recomputed forwards
+
+def _sdiv(a, b):
+    return torch.where(b == 0, torch.zeros_like(a), a / torch.where(b == 0, torch.ones_like(b), b))
+
+
+def _gradprop(z, xs, s):
+    return torch.autograd.grad(z, xs, s, retain_graph=True)
+
+
+def rp_linear(x, w, r):
+    """alpha = 1, beta = 0 (the inhibitor term vanishes), no bias."""
+    px = x.clamp(min=0).detach().requires_grad_(True)
+    nx = x.clamp(max=0).detach().requires_grad_(True)
+    pw, nw = w.clamp(min=0), w.clamp(max=0)
+    z1, z2 = F.linear(px, pw), F.linear(nx, nw)
+    s = _sdiv(r, z1 + z2)
+    return px * _gradprop(z1, px, s)[0] + nx * _gradprop(z2, nx, s)[0]
+
+
+def rp_simple(fn, xs, r):
+    xs = [x.detach().requires_grad_(True) for x in xs]
+    with torch.enable_grad():
+        z = fn(*xs)
+    c = _gradprop(z, xs, _sdiv(r, z))
+    return [x.detach() * ci for x, ci in zip(xs, c, strict=True)]
+
+
+def rp_add(x0, x1, r):
+    a, b = rp_simple(torch.add, [x0, x1], r)
+    sa, sb = a.sum(), b.sum()
+    fa = _sdiv(sa.abs(), sa.abs() + sb.abs()) * r.sum()
+    fb = _sdiv(sb.abs(), sa.abs() + sb.abs()) * r.sum()
+    return a * _sdiv(fa, sa), b * _sdiv(fb, sb)
+
+
+def rp_clone(x, rs):
+    xl = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        zs = [xl * 1 for _ in rs]
+    c = _gradprop(zs, xl, [_sdiv(r, z.detach()) for r, z in zip(rs, zs, strict=True)])[0]
+    return x.detach() * c
+
+
+def rp_conv_zb(xn, w, r, lo, hi, p):
+    """Chefer's Conv2d.relprop for the first layer, via autograd of conv2d."""
+    xs = [t.detach().clone().requires_grad_(True) for t in (xn, torch.full_like(xn, lo), torch.full_like(xn, hi))]
+    pw, nw = w.clamp(min=0), w.clamp(max=0)
+    with torch.enable_grad():
+        za = F.conv2d(xs[0], w, stride=p) - F.conv2d(xs[1], pw, stride=p) - F.conv2d(xs[2], nw, stride=p)
+    c = _gradprop(za, xs, _sdiv(r, za))
+    return sum(x.detach() * ci for x, ci in zip(xs, c, strict=True))
+
+
+def ref_lrp(model, x1, target, start=0):
+    """One image: (map on the grid, per-block R_A (heads, N, N), pixel relevance (C, H, W))."""
+    rec: dict = {}
+    hs = []
+    blocks = list(model.blocks)
+
+    def keep(name, which="out"):
+        def hook(_m, inp, out):
+            rec[name] = (inp[0] if which == "in" else out).detach()
+        return hook
+
+    for i, blk in enumerate(blocks):
+        hs.append(blk.register_forward_pre_hook(lambda _m, inp, i=i: rec.__setitem__(f"x{i}", inp[0].detach())))
+        hs.append(blk.norm1.register_forward_hook(keep(f"n1{i}")))
+        hs.append(blk.attn.qkv.register_forward_hook(keep(f"qkv{i}")))
+        hs.append(blk.attn.proj.register_forward_hook(keep(f"ctx{i}", "in")))
+        hs.append(blk.ls1.register_forward_hook(keep(f"ya{i}")))
+        hs.append(blk.norm2.register_forward_hook(keep(f"n2{i}")))
+        hs.append(blk.mlp.fc2.register_forward_hook(keep(f"hid{i}", "in")))
+        hs.append(blk.ls2.register_forward_hook(keep(f"ym{i}")))
+    hs.append(model.head.register_forward_hook(keep("z", "in")))
+    hs.append(model.patch_embed.proj.register_forward_hook(keep("xn", "in")))
+    hs.append(model.patch_embed.register_forward_hook(keep("tok")))
+    try:
+        attns, grads = _reference_backward(model, x1, target)
+    finally:
+        for h in hs:
+            h.remove()
+    heads = blocks[0].attn.num_heads
+    r = torch.zeros(1, model.head.out_features, dtype=x1.dtype)
+    r[0, target] = 1
+    r = rp_linear(rec["z"], model.head.weight, r)
+    n = attns[0].shape[-1]
+    rt = torch.zeros(1, n, r.shape[-1], dtype=x1.dtype)
+    rt[:, 0] = r  # IndexSelect (CLS pooling); the final LayerNorm passes relevance through
+    r_attn = [None] * len(blocks)
+    for i in reversed(range(len(blocks))):
+        blk = blocks[i]
+        x, ya, ym = rec[f"x{i}"], rec[f"ya{i}"], rec[f"ym{i}"]
+        r1, r2 = rp_add(x + ya, ym, rt)
+        r2 = rp_linear(rec[f"hid{i}"], blk.mlp.fc2.weight, r2)
+        r2 = rp_linear(rec[f"n2{i}"], blk.mlp.fc1.weight, r2)
+        rt = rp_clone(x + ya, [r1, r2])
+        r1, r2 = rp_add(x, ya, rt)
+        r2 = rp_linear(rec[f"ctx{i}"], blk.attn.proj.weight, r2)
+        r2 = r2.reshape(1, n, heads, -1).permute(0, 2, 1, 3)  # b n (h d) -> b h n d
+        q, k, v = rec[f"qkv{i}"].reshape(1, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
+        a = attns[i][None]
+        ra, rv = rp_simple(lambda a_, v_: torch.einsum("bhij,bhjd->bhid", a_, v_), [a, v], r2)
+        ra, rv = ra / 2, rv / 2
+        r_attn[i] = ra[0]
+        rq, rk = rp_simple(lambda q_, k_: torch.einsum("bhid,bhjd->bhij", q_, k_), [q, k], ra)
+        rq, rk = rq / 2, rk / 2
+        rqkv = torch.stack([rq, rk, rv]).permute(1, 3, 0, 2, 4).reshape(1, n, -1)
+        r2 = rp_linear(rec[f"n1{i}"], blk.attn.qkv.weight, rqkv)
+        rt = rp_clone(x, [r1, r2])
+    # embedding: cat(cls, tokens) + pos, then the patch projection (z^B, data bounds)
+    p = model.num_prefix_tokens
+    cat = torch.cat([model.cls_token.detach(), rec["tok"]], 1) if p == 1 else None
+    r_cat, _ = rp_add(cat, model.pos_embed.detach(), rt)
+    r_tok = r_cat[:, p:]
+    g = math.isqrt(n - p)
+    r_grid = r_tok.transpose(1, 2).reshape(1, -1, g, g)
+    xn = rec["xn"]
+    pix = rp_conv_zb(xn, model.patch_embed.proj.weight.detach(), r_grid, xn.min(), xn.max(), model.patch_size)
+    # rollout of (cam + I) as compute_rollout_attention
+    eye = torch.eye(n, dtype=x1.dtype)
+    joint = None
+    for i in range(start, len(blocks)):
+        cam = (grads[i] * r_attn[i]).clamp(min=0).mean(dim=0) + eye
+        joint = cam if joint is None else cam @ joint
+    return joint[0, p:].reshape(1, g, g), r_attn, pix[0]
+
+
+# --------------------------------------------------------------------------- raw attention, rollout, 2021b
+
+@pytest.mark.parametrize(("fusion", "layer", "mode", "reg"),
+                         [("mean", -1, "bilinear", 0), ("max", 1, "nearest", 0), ("min", 0, None, 2)])
+def test_raw_attention_equals_hooked_reference(fusion, layer, mode, reg):
+    model, x = _vit(reg=reg), _x()
+    ours = RawAttention(model, layer=layer, head_fusion=fusion, upsample=mode or False).attribute(x, [0, 1, 2])
+    ref = torch.stack([ref_raw(model, x[i:i + 1], layer, fusion, mode) for i in range(3)])
+    _close(ours, ref)
+    assert ours.shape == ((3, 1, 16, 16) if mode else (3, 1, 4, 4))
+    assert float(ref.std()) > 0.1 * float(ref.mean())  # attention is far from uniform: the test can fail
+
+
+def test_nearest_upsampling_repeats_each_patch_value():
+    model, x = _vit(), _x()
+    grid = RawAttention(model, upsample=False).attribute(x)
+    near = RawAttention(model, upsample="nearest").attribute(x)
+    torch.testing.assert_close(near, grid.repeat_interleave(4, -1).repeat_interleave(4, -2), rtol=0, atol=0)
+    bil = RawAttention(model).attribute(x)
+    torch.testing.assert_close(bil, F.interpolate(grid, size=16, mode="bilinear", align_corners=False))
+
+
+@pytest.mark.parametrize(("fusion", "discard", "start", "reg"),
+                         [("mean", 0.0, 0, 0), ("max", 0.9, 0, 0), ("min", 0.5, 1, 1), ("mean", 0.3, 2, 4)])
+def test_rollout_equals_matrix_loop_reference(fusion, discard, start, reg):
+    model, x = _vit(reg=reg), _x()
+    ours = AttentionRollout(model, head_fusion=fusion, discard_ratio=discard, start_layer=start).attribute(x)
+    ref = torch.stack([ref_rollout(model, x[i:i + 1], fusion, discard, start) for i in range(3)])
+    _close(ours, ref)
+
+
+@pytest.mark.parametrize("reg", [0, 2])
+def test_chefer_generic_equals_backward_hook_reference(reg):
+    model, x = _vit(reg=reg), _x()
+    t = torch.tensor([4, 0, 2])
+    ours = CheferGeneric(model).attribute(x, t)
+    ref = torch.stack([ref_generic(model, x[i:i + 1], int(t[i])) for i in range(3)])
+    _close(ours, ref)
+    # targets matter: another class gives another map
+    other = CheferGeneric(model).attribute(x, (t + 1) % 5)
+    assert float((other - ours).abs().max()) > 1e-3 * float(ours.abs().max())
+
+
+@pytest.mark.parametrize("cls", [RawAttention, AttentionRollout, CheferGeneric, CheferLRP])
+def test_batched_equals_per_sample_with_several_targets(cls):
+    model, x = _vit(reg=1), _x(b=4)
+    t = torch.tensor([[0, 3], [1, 1], [4, 2], [2, 0]])
+    ours = cls(model).attribute(x, t)
+    assert ours.shape == (4, 2, 1, 16, 16)
+    each = torch.cat([cls(model).attribute(x[i:i + 1], t[i:i + 1]) for i in range(4)])
+    _close(ours, each, 1e-5)
+    single = torch.stack([cls(model).attribute(x, t[:, j]) for j in range(2)], 1)
+    _close(ours, single, 1e-6)
+
+
+def test_predicted_class_and_top_k_come_from_the_explaining_forward():
+    model, x = _vit(), _x(b=3)
+    with torch.no_grad():
+        logits = model(x)
+    pred = logits.argmax(1)
+    _close(CheferGeneric(model).attribute(x), CheferGeneric(model).attribute(x, pred), 0)
+    top = torch.sort(logits, dim=1, descending=True, stable=True).indices[:, :2]
+    _close(CheferLRP(model).attribute(x, top_k=2), CheferLRP(model).attribute(x, top), 0)
+
+
+# --------------------------------------------------------------------------- Chefer 2021a (LRP)
+
+def _conservation_pairs(depth: int) -> list[tuple[list[str], list[str]]]:
+    """(left, right) lists of stage names whose relevance totals the rules keep equal."""
+    pairs = [(["head.in"], ["output"]), (["tokens"], ["head.in"]), ([f"blocks.{depth - 1}.out"], ["tokens"])]
+    for i in range(depth):
+        b = f"blocks.{i}"
+        pairs += [([f"{b}.mlp.hidden"], [f"{b}.mlp.out"]), ([f"{b}.mlp.in"], [f"{b}.mlp.hidden"]),
+                  ([f"{b}.mid"], [f"{b}.out"]), ([f"{b}.attn.ctx"], [f"{b}.attn.out"]),
+                  ([f"{b}.attn.probs", f"{b}.attn.v"], [f"{b}.attn.ctx"]), ([f"{b}.attn.qk"], [f"{b}.attn.probs"]),
+                  ([f"{b}.attn.in"], [f"{b}.attn.qk", f"{b}.attn.v"]), ([f"{b}.in"], [f"{b}.out"])]
+        if i:
+            pairs.append(([f"blocks.{i - 1}.out"], [f"{b}.in"]))
+    pairs += [(["embed.out"], ["blocks.0.in"]), (["embed.pos", "embed.prefix", "embed.patches"], ["embed.out"]),
+              (["input"], ["embed.patches"])]
+    return pairs
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-9), (torch.float32, 2e-4)])
+@pytest.mark.parametrize("kw", [{}, {"reg": 2, "init_values": 0.5}, {"global_pool": "avg"}])
+def test_lrp_relevance_is_conserved_layer_by_layer(dtype, tol, kw):
+    model, x = _vit(**kw).to(dtype), _x(b=3).to(dtype)
+    tr = vit_lrp(model, x, torch.tensor([0, 2, 4]))
+    assert torch.allclose(tr.sums["output"], torch.ones(3, dtype=dtype))
+    for left, right in _conservation_pairs(len(model.blocks)):
+        lhs = sum(tr.sums[k] for k in left)
+        rhs = sum(tr.sums[k] for k in right)
+        err = float((lhs - rhs).abs().max())
+        assert err <= tol, f"{left} vs {right}: {err:.3g}"
+    # end to end: what the pixels do not get went to the CLS/register tokens and position embeddings
+    total = tr.sums["input"] + tr.sums["embed.pos"] + tr.sums["embed.prefix"]
+    assert float((total - 1).abs().max()) <= 10 * tol
+    assert float((tr.sums["input"] - 1).abs().min()) > 0.01  # the position embeddings took a share
+    assert tr.input.shape == x.shape and tr.input.dtype == dtype
+
+
+def test_lrp_equals_autograd_reference_per_sample():
+    model, x = _vit(depth=3).double(), _x(b=3).double()
+    t = torch.tensor([1, 4, 0])
+    tr = vit_lrp(model, x, t)
+    for start in (0, 1):
+        ours = CheferLRP(model, start_layer=start, upsample=False).attribute(x, t)
+        for i in range(3):
+            ref_map, ref_attn, ref_pix = ref_lrp(model, x[i:i + 1], int(t[i]), start)
+            _close(ours[i], ref_map, 1e-10)
+            if start == 0:
+                for li in range(3):
+                    _close(tr.attn[li][i], ref_attn[li], 1e-9)
+                _close(tr.input[i], ref_pix, 1e-9)
+    # the maps are not dominated by the identity: the LRP term changes them
+    assert float(ours.std()) > 1e-3 * float(ours.abs().max())
+
+
+def test_lrp_float32_agrees_with_float64():
+    model, x, t = _vit(), _x(b=2), torch.tensor([2, 3])
+    m32 = CheferLRP(model).attribute(x, t)
+    m64 = CheferLRP(_vit().double()).attribute(x.double(), t)
+    _close(m32.double(), m64, 1e-4)
+    assert m32.dtype == torch.float32 and m64.dtype == torch.float64
+
+
+def test_lrp_domain_bounds_and_no_embed_class():
+    model, x = _vit(no_embed_class=True).double(), _x(b=2).double()
+    tr = vit_lrp(model, x, torch.tensor([0, 1]), bounds="domain")
+    total = tr.sums["input"] + tr.sums["embed.pos"] + tr.sums["embed.prefix"]
+    torch.testing.assert_close(total, torch.ones(2, dtype=torch.float64), rtol=0, atol=1e-9)
+
+
+# --------------------------------------------------------------------------- ViT Grad-CAM
+
+def test_vit_gradcam_equals_hand_computation_on_norm1_tokens():
+    model, x = _vit(reg=2), _x(b=3)
+    t = torch.tensor([3, 0, 1])
+    ours = explain(model, x, "gradcam", target=t)
+    assert GradCAM(model).layer is None and model.default_cam_layer == "blocks.2.norm1"
+    layer = model.blocks[-1].norm1
+    refs = []
+    for i in range(3):
+        store: dict = {}
+        h = layer.register_forward_hook(lambda _m, _i, o, store=store: store.setdefault("a", o))
+        try:
+            out = model(x[i:i + 1])
+        finally:
+            h.remove()
+        a = store["a"][0, 3:]  # CLS + 2 registers dropped
+        (g,) = torch.autograd.grad(out[0, t[i]], store["a"])
+        w = g[0, 3:].mean(0)
+        cam = (a * w).sum(-1).clamp(min=0).reshape(1, 1, 4, 4)
+        refs.append(F.interpolate(cam, size=16, mode="bilinear", align_corners=False)[0])
+    _close(ours, torch.stack(refs).detach(), 1e-5)
+
+
+# --------------------------------------------------------------------------- contract, registry, restoration
+
+def test_registry_names_and_explain_by_name():
+    assert REGISTRY["raw_attention"] is RawAttention and REGISTRY["rollout"] is AttentionRollout
+    assert REGISTRY["chefer_generic"] is CheferGeneric and REGISTRY["chefer"] is CheferGeneric
+    assert REGISTRY["chefer_lrp"] is CheferLRP
+    model, x = _vit(), _x(b=2)
+    near = explain(model, x, "raw_attention", upsample_mode="nearest")
+    _close(near, torch.stack([ref_raw(model, x[i:i + 1], mode="nearest") for i in range(2)]))
+    roll = explain(model, x, "rollout", discard_ratio=0.5, normalize="minmax")
+    assert float(roll.amin((1, 2, 3)).abs().max()) == 0 and torch.allclose(roll.amax((1, 2, 3)), torch.ones(2))
+
+
+def _state(model):
+    return ([m.training for m in model.modules()], [(p.requires_grad, p.grad) for p in model.parameters()],
+            [(a.fused_attn, a.capture, a.attn_probs) for a in model.modules() if isinstance(a, Attention)],
+            sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()))
+
+
+@pytest.mark.parametrize("cls", [RawAttention, AttentionRollout, CheferGeneric, CheferLRP])
+def test_model_restored_also_on_error(cls):
+    model = _vit().train()
+    before = _state(model)
+    cls(model).attribute(_x(b=2), 1)
+    after = _state(model)
+    assert after[0] == before[0] and after[2] == before[2] and after[3] == before[3]
+    assert all(a[0] == b[0] and a[1] is b[1] for a, b in zip(after[1], before[1], strict=True))
+    with pytest.raises(InputError):
+        cls(model).attribute(_x(b=2), 7)  # out of range, found after the forward
+    assert _state(model)[2] == before[2] and _state(model)[0] == before[0]
+
+
+def test_refusals():
+    model = _vit()
+    cnn = M.create("small-cnn", 2, 3)
+    for cls in (RawAttention, AttentionRollout, CheferGeneric, CheferLRP):
+        with pytest.raises(ConfigError):
+            cls(cnn)
+    with pytest.raises(ConfigError):
+        RawAttention(model, head_fusion="median")
+    with pytest.raises(ConfigError):
+        RawAttention(model, layer=3)
+    with pytest.raises(ConfigError):
+        AttentionRollout(model, discard_ratio=1.0)
+    with pytest.raises(ConfigError):
+        CheferLRP(model, start_layer=3)
+    with pytest.raises(ConfigError):
+        RawAttention(model, upsample="bicubic")
+    with pytest.raises(InputError):
+        RawAttention(model).attribute(_x(b=1) * 2)
+
+
+# --------------------------------------------------------------------------- a trained ViT, scored maps
+
+class _Study(torch.utils.data.Dataset):
+    task = "multiclass"
+
+    def __init__(self, split: str, n: int, size: int = 32):
+        from medxai.data.synthetic import generate
+
+        st = generate("skin-lesion", n, size=size, seed=0, split=split, balanced=True)
+        self.x = torch.from_numpy(st.images).permute(0, 3, 1, 2).float() / 255
+        self.y = torch.from_numpy(st.labels)
+        self.masks = torch.from_numpy(st.masks)
+        self.labels = st.labels
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return {"image": self.x[i], "label": self.y[i]}
+
+
+def test_small_vit_learns_a_synthetic_study_and_its_maps_point_at_the_lesions():
+    from medxai.metrics import energy_pointing_game, pointing_game
+    from medxai.train import fit
+
+    t0 = time.perf_counter()
+    train, test = _Study("train", 600), _Study("test", 90)
+    torch.manual_seed(0)
+    model = M.create("vit-ti4", 3, 3, img_size=32, depth=2, embed_dim=64, num_heads=4)
+    untrained = M.create("vit-ti4", 3, 3, img_size=32, depth=2, embed_dim=64, num_heads=4).eval()
+    fit(model, train, None, {"task": "multiclass", "epochs": 12, "batch_size": 16, "lr": 1e-3, "scheduler": "cosine",
+                             "warmup_epochs": 1, "device": "cpu", "monitor": "train_loss", "restore_best": False})
+    model.eval()
+    with torch.no_grad():
+        acc = float((model(test.x).argmax(1) == test.y).float().mean())
+    masks = test.masks
+    area = float(masks.flatten(1).float().mean(1).mean())
+    scores = {}
+    for method in ("raw_attention", "rollout", "chefer_generic", "chefer_lrp", "gradcam"):
+        maps = explain(model, test.x, method, target=test.y)
+        scores[method] = (float(pointing_game(maps, masks).nanmean()),
+                          float(energy_pointing_game(maps, masks).nanmean()))
+    base = explain(untrained, test.x, "chefer_lrp", target=test.y)
+    base_energy = float(energy_pointing_game(base, masks).nanmean())
+    took = time.perf_counter() - t0
+    print(f"\n[vit] skin-lesion 32 px, 600 train: test accuracy {acc:.3f} (chance 0.33), {took:.1f} s; mask area "
+          f"{area:.3f}; untrained chefer_lrp energy {base_energy:.3f}; (pointing game, energy): {scores}")
+    assert acc >= 0.8, acc
+    for method in ("raw_attention", "chefer_generic", "chefer_lrp"):
+        pg, energy = scores[method]
+        assert pg >= 0.75 and energy >= 2.5 * area, (method, pg, energy, area)
+    assert scores["chefer_lrp"][1] > base_energy + 0.2, (scores["chefer_lrp"], base_energy)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from medxai.metrics._common import minmax, nan_where, single_maps
+from medxai.metrics._common import minmax, nan_where, single_maps, sort_values
 from medxai.metrics.registry import metric, on_maps
 
 __all__ = ["complexity", "effective_complexity", "sparseness", "total_variation"]
@@ -32,7 +32,12 @@ def sparseness(maps: torch.Tensor, *, normalise: bool = True) -> torch.Tensor:
     ``normalise``: divide |a| by its per-map maximum first (as Quantus does per sample); the
     1e-7 makes the score depend on scale only through this choice. 0 = uniform, -> 1 = one pixel.
     """
-    a = torch.sort(_abs_flat(maps, normalise) + 1e-7, dim=-1).values
+    # sort |a| in its own dtype (max-normalising and adding 1e-7 keep the order), sum in float64
+    srt = sort_values(single_maps(maps).reshape(maps.shape[0], -1).abs()).to(torch.float64)
+    if normalise:
+        peak = srt[:, -1:]
+        srt = srt / torch.where(peak > 0, peak, torch.ones_like(peak))
+    a = srt + 1e-7
     n = a.shape[-1]
     i = torch.arange(1, n + 1, device=a.device, dtype=torch.float64)
     g = ((2 * i - n - 1) * a).sum(-1) / (n * a.sum(-1))

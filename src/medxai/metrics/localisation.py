@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from medxai.errors import InputError
-from medxai.metrics._common import align, average_ranks, finish, minmax, nan_where, order_desc, ranks_of
+from medxai.metrics._common import align, average_ranks, finish, minmax, nan_where
 from medxai.metrics.registry import ScoreContext, metric, on_annotation
 
 __all__ = [
@@ -118,13 +118,31 @@ def relevance_rank_accuracy(maps: torch.Tensor, masks: Annotation, *,
     Ranking: descending, ties to the lowest flat index. NaN for an empty mask.
     """
     a, s, squeeze = align(maps, masks, targets)
-    fs = _flat(s)
+    fa, fs = _flat(a), _flat(s)
     k = fs.sum(-1)
-    ranks = ranks_of(order_desc(_flat(a)))
-    hits = (fs & (ranks < k[..., None])).sum(-1).to(torch.float64)
-    out = hits / k.clamp_min(1)
+    hits = _topk_hits(fa.reshape(-1, fa.shape[-1]), fs.reshape(-1, fs.shape[-1]), k.reshape(-1)).reshape(k.shape)
+    out = hits.to(torch.float64) / k.clamp_min(1)
     out = nan_where(k == 0, out)
     return finish(out.to(maps.dtype), squeeze)
+
+
+def _topk_hits(fa: torch.Tensor, fs: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Per row, how many of the k[i] highest-ranked entries of fa (ties: lowest index first) lie in fs.
+
+    Selection instead of a full sort: the k-th largest value v (``kthvalue``), every entry > v,
+    and the first k - #(> v) entries equal to v in index order.
+    """
+    n = fa.shape[-1]
+    v = torch.empty(fa.shape[0], dtype=fa.dtype, device=fa.device)
+    for kk in torch.unique(k[k > 0]).tolist():  # rows sharing a k are selected together
+        rows = (k == kk).nonzero()[:, 0]
+        v[rows] = torch.kthvalue(fa[rows], n - kk + 1, dim=-1).values
+    v = v[:, None]
+    greater = fa > v
+    eq = fa == v
+    need = k - greater.sum(-1)
+    take = greater | (eq & (eq.cumsum(-1) <= need[:, None]))
+    return (take & fs).sum(-1) * (k > 0)
 
 
 @metric("mask_auroc", category="localisation", higher_is_better=True, needs=("mask",), boxes_ok=True,
@@ -154,8 +172,8 @@ def _topk_keep(a: torch.Tensor, k: float) -> torch.Tensor:
         raise InputError(f"k must be a percentage in (0, 100], got {k}")
     fa = _flat(a)
     n = fa.shape[-1]
-    i = min(int(n * k / 100), n - 1)
-    thr = torch.sort(fa, dim=-1, descending=True).values[..., i : i + 1]
+    i = min(int(n * k / 100), n - 1)  # 0-based index in the descending order = (n - i)-th smallest
+    thr = torch.kthvalue(fa, n - i, dim=-1, keepdim=True).values
     return (fa >= thr).reshape(a.shape)
 
 

@@ -82,13 +82,24 @@ def run_audit(cfg: AuditConfig, out: str | Path, *, synthetic: bool | None = Non
             from medxai.train import fit
 
             in_chans = int(sample.x.shape[1])
-            model = create(mc.arch, len(class_names), in_chans=in_chans, pretrained=mc.pretrained, **mc.options)
+            if mc.init is not None:  # the ViT study's initialisations, from local files
+                from medxai.models.vit_presets import init_vit
+
+                model = create(mc.arch, len(class_names), in_chans=in_chans, **mc.options)
+                init_vit(model, mc.init, mc.pretrained)
+            else:
+                model = create(mc.arch, len(class_names), in_chans=in_chans, pretrained=mc.pretrained, **mc.options)
             if mc.init_from:
                 src = _load_model(model_stages[mc.init_from])
                 model.load_state_dict(src.state_dict())
             if mc.freeze is not None:
-                freeze(model, until=mc.freeze)
-            train_cfg = {"seed": cfg.seed, "task": task, **mc.train}
+                freeze(model, **(mc.freeze if isinstance(mc.freeze, dict) else {"until": mc.freeze}))
+            preset = {}
+            if mc.preset:
+                from medxai.models.vit_presets import vit_preset
+
+                preset = vit_preset(*mc.preset.split("/"))
+            train_cfg = {"seed": cfg.seed, "task": task, **preset, **mc.train}
             res = fit(model, datasets["train"], datasets["val"], train_cfg, run_dir=d / "run",
                       meta={"class_names": class_names})
             return {"arch": mc.arch, "objective": (mc.train.get("objective") or {}).get("name", "standard"),

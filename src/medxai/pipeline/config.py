@@ -1,13 +1,12 @@
 """The audit configuration: one YAML file (or none: the demo's embedded default).
 
 Validated by pydantic with unknown keys refused, so a typo names the bad key. Budgets such as
-``eps: [0.2/255, 0.4/255]`` are written as numbers or simple fractions ``a/b`` (parsed, never
-evaluated).
+``eps: [0.2/255, 0.4/255]`` are written as numbers or fractions ``a/b``
+(``medxai.attacks.parse_eps``: parsed, never evaluated).
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,19 +14,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medxai.errors import ConfigError
-
-_FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*(?:/\s*([0-9]*\.?[0-9]+))?\s*$")
-
-
-def parse_number(v: Any) -> float:
-    """A float from a number or a string ``"a"`` / ``"a/b"`` (no evaluation of expressions)."""
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return float(v)
-    m = _FRACTION.match(str(v))
-    if not m:
-        raise ValueError(f"not a number or fraction a/b: {v!r}")
-    num = float(m.group(1))
-    return num / float(m.group(2)) if m.group(2) else num
 
 
 class _Strict(BaseModel):
@@ -55,9 +41,11 @@ class DataConfig(_Strict):
 class ModelConfig(_Strict):
     name: str
     arch: str = "small-cnn"
-    pretrained: str | None = None
+    pretrained: str | None = None  # a local checkpoint (torchvision / timm / MONAI / DINO / MAE layouts)
+    init: Literal["random", "supervised", "dino", "mae"] | None = None  # ViT study: with pretrained = weights
+    preset: str | None = None  # ViT study hyperparameters "<dataset>/<init>" (medxai.models.vit_presets)
     init_from: str | None = None  # another model of this audit (robust fine-tuning)
-    freeze: str | int | None = None
+    freeze: str | int | dict[str, Any] | None = None  # a stage (exclusive), k stages, or {layers: N}
     options: dict[str, Any] = Field(default_factory=dict)  # extra create() kwargs
     train: dict[str, Any] = Field(default_factory=dict)  # medxai.train config keys
 
@@ -72,7 +60,9 @@ class AttackConfig(_Strict):
     @field_validator("eps", mode="before")
     @classmethod
     def _eps(cls, v: Any) -> list[float]:
-        return [parse_number(e) for e in v]
+        from medxai.attacks.budget import parse_eps
+
+        return [parse_eps(e) for e in v]
 
 
 class CorruptionConfig(_Strict):
@@ -90,6 +80,7 @@ class ExplainConfig(_Strict):
     n_show: int = 8
     n_score: int = 100
     target: Literal["predicted", "label"] = "predicted"
+    top_k: int | None = None  # multilabel: explain each image's k most probable findings
 
 
 class ScoreConfig(_Strict):

@@ -17,24 +17,49 @@ from medxai.pipeline.data import EvalSample
 CHUNK = 32  # images per explain call: bounds memory whatever the method
 
 
-def explanation_targets(model: torch.nn.Module, s: EvalSample, policy: str, task: str) -> torch.Tensor:
-    """(N,) class explained per image: the label (single-label tasks, ``policy="label"``) or the
-    model's top prediction (default; always for multilabel)."""
-    if policy == "label" and task != "multilabel":
+def explanation_targets(model: torch.nn.Module, s: EvalSample, policy: str, task: str,
+                        top_k: int | None = None) -> torch.Tensor:
+    """Classes explained per image: (N,) the label (single-label tasks, ``policy="label"``) or the
+    model's top prediction (default; always for multilabel); (N, k) the k most probable outputs
+    in descending order (ties: lower index first) when ``top_k`` is given."""
+    if policy == "label" and task != "multilabel" and top_k is None:
         return s.y.long()
+    from medxai.explain import resolve_targets
+
     with torch.no_grad():
         logits = torch.cat([model(s.x[i:i + 256]) for i in range(0, len(s), 256)])
-    return logits.argmax(1)
+    return resolve_targets(logits, None, top_k) if top_k else logits.argmax(1)
+
+
+def resolve_method(model: torch.nn.Module, name: str, opts: dict[str, Any], output: str) -> tuple[str, dict]:
+    """The registry method and its keyword arguments for a configured method.
+
+    ``opts`` may name the registry method (``method: integrated_gradients``) so that one config
+    can run a method twice under two names (e.g. IG with a uniform and an adversarial baseline);
+    ``baseline: {attack: {eps: 2/255, steps: 5, norm: linf}}`` builds a PGD adversarial baseline.
+    """
+    kw = dict(opts)
+    method = kw.pop("method", name)
+    base = kw.get("baseline")
+    if isinstance(base, dict) and "attack" in base:
+        from medxai.attacks import PGD, parse_eps
+
+        att = dict(base["attack"])
+        att["eps"] = parse_eps(att["eps"])
+        if att.get("step_size") is not None:
+            att["step_size"] = parse_eps(att["step_size"])
+        kw["baseline"] = PGD(model, **att)
+    if output != "logit":
+        kw.setdefault("output", output)
+    return method, kw
 
 
 def explain_maps(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, method: str,
                  opts: dict[str, Any], output: str) -> torch.Tensor:
-    """(N, 1, H, W) maps, explained in chunks of ``CHUNK`` images."""
+    """(N, 1, H, W) maps, or (N, T, 1, H, W) for (N, T) targets, explained in chunks of ``CHUNK``."""
     from medxai.explain import explain
 
-    kw = dict(opts)
-    if output != "logit":
-        kw.setdefault("output", output)
+    method, kw = resolve_method(model, method, opts, output)
     parts = [explain(model, x[i:i + CHUNK], method, targets[i:i + CHUNK], **kw) for i in range(0, len(x), CHUNK)]
     return torch.cat(parts).float()
 
@@ -42,7 +67,7 @@ def explain_maps(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
 def explain_stage(d: Path, model: torch.nn.Module, s: EvalSample, method: str, opts: dict[str, Any],
                   ecfg: ExplainConfig, task: str) -> dict:
     t0 = time.perf_counter()
-    targets = explanation_targets(model, s, ecfg.target, task)
+    targets = explanation_targets(model, s, ecfg.target, task, ecfg.top_k)
     maps = explain_maps(model, s.x, targets, method, opts, ecfg.output)
     save_safetensors(d / "maps.safetensors", {"maps": maps, "targets": targets},
                      metadata={"method": method, "output": ecfg.output, "target": ecfg.target})
@@ -77,12 +102,19 @@ def score_stage(d: Path, model: torch.nn.Module, s: EvalSample, ex: StageResult,
     from medxai.metrics import METRICS, ScoreContext
 
     maps, targets = _load_maps(ex)
-    masks = _select_masks(s.masks, targets, task)
-    if masks is not None and s.has_mask is not None:
-        masks = masks & s.has_mask[:, None, None]  # images without annotation: empty -> NaN
-    ctx = ScoreContext(maps=maps[:, 0], images=s.x, masks=masks, targets=targets, model=model,
-                       shortcut_masks=None if s.shortcut_masks is None else s.shortcut_masks[:, 0])
-    out: dict[str, Any] = {"ids": s.ids, "metrics": {}, "skipped": {}}
+    ids, x, has, sc, allm = s.ids, s.x, s.has_mask, s.shortcut_masks, s.masks
+    if targets.ndim == 2:  # top-k: score each (image, rank) against that finding's mask
+        k = targets.shape[1]
+        ids = [f"{i}#{r + 1}" for i in s.ids for r in range(k)]
+        rep = lambda t: None if t is None else t.repeat_interleave(k, dim=0)
+        x, has, sc, allm = rep(x), rep(has), rep(sc), rep(allm)
+        maps, targets = maps.flatten(0, 1), targets.flatten()
+    masks = _select_masks(allm, targets, task)
+    if masks is not None and has is not None:
+        masks = masks & has[:, None, None]  # images without annotation: empty -> NaN
+    ctx = ScoreContext(maps=maps[:, 0], images=x, masks=masks, targets=targets, model=model,
+                       shortcut_masks=None if sc is None else sc[:, 0])
+    out: dict[str, Any] = {"ids": ids, "metrics": {}, "skipped": {}}
     for name in scfg.metrics:
         info = METRICS.get(name)
         reason = info.available(ctx)
@@ -106,11 +138,10 @@ def sanity_stage(d: Path, model: torch.nn.Module, s: EvalSample, method: str, op
     """Cascading model-parameter randomisation (Adebayo 2018) of one (model, method)."""
     from medxai.metrics import model_randomisation
 
-    targets = explanation_targets(model, s, ecfg.target, task)
-    kw = dict(opts)
-    if ecfg.output != "logit":
-        kw.setdefault("output", ecfg.output)
-    res = model_randomisation(model, method, s.x, targets, order="cascading", seed=seed, explainer_kwargs=kw)
+    targets = explanation_targets(model, s, ecfg.target, task)  # top-1: one sanity check per image
+    registry_name, kw = resolve_method(model, method, opts, ecfg.output)
+    res = model_randomisation(model, registry_name, s.x, targets, order="cascading", seed=seed,
+                              explainer_kwargs=kw)
     out = res.to_dict()
     sp = [v for v in out["spearman_abs"] if v is not None]
     ss = [v for v in out["ssim"] if v is not None]

@@ -100,6 +100,7 @@ def assemble_report(cfg: AuditConfig, out: Path, data_st: StageResult, model_sta
 
     # explanations: overlays on one colour scale per method across models
     maps = {k: load_file(str(st.dir / "maps.safetensors"))["maps"] for k, st in explained.items()}
+    maps = {k: m[:, 0] if m.ndim == 5 else m for k, m in maps.items()}  # top-k: show the most probable
     n_show = min(cfg.explain.n_show, len(sample))
     assets = out / "report_assets"
     scales: dict[str, float] = {}

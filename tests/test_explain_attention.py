@@ -134,13 +134,15 @@ def ref_rollout(model, x1, fusion="mean", discard=0.0, start=0, mode="bilinear")
     return _up(r[0, model.num_prefix_tokens:], model, x1.shape[-1], mode)
 
 
-def _reference_backward(model, x1, target):
+def _reference_backward(model, x1, target, output="logit"):
     """The reference code's way: params require grad, one_hot * output summed, backward()."""
     grads: dict = {}
     for p in model.parameters():
         p.requires_grad_(True)
     with explicit_probs(model, grads) as st:
         out = model(x1)
+        if output == "softmax":
+            out = out.softmax(-1)
         one_hot = torch.zeros_like(out)
         one_hot[0, target] = 1
         model.zero_grad()
@@ -149,8 +151,8 @@ def _reference_backward(model, x1, target):
     return [a.detach()[0] for a in st], [grads[i][0] for i in range(len(st))]
 
 
-def ref_generic(model, x1, target, mode="bilinear"):
-    attns, grads = _reference_backward(model, x1, target)
+def ref_generic(model, x1, target, mode="bilinear", output="logit"):
+    attns, grads = _reference_backward(model, x1, target, output)
     n = attns[0].shape[-1]
     r = torch.eye(n, dtype=x1.dtype)
     for a, g in zip(attns, grads, strict=True):
@@ -328,6 +330,44 @@ def test_chefer_generic_equals_backward_hook_reference(reg):
     # targets matter: another class gives another map
     other = CheferGeneric(model).attribute(x, (t + 1) % 5)
     assert float((other - ours).abs().max()) > 1e-3 * float(ours.abs().max())
+
+
+def test_chefer_generic_explains_the_softmax_probability_when_asked():
+    model, x = _vit(), _x()
+    t = torch.tensor([1, 2, 3])
+    ours = CheferGeneric(model, output="softmax").attribute(x, t)
+    ref = torch.stack([ref_generic(model, x[i:i + 1], int(t[i]), output="softmax") for i in range(3)])
+    _close(ours, ref)
+    assert float((ours - CheferGeneric(model).attribute(x, t)).abs().max()) > 1e-3 * float(ours.abs().max())
+
+
+@pytest.mark.parametrize("cls", [RawAttention, AttentionRollout, CheferGeneric, CheferLRP])
+def test_non_square_images_use_the_model_grid(cls):
+    model = _vit()
+    x = torch.rand(2, 3, 16, 24, generator=torch.Generator().manual_seed(3))
+    grid = cls(model, upsample=False).attribute(x, [0, 1])
+    assert grid.shape == (2, 1, 4, 6)
+    up = cls(model).attribute(x, [0, 1])
+    _close(up, F.interpolate(grid, size=(16, 24), mode="bilinear", align_corners=False))
+    if cls is RawAttention:
+        with explicit_probs(model) as st, torch.no_grad():
+            model(x)
+        _close(grid, st[-1].mean(1)[:, 0, 1:].reshape(2, 1, 4, 6))
+
+
+def test_lrp_functional_forward_is_the_models_forward():
+    from medxai.explain.attention import _forward_record
+
+    for kw, size in (({}, (16, 24)), ({"reg": 2, "init_values": 0.3}, (16, 16)), ({"global_pool": "avg"}, (20, 16)),
+                     ({"no_embed_class": True}, (24, 16))):
+        model = _vit(**kw)
+        x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(4))
+        with torch.no_grad(), explicit_probs(model) as st:
+            ref = model(x)
+            ours, rec = _forward_record(model, x)
+        torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
+        for a, b in zip(st[: len(rec["blocks"])], rec["blocks"], strict=True):  # the model's forward first
+            torch.testing.assert_close(a, b["A"], rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("cls", [RawAttention, AttentionRollout, CheferGeneric, CheferLRP])

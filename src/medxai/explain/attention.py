@@ -484,6 +484,12 @@ def vit_lrp(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, *, bounds:
     residual adds by the z-rule rescaled to keep |sum| per branch; forks sum. Divisions by an
     exact zero give 0. The caller's model should be in eval mode (``preserve_model``).
     Returns an ``LRPTrace`` (sums per stage, attention relevances, input relevance).
+
+    Conservation: every rule above keeps the per-sample total (the linear and z-rules lose only
+    outputs whose denominator is exactly 0), so each stage's total equals the one above it; the
+    tests hold it to 1e-9 in float64 and 2e-4 in float32 (cancellations in the signed z-rules).
+    Not all of it reaches the pixels: the position embeddings and the CLS / register tokens take
+    their share at the embedding add (``sums["embed.pos"]``, ``sums["embed.prefix"]``).
     """
     m = _check_lrp_model(model)
     if bounds not in BOUNDS:

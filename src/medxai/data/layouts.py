@@ -1,0 +1,633 @@
+"""Dataset layouts on disk -> a table of records (image path, label, id, split), read without decoding.
+
+Layouts (documented in docs/data-layouts.md):
+
+- ``folder``: ``root/{train,val,test}/{CLASS}/*`` (Kaggle chest X-ray pneumonia) or ``root/{CLASS}/*``.
+- ``csv``: an image column and a label column (Kaggle DR ``trainLabels.csv``: image, level;
+  HAM10000 metadata: image_id, dx); split from a column or a seeded fraction (by group).
+- ``chexpert``: ``train.csv`` / ``valid.csv`` (Path, Sex, Age, Frontal/Lateral, AP/PA, findings).
+- ``medmnist``: one ``.npz`` with ``{train,val,test}_{images,labels}`` (handled by the dataset).
+
+Auto-detection reads a ``medxai.json`` manifest first (what ``write_study`` leaves), then looks
+for the files each layout is known by.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from medxai._util.seed import derive_seed
+from medxai.data.io import DEFAULT_MAX_PIXELS
+from medxai.data.labels import apply_uncertainty, resolve_findings
+from medxai.errors import ConfigError, DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".dcm", ".dicom")
+SPLITS = ("train", "val", "test")
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                 "dev": "val", "test": "test", "testing": "test"}
+MANIFEST = "medxai.json"
+IMAGE_COLUMNS = ("image", "image_id", "Path", "path", "filename", "file", "image_path", "img")
+LABEL_COLUMNS = ("level", "dx", "label", "labels", "diagnosis", "class", "target")
+CHEXPERT_FRONTAL = "Frontal/Lateral"
+
+__all__ = ["MANIFEST", "DatasetSpec", "Record", "Table", "build_table", "canonical_split", "load_spec"]
+
+
+class DatasetSpec(BaseModel):
+    """Everything ``open_dataset`` can be told about a dataset (a dict, a YAML file, or keywords)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    layout: Literal["auto", "folder", "csv", "chexpert", "medmnist"] = "auto"
+    root: str | None = None
+    csv: str | None = None
+    image_column: str | None = None
+    label_column: str | None = None
+    split_column: str | None = None
+    id_column: str | None = None
+    group_column: str | None = None
+    image_dir: str | list[str] | None = None
+    image_suffix: str | None = None
+    classes: list[str] | None = None
+    other_classes: Literal["error", "drop"] = "error"
+    task: Literal["binary", "multiclass", "ordinal", "multilabel"] | None = None
+    val_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    test_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    split_seed: int = 0
+    findings: str | list[str] = "five"
+    uncertainty: Literal["zeros", "ones", "ignore", "random"] = "ignore"
+    uncertainty_seed: int = 0
+    frontal_only: bool = True
+    npz: str | None = None
+    mask_dir: str | None = None
+    extra_mask_dirs: dict[str, str] = Field(default_factory=dict)
+    boxes: str | None = None
+    channels: Literal[1, 3] | None = None
+    allow_outside_root: bool = False
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0)
+
+
+@dataclass
+class Record:
+    """One image: absolute ``path``, ``rel`` path (posix, relative to the root when inside it), id, label, split."""
+
+    path: Path
+    rel: str
+    id: str
+    label: Any
+    split: str | None
+
+
+@dataclass
+class Table:
+    """A layout's records and what they mean. ``raw_labels``: CheXpert values before the policy."""
+
+    layout: str
+    root: Path
+    source: Path
+    records: list[Record]
+    class_names: list[str]
+    task: str
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    raw_labels: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def canonical_split(split: str | None) -> str | None:
+    if split is None:
+        return None
+    key = str(split).strip().lower()
+    if key not in SPLIT_ALIASES:
+        raise ConfigError(f"unknown split {split!r}; use one of {SPLITS}")
+    return SPLIT_ALIASES[key]
+
+
+# ----------------------------------------------------------------------------- spec resolution
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DataError(path, f"cannot read: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise DataError(path, f"invalid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise DataError(path, "a dataset spec file must hold a mapping of keys")
+    return data
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(path, f"invalid manifest: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("spec"), dict):
+        raise DataError(path, "invalid manifest: no 'spec' mapping")
+    return data
+
+
+def load_spec(spec: str | os.PathLike | dict[str, Any] | DatasetSpec, overrides: dict[str, Any] | None = None
+              ) -> tuple[DatasetSpec, Path, dict[str, Any] | None]:
+    """Resolve a path / dict / YAML into (spec with a layout, root folder, manifest or None)."""
+    manifest = None
+    if isinstance(spec, DatasetSpec):
+        data = spec.model_dump(exclude_unset=True)
+        base = Path.cwd()
+    elif isinstance(spec, dict):
+        data, base = dict(spec), Path.cwd()
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise DataError(path, "dataset path not found")
+        suffix = path.suffix.lower()
+        if path.is_file() and suffix in (".yaml", ".yml"):
+            data, base = _read_yaml(path), path.parent
+        elif path.is_file() and path.name == MANIFEST:
+            manifest = _read_manifest(path)
+            data, base = {**manifest["spec"], "root": str(path.parent)}, path.parent
+        elif path.is_file() and suffix == ".npz":
+            data, base = {"layout": "medmnist", "root": str(path.parent), "npz": path.name}, path.parent
+        elif path.is_file() and suffix == ".csv":
+            data, base = {"root": str(path.parent), "csv": path.name}, path.parent
+        elif path.is_dir():
+            if (path / MANIFEST).is_file():
+                manifest = _read_manifest(path / MANIFEST)
+                data = {**manifest["spec"], "root": str(path)}
+            else:
+                data = {"root": str(path)}
+            base = path
+        else:
+            raise DataError(path, "not a dataset: expected a folder, a .csv, a .npz, a .yaml spec or medxai.json")
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        parsed = DatasetSpec(**data)
+    except ValidationError as exc:
+        errs = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid dataset spec: {errs}") from None
+    root = Path(parsed.root).expanduser() if parsed.root else base
+    if not root.is_absolute():
+        root = base / root
+    if not root.is_dir():
+        raise DataError(root, "dataset root is not a folder")
+    if parsed.layout == "auto":
+        found = _detect(root, parsed)
+        if "root" in found:
+            root = Path(found["root"])
+        parsed = parsed.model_copy(update=found)
+    return parsed, root, manifest
+
+
+def _children(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if not p.name.startswith((".", "__")))
+    except OSError as exc:
+        raise DataError(folder, f"cannot list folder: {exc}") from None
+
+
+def _has_images(folder: Path) -> bool:
+    for _, _, files in os.walk(folder):
+        if any(f.lower().endswith(IMAGE_SUFFIXES) for f in files):
+            return True
+    return False
+
+
+def _detect(root: Path, spec: DatasetSpec, depth: int = 0) -> dict[str, Any]:
+    """Guess the layout of ``root``; returns the spec keys to set."""
+    if spec.csv:
+        csv = root / spec.csv
+        cols = _csv_columns(csv)
+        if "Path" in cols and any(c in cols for c in (CHEXPERT_FRONTAL, "Cardiomegaly", "No Finding")):
+            return {"layout": "chexpert"}
+        return {"layout": "csv"}
+    if spec.npz:
+        return {"layout": "medmnist"}
+    for name in ("train.csv", "valid.csv"):
+        if (root / name).is_file() and "Path" in _csv_columns(root / name):
+            return {"layout": "chexpert"}
+    if (root / "trainLabels.csv").is_file():
+        return {"layout": "csv", "csv": "trainLabels.csv"}
+    for name in ("HAM10000_metadata.csv", "HAM10000_metadata", "metadata.csv"):
+        if (root / name).is_file():
+            return {"layout": "csv", "csv": name}
+    kids = _children(root)
+    npz = [p for p in kids if p.suffix.lower() == ".npz" and p.is_file()]
+    if len(npz) == 1 and not any(p.is_dir() for p in kids):
+        return {"layout": "medmnist", "npz": npz[0].name}
+    dirs = [p for p in kids if p.is_dir()]
+    if any(p.name.lower() in SPLIT_ALIASES for p in dirs):
+        return {"layout": "folder"}
+    if len(dirs) == 1 and depth < 2:  # a wrapper folder, e.g. chest_xray/chest_xray/{train,val,test}
+        try:
+            sub = _detect(dirs[0], spec, depth + 1)
+        except DataError:
+            sub = None
+        wrapper = sub is not None and (sub["layout"] != "folder" or any(
+            p.is_dir() and p.name.lower() in SPLIT_ALIASES for p in _children(Path(sub.get("root", dirs[0])))))
+        if wrapper:
+            return {**sub, "root": sub.get("root", str(dirs[0]))}
+    skip = {spec.mask_dir, *spec.extra_mask_dirs.values()}
+    if any(p.name not in skip and _has_images(p) for p in dirs):
+        return {"layout": "folder"}
+    csvs = [p for p in kids if p.suffix.lower() == ".csv"]
+    if len(csvs) == 1:
+        return {"layout": "csv", "csv": csvs[0].name}
+    raise DataError(root, "cannot detect the dataset layout (no medxai.json, train.csv/valid.csv, trainLabels.csv, "
+                          "HAM10000 metadata, .npz, or {train,val,test}/CLASS folders); give a spec with 'layout'")
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _csv_columns(path: Path) -> list[str]:
+    import csv
+
+    _check_csv(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            header = next(csv.reader(fh), None)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(path, f"cannot read CSV header: {' '.join(str(exc).split())}") from None
+    if not header:
+        raise DataError(path, "CSV file has no header row")
+    return [h.strip() for h in header]
+
+
+def _check_csv(path: Path) -> None:
+    if not path.exists():
+        raise DataError(path, "file not found")
+    if not path.is_file():
+        raise DataError(path, "not a file")
+    if path.stat().st_size == 0:
+        raise DataError(path, "empty file (0 bytes)")
+
+
+def read_csv(path: Path):
+    """A CSV as strings (blanks stay ""), header names stripped; errors become DataError."""
+    import pandas as pd
+
+    _check_csv(path)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig")
+    except Exception as exc:  # EmptyDataError, ParserError, UnicodeDecodeError
+        raise DataError(path, f"cannot parse CSV: {' '.join(str(exc).split())}") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    return df
+
+
+def _need(df: Any, path: Path, column: str, what: str) -> None:
+    if column not in df.columns:
+        raise DataError(path, f"missing column '{column}' ({what}); columns are {list(df.columns)}")
+
+
+def _pick(df: Any, path: Path, given: str | None, candidates: tuple[str, ...], what: str) -> str:
+    if given is not None:
+        _need(df, path, given, what)
+        return given
+    for c in candidates:
+        if c in df.columns:
+            return c
+    raise DataError(path, f"no {what} column: expected one of {list(candidates)} (set {what}_column); "
+                          f"columns are {list(df.columns)}")
+
+
+def _strip_suffix(value: str) -> str:
+    p = PurePosixPath(value.replace("\\", "/"))
+    return str(p.with_suffix("")) if p.suffix.lower() in IMAGE_SUFFIXES else str(p)
+
+
+class _Collector:
+    """Raise or collect record-level problems according to ``on_error``."""
+
+    def __init__(self, on_error: str) -> None:
+        self.on_error = on_error
+        self.skipped: list[tuple[str, str]] = []
+
+    def bad(self, path: Path | str, reason: str) -> None:
+        if self.on_error == "raise":
+            raise DataError(path, reason)
+        self.skipped.append((str(path), reason))
+
+
+def _locate(root_resolved: Path, candidate: Path, allow_outside: bool) -> tuple[Path, str] | str:
+    """(path, rel) for a file inside the root, or a reason string."""
+    try:
+        resolved = candidate.resolve()
+    except (OSError, RuntimeError) as exc:
+        return f"cannot resolve path: {exc}"
+    try:
+        rel = resolved.relative_to(root_resolved).as_posix()
+    except ValueError:
+        if not allow_outside:
+            return f"path leaves the dataset root {root_resolved} (set allow_outside_root=True to allow it)"
+        rel = resolved.as_posix()
+    return resolved, rel
+
+
+def _file_problem(path: Path) -> str | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return "file not found"
+    except OSError as exc:
+        return f"cannot stat file: {exc}"
+    if not path.is_file():
+        return "not a file"
+    if st.st_size == 0:
+        return "empty file (0 bytes)"
+    return None
+
+
+def _hash_split(key: str, seed: int, val: float, test: float) -> str:
+    if val + test > 1:
+        raise ConfigError(f"val_fraction + test_fraction must be <= 1, got {val} + {test}")
+    u = (derive_seed("split", int(seed), key) >> 11) / float(2**52)
+    return "test" if u < test else "val" if u < test + val else "train"
+
+
+def _sort_classes(values: list[str]) -> list[str]:
+    try:
+        return sorted(values, key=lambda v: float(v))
+    except ValueError:
+        return sorted(values)
+
+
+def _default_task(class_names: list[str], label_column: str | None = None) -> str:
+    if label_column == "level":
+        return "ordinal"
+    return "binary" if len(class_names) == 2 else "multiclass"
+
+
+def _label_index(value: str, classes: list[str]) -> int | None:
+    if value in classes:
+        return classes.index(value)
+    try:  # "2.0" in a CSV against class "2"
+        f = float(value)
+        if math.isfinite(f) and f == int(f) and str(int(f)) in classes:
+            return classes.index(str(int(f)))
+    except ValueError:
+        pass
+    return None
+
+
+# ------------------------------------------------------------------------------------ layouts
+
+
+def build_table(spec: DatasetSpec, root: Path, split: str | None, on_error: str) -> Table:
+    """Read the layout's index (no image decoding): records of ``split`` (None: all splits)."""
+    if on_error not in ("raise", "skip"):
+        raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    split = canonical_split(split)
+    if spec.layout == "folder":
+        return _folder(spec, root, split, _Collector(on_error))
+    if spec.layout == "csv":
+        return _csv(spec, root, split, _Collector(on_error))
+    if spec.layout == "chexpert":
+        return _chexpert(spec, root, split, _Collector(on_error))
+    raise ConfigError(f"layout {spec.layout!r} has no record table")
+
+
+def _folder(spec: DatasetSpec, root: Path, split: str | None, col: _Collector) -> Table:
+    root_r = root.resolve()
+    skip = {spec.mask_dir, *spec.extra_mask_dirs.values()}
+    dirs = [p for p in _children(root) if p.is_dir() and p.name not in skip]
+    split_dirs = [(SPLIT_ALIASES[p.name.lower()], p) for p in dirs if p.name.lower() in SPLIT_ALIASES]
+    with_splits = bool(split_dirs)
+    groups = split_dirs if with_splits else [(None, root)]
+    class_dirs: list[tuple[str | None, Path]] = []
+    for s, d in groups:
+        class_dirs += [(s, c) for c in _children(d) if c.is_dir() and c.name not in skip]
+    if not class_dirs:
+        raise DataError(root, "folder layout without class folders (expected root/{train,val,test}/CLASS/*)")
+    found = sorted({c.name for _, c in class_dirs})
+    classes = list(spec.classes) if spec.classes else found
+    records: list[Record] = []
+    for s, cdir in class_dirs:
+        if cdir.name not in classes:
+            if spec.other_classes == "drop":
+                continue
+            raise DataError(cdir, f"class folder '{cdir.name}' is not in the class list {classes}")
+        if with_splits and split is not None and s != split:
+            continue
+        label = classes.index(cdir.name)
+        files: list[Path] = []
+        for dirpath, dirnames, filenames in os.walk(cdir):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            files += [Path(dirpath) / f for f in sorted(filenames)
+                      if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES)]
+        for f in files:
+            loc = _locate(root_r, f, spec.allow_outside_root)
+            if isinstance(loc, str):
+                col.bad(f, loc)
+                continue
+            problem = _file_problem(loc[0])
+            if problem:
+                col.bad(f, problem)
+                continue
+            rel_in_class = f.relative_to(cdir).with_suffix("").as_posix()
+            rid = rel_in_class if "/" in rel_in_class else f.stem
+            records.append(Record(path=loc[0], rel=f.relative_to(root).as_posix(), id=rid, label=label, split=s))
+    if not with_splits:
+        records = _fraction_splits(records, spec, split, root)
+    return Table(layout="folder", root=root, source=root, records=records, class_names=classes,
+                 task=spec.task or _default_task(classes), skipped=col.skipped)
+
+
+def _fraction_splits(records: list[Record], spec: DatasetSpec, split: str | None, where: Path,
+                     groups: list[str] | None = None) -> list[Record]:
+    if spec.val_fraction > 0 or spec.test_fraction > 0:
+        for i, r in enumerate(records):
+            key = groups[i] if groups is not None else r.id
+            r.split = _hash_split(key, spec.split_seed, spec.val_fraction, spec.test_fraction)
+        return [r for r in records if split is None or r.split == split]
+    if split is not None:
+        raise ConfigError(f"{where}: no split folders or column; cannot select split {split!r} "
+                          "(set val_fraction / test_fraction, or split_column)")
+    return records
+
+
+_DR_NAME = re.compile(r"^(\d+)_(left|right)$")
+
+
+def _csv(spec: DatasetSpec, root: Path, split: str | None, col: _Collector) -> Table:
+    if not spec.csv:
+        raise ConfigError("csv layout needs 'csv' (the CSV file, relative to the root)")
+    path = root / spec.csv
+    df = read_csv(path)
+    icol = _pick(df, path, spec.image_column, IMAGE_COLUMNS, "image")
+    lcol = _pick(df, path, spec.label_column, LABEL_COLUMNS, "label")
+    for c in (spec.split_column, spec.id_column, spec.group_column):
+        if c is not None:
+            _need(df, path, c, "as configured")
+    scol = spec.split_column or ("split" if "split" in df.columns else None)
+    gcol = spec.group_column or ("lesion_id" if "lesion_id" in df.columns else None)
+    images = [str(v).strip() for v in df[icol].tolist()]
+    labels = [str(v).strip() for v in df[lcol].tolist()]
+    if spec.classes:
+        classes = list(spec.classes)
+    else:
+        classes = _sort_classes(sorted({v for v in labels if v != ""}))
+        if lcol == "level" and classes and all(c.isdigit() for c in classes):
+            classes = [str(i) for i in range(int(max(classes, key=int)) + 1)]
+    if spec.image_dir is None:
+        dirs = [root]
+        if spec.csv == "trainLabels.csv" and (root / "train").is_dir():
+            dirs = [root / "train"]
+        ham = sorted(p for p in root.glob("HAM10000_images*") if p.is_dir())
+        if ham:
+            dirs = ham
+    else:
+        dirs = [root / d for d in ([spec.image_dir] if isinstance(spec.image_dir, str) else spec.image_dir)]
+    root_r = root.resolve()
+    suffixes = [spec.image_suffix] if spec.image_suffix else ["", *IMAGE_SUFFIXES]
+    records: list[Record] = []
+    groups: list[str] = []
+    for i, (img, lab) in enumerate(zip(images, labels, strict=True)):
+        row = f"row {i + 2}"  # the header is line 1
+        if img == "":
+            col.bad(path, f"{row}: empty value in column '{icol}'")
+            continue
+        idx = _label_index(lab, classes)
+        if idx is None:
+            if spec.other_classes == "drop" and lab != "":
+                continue
+            col.bad(path, f"{row}: column '{lcol}': label '{lab}' is not in the class list {classes}")
+            continue
+        rsplit = None
+        if scol is not None:
+            raw = str(df[scol].iat[i]).strip().lower()
+            if raw not in SPLIT_ALIASES:
+                col.bad(path, f"{row}: column '{scol}': unknown split '{raw}' (use train/val/test)")
+                continue
+            rsplit = SPLIT_ALIASES[raw]
+            if split is not None and rsplit != split:
+                continue
+        value = img.replace("\\", "/")
+        bases = [Path(value)] if os.path.isabs(value) else [d / value for d in dirs]
+        chosen: tuple[Path, str] | None = None
+        reason = "file not found"
+        first = None
+        for base in bases:
+            for suf in suffixes:
+                cand = base.with_name(base.name + suf) if suf else base
+                loc = _locate(root_r, cand, spec.allow_outside_root)
+                if isinstance(loc, str):
+                    reason, first = loc, cand
+                    break
+                if first is None:
+                    first = cand
+                if loc[0].is_file():
+                    chosen = loc
+                    break
+            if chosen is not None or reason != "file not found":
+                break
+        if chosen is None:
+            col.bad(first or path, f"{reason} (listed in {path.name} {row}, column '{icol}')")
+            continue
+        problem = _file_problem(chosen[0])
+        if problem:
+            col.bad(chosen[0], f"{problem} (listed in {path.name} {row})")
+            continue
+        rid = str(df[spec.id_column].iat[i]) if spec.id_column else _strip_suffix(value)
+        records.append(Record(path=chosen[0], rel=chosen[1], id=rid, label=idx, split=rsplit))
+        if gcol is not None:
+            groups.append(str(df[gcol].iat[i]))
+        else:
+            m = _DR_NAME.match(PurePosixPath(rid).name)
+            groups.append(m.group(1) if m else rid)  # both eyes of a DR patient stay together
+    if scol is None:
+        kept = _fraction_splits(records, spec, split, path, groups)
+    else:
+        kept = records
+    return Table(layout="csv", root=root, source=path, records=kept, class_names=classes,
+                 task=spec.task or _default_task(classes, lcol), skipped=col.skipped)
+
+
+_CHEXPERT_VALUES = {"1": 1.0, "1.0": 1.0, "0": 0.0, "0.0": 0.0, "-1": -1.0, "-1.0": -1.0, "": math.nan}
+
+
+def _chexpert(spec: DatasetSpec, root: Path, split: str | None, col: _Collector) -> Table:
+    names = resolve_findings(spec.findings)
+    if spec.csv:
+        stem = Path(spec.csv).stem.lower()
+        files = [(SPLIT_ALIASES.get(stem, "train"), root / spec.csv)]
+    else:
+        files = [(s, root / f) for s, f in (("train", "train.csv"), ("val", "valid.csv"), ("test", "test.csv"))
+                 if (root / f).is_file()]
+        if not files:
+            raise DataError(root, "CheXpert layout without train.csv or valid.csv")
+    if split is not None:
+        files = [(s, f) for s, f in files if s == split]
+        if not files:
+            raise DataError(root, f"no CSV for split '{split}' (CheXpert: train.csv, valid.csv, test.csv)")
+    root_r = root.resolve()
+    records: list[Record] = []
+    raws: list[list[float]] = []
+    for s, path in files:
+        df = read_csv(path)
+        _need(df, path, "Path", "image path")
+        for n in names:
+            _need(df, path, n, "finding")
+        if spec.frontal_only:
+            _need(df, path, CHEXPERT_FRONTAL, "frontal filter; set frontal_only=False to read all views")
+        values = {n: df[n].tolist() for n in names}
+        paths = df["Path"].tolist()
+        views = df[CHEXPERT_FRONTAL].tolist() if spec.frontal_only else None
+        for i, value in enumerate(paths):
+            row = f"row {i + 2}"
+            if views is not None and str(views[i]).strip() != "Frontal":
+                continue
+            raw = []
+            bad = None
+            for n in names:
+                v = str(values[n][i]).strip()
+                if v not in _CHEXPERT_VALUES:
+                    bad = f"{row}: column '{n}': value '{v}' is not one of 1, 0, -1 or blank"
+                    break
+                raw.append(_CHEXPERT_VALUES[v])
+            if bad:
+                col.bad(path, bad)
+                continue
+            value = str(value).strip().replace("\\", "/")
+            parts = PurePosixPath(value).parts
+            if not parts:
+                col.bad(path, f"{row}: empty value in column 'Path'")
+                continue
+            strip = len(parts) > 1 and (parts[0] == root.name or parts[0].startswith("CheXpert"))
+            relp = PurePosixPath(*parts[1:]) if strip else PurePosixPath(value)
+            if os.path.isabs(value):
+                cand = Path(value)
+            else:
+                cand = root / relp
+                if not strip and not cand.exists() and len(parts) > 1 and (root / PurePosixPath(*parts[1:])).exists():
+                    relp = PurePosixPath(*parts[1:])
+                    cand = root / relp
+            loc = _locate(root_r, cand, spec.allow_outside_root)
+            if isinstance(loc, str):
+                col.bad(cand, f"{loc} (listed in {path.name} {row}, column 'Path')")
+                continue
+            problem = _file_problem(loc[0])
+            if problem:
+                col.bad(cand, f"{problem} (listed in {path.name} {row})")
+                continue
+            rid = _strip_suffix(relp.as_posix()) if not os.path.isabs(value) else _strip_suffix(value)
+            records.append(Record(path=loc[0], rel=loc[1], id=rid, label=None, split=s))
+            raws.append(raw)
+    raw_arr = np.asarray(raws, dtype=np.float32).reshape(len(records), len(names))
+    labels = apply_uncertainty(raw_arr, spec.uncertainty, names=names, keys=[r.id for r in records],
+                               seed=spec.uncertainty_seed)
+    for r, lab in zip(records, labels, strict=True):
+        r.label = lab
+    return Table(layout="chexpert", root=root, source=files[0][1], records=records, class_names=names,
+                 task="multilabel", skipped=col.skipped, raw_labels=raw_arr)

@@ -264,15 +264,18 @@ SIZE, N_TRAIN, N_TEST, EPOCHS, EPS = 32, 400, 200, 12, 2 / 255
 
 
 class _Study(torch.utils.data.Dataset):
+    """medxai.data.SyntheticDataset rendered once into memory (it renders lazily per item)."""
+
     task = "binary"
 
     def __init__(self, split: str, n: int):
-        from medxai.data.synthetic import generate
+        from medxai.data import SyntheticDataset
 
-        st = generate("cxr-pneumonia", n, size=SIZE, seed=0, split=split, balanced=True)
-        self.x = torch.from_numpy(st.images).permute(0, 3, 1, 2).float() / 255
-        self.y = torch.from_numpy(st.labels)
-        self.labels = st.labels
+        ds = SyntheticDataset("cxr-pneumonia", n, size=SIZE, seed=0, split=split, balanced=True)
+        items = [ds[i] for i in range(n)]
+        self.x = torch.stack([it["image"] for it in items])
+        self.y = torch.stack([it["label"] for it in items]).long()
+        self.labels = self.y.numpy()
 
     def __len__(self):
         return len(self.y)

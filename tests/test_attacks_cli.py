@@ -70,3 +70,59 @@ def test_plots_are_written(tmp_path):
     p = cli_attack.plot_drops({"m1": t, "m2": t}, tmp_path / "c.png")
     assert Image.open(p).size[0] > 200
     json.dumps(t)  # JSON-ready
+
+
+@pytest.fixture(scope="module")
+def study_and_runs(tmp_path_factory):
+    """A written synthetic study and two tiny trained runs (standard, adversarial)."""
+    from medxai.data import open_dataset, write_synthetic
+    from medxai.models import create
+    from medxai.train import fit
+
+    root = tmp_path_factory.mktemp("cli")
+    write_synthetic("cxr-pneumonia", root / "data", {"train": 48, "test": 24}, size=24, seed=0, balanced=True)
+    train = open_dataset(str(root / "data"), split="train")
+    runs = []
+    for name, obj in (("std", {"name": "standard"}), ("adv", {"name": "adversarial", "eps": 0.01, "steps": 2})):
+        torch.manual_seed(0)
+        fit(create("small-cnn", 2, 1, normalize="none", width=4), train, None,
+            {"task": "binary", "epochs": 2, "batch_size": 16, "device": "cpu", "monitor": "train_loss",
+             "objective": obj}, run_dir=root / name)
+        runs.append(root / name)
+    return root, runs
+
+
+def test_attack_command_equals_the_api(study_and_runs, tmp_path):
+    from medxai.attacks import evaluate
+    from medxai.cli import main
+    from medxai.data import open_dataset
+    from medxai.train import load_run
+
+    root, runs = study_and_runs
+    main(["--quiet", "attack", "--run", str(runs[0]), "--run", str(runs[1]), "--data", str(root / "data"),
+          "--eps", "1/255,4/255", "--steps", "3", "--n", "20", "-o", str(tmp_path)])
+    rep = json.loads((tmp_path / "attack.json").read_text())
+    assert rep["eps"] == [0.0, 1 / 255, 4 / 255] and set(rep["runs"]) == {"std", "adv"}
+    test = open_dataset(str(root / "data"), split="test")
+    x = torch.stack([test[i]["image"] for i in range(20)])
+    y = torch.stack([test[i]["label"] for i in range(20)])
+    model, _ = load_run(runs[0], device="cpu")
+    api = evaluate(model, (x, y), [0.0, 1 / 255, 4 / 255], steps=3, task="binary", seed=0)
+    assert rep["runs"]["std"]["success_rate"] == api["success_rate"]
+    assert rep["runs"]["std"]["robust_accuracy"][0] == api["clean_accuracy"]
+    assert Image.open(tmp_path / "attack.png").size[0] > 200
+
+
+def test_corrupt_command_writes_table_and_heat_map(study_and_runs, tmp_path):
+    from medxai.cli import main
+
+    root, runs = study_and_runs
+    main(["--quiet", "corrupt", "--run", str(runs[0]), "--run", str(runs[1]), "--data", str(root / "data"),
+          "--names", "motion_blur,light_leakage", "--severities", "1,3,5", "--n", "16", "-o", str(tmp_path)])
+    rep = json.loads((tmp_path / "corruption.json").read_text())
+    std = rep["runs"]["std"]
+    assert std["headline"] == "balanced_accuracy" and list(std["corruptions"]["motion_blur"]) == ["1", "3"]
+    assert rep["runs"]["std"]["mce_vs_first_run"] == pytest.approx(1.0)  # the first run is the baseline
+    assert Image.open(tmp_path / "corruption.png").size[0] > 200
+    with pytest.raises(SystemExit):
+        main(["--quiet", "corrupt", "--data", str(root / "data")])  # neither --run nor --gallery: exit 2

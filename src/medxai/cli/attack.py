@@ -43,9 +43,13 @@ def _load_runs(runs: list[Path], device: Any) -> list[tuple[str, Any, Any]]:
     return [(name, *load_run(r, device=device)) for name, r in zip(_run_names(runs), runs, strict=True)]
 
 
-def _image_size(info: Any) -> int | None:
-    s = info.meta.get("image_size")
-    return int(s[0]) if isinstance(s, (list, tuple)) and s else (int(s) if isinstance(s, int) else None)
+def _check_size(x: Any, loaded: list) -> None:
+    """Refuse images whose size differs from a run's training size (say --size instead of guessing)."""
+    for name, _, info in loaded:
+        trained = tuple(int(v) for v in (info.meta.get("image_size") or ()))
+        if trained and tuple(x.shape[-2:]) != trained:
+            raise ConfigError(f"run {name} was trained on {trained} images but the data are {tuple(x.shape[-2:])}; "
+                              "pass --size to resize")
 
 
 def _load_sample(data: str, split: str, n: int, size: int | None):
@@ -118,7 +122,7 @@ def attack_command(
     label: int | None = typer.Option(None, "--label", help="Multilabel: attack this output only."),
     n: int = typer.Option(256, "--n", min=1, help="Attack the first n images of the split."),
     split: str = typer.Option("test", "--split", help="Dataset split."),
-    size: int | None = typer.Option(None, "--size", help="Image size (default: the first run's)."),
+    size: int | None = typer.Option(None, "--size", help="Resize + centre-crop to this size (default: as stored)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, ... (default: cuda if available)."),
@@ -133,7 +137,8 @@ def attack_command(
         raise ConfigError(f"--norm must be linf or l2, got {norm!r}")
     dev = _device(device)
     loaded = _load_runs(run, dev)
-    x, y = _load_sample(data, split, n, size or _image_size(loaded[0][2]))
+    x, y = _load_sample(data, split, n, size)
+    _check_size(x, loaded)
     results: dict[str, dict] = {}
     with progress() as bar:
         task = bar.add_task("attacking", total=len(loaded))
@@ -250,7 +255,7 @@ def corrupt_command(
                                       "or scikit-image's fundus photograph)."),
     n: int = typer.Option(256, "--n", min=1, help="Evaluate the first n images of the split."),
     split: str = typer.Option("test", "--split", help="Dataset split."),
-    size: int | None = typer.Option(None, "--size", help="Image size (default: the first run's)."),
+    size: int | None = typer.Option(None, "--size", help="Resize + centre-crop to this size (default: as stored)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
     device: str | None = typer.Option(None, "--device"),
@@ -280,7 +285,8 @@ def corrupt_command(
         raise ConfigError("medxai corrupt needs --run and --data (or --gallery)")
     dev = _device(device)
     loaded = _load_runs(run, dev)
-    x, y = _load_sample(data, split, n, size or _image_size(loaded[0][2]))
+    x, y = _load_sample(data, split, n, size)
+    _check_size(x, loaded)
     results: dict[str, dict] = {}
     from medxai.corruptions import max_severity
 

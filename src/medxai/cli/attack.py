@@ -291,6 +291,8 @@ def corrupt_command(
     from medxai.corruptions import max_severity
 
     steps = sum(len([s for s in levels if s <= max_severity(c)]) for c in chosen) * len(loaded)
+    if steps == 0:
+        raise ConfigError(f"none of {chosen} has a level in {levels} (levels: 1-4 for the fundus faults, 1-5 else)")
     with progress() as bar:
         task = bar.add_task("corrupting", total=steps)
         for name, model, info in loaded:

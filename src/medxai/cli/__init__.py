@@ -35,12 +35,15 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except SystemExit:
         raise
-    except Exception as exc:  # click usage errors arrive as click exceptions
-        import click
-
-        if isinstance(exc, click.exceptions.Abort):
+    except Exception as exc:
+        # Usage errors and exits of typer (its own click in typer >= 0.16, click before): found by
+        # what they do, not by import, so either generation works.
+        name = type(exc).__name__
+        if name == "Abort":
             sys.exit(130)
-        if isinstance(exc, click.ClickException):
+        if name == "Exit" and hasattr(exc, "exit_code"):
+            sys.exit(exc.exit_code)
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
             exc.show()
             sys.exit(2)
         raise

@@ -35,6 +35,7 @@ class DataConfig(_Strict):
     synthetic: SyntheticData | None = None
     spec: str | dict[str, Any] | None = None  # open_dataset spec for real data
     size: int | None = None  # image size for real data (shorter side resize + centre crop)
+    preprocess: Literal["none", "graham", "clahe"] = "none"  # fundus (Graham 2015) / X-ray contrast
     use: Literal["auto", "real", "synthetic"] = "auto"
 
 

@@ -54,7 +54,15 @@ def build_datasets(cfg: DataConfig, *, synthetic: bool | None = None) -> tuple[d
     else:
         if cfg.spec is None:
             raise ConfigError("data.spec is required to run on real data (or pass --synthetic)")
-        ds = {split: open_dataset(cfg.spec, split=split, size=cfg.size) for split in ("train", "val", "test")}
+        from medxai.data.transforms import CLAHE, Compose, Graham, ResizeCrop
+
+        tf = None
+        if cfg.preprocess == "graham":  # scale to the fundus radius, then to the model's size
+            tf = Compose([Graham(), ResizeCrop(cfg.size)]) if cfg.size else Graham()
+        elif cfg.preprocess == "clahe":
+            tf = CLAHE()
+        size = None if cfg.preprocess == "graham" else cfg.size
+        ds = {split: open_dataset(cfg.spec, split=split, size=size, transform=tf) for split in ("train", "val", "test")}
         desc = {"source": "real", "spec": cfg.spec, "description": f"Dataset {cfg.spec}"}
     first = ds["train"]
     desc.update(task=first.task, class_names=list(first.class_names))

@@ -123,7 +123,8 @@ def _check_args(study: str, size: int, seed: int, split: str, shortcut: float | 
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
-    if shortcut is not None and not (isinstance(shortcut, (int, float)) and 0.0 <= float(shortcut) <= 1.0):
+    if shortcut is not None and not (isinstance(shortcut, (int, float, np.integer, np.floating))
+                                     and 0.0 <= float(shortcut) <= 1.0):
         raise ConfigError(f"shortcut must be a probability in [0, 1] or None, got {shortcut!r}")
     return spec
 
@@ -186,12 +187,22 @@ def generate(study: str, n: int, size: int = 128, seed: int = 0, split: str = "t
              shortcut: float | None = None, **options: Any) -> SyntheticStudy:
     """Generate ``n`` images of a synthetic study (see ``STUDIES``) with labels and evidence masks.
 
-    Deterministic per (study, seed, split, index): the same call gives the same bytes. Common
-    options: ``shares`` (class shares, single-label studies), ``balanced=True`` (equal shares),
-    ``lesions=False`` (render each image's lesion-free counterfactual: same anatomy, noise and
-    marker, labels and masks unchanged). ``shortcut=p`` draws an "R" marker in a top corner on
-    abnormal images with probability p and on the others with 1 - p (splits "train" and "val"),
-    with probability 0.5 whatever the label in "test".
+    Deterministic per (study, seed, split, index): the same call gives the same bytes, and row i
+    equals :func:`generate_one` (study, i, ...). Options:
+
+    - single-label studies: ``shares`` (one weight per class, normalised) or ``balanced=True``;
+      defaults follow the real data (fundus-dr 73/7/15/2.5/2.5 %, cxr-pneumonia 27/73 %,
+      skin-lesion 75.2/12.5/12.3 %). Labels are drawn per image, so shares hold in expectation.
+    - ``cxr-multilabel``: ``prevalence`` (one or five probabilities, default 0.3/0.3/0.25/0.25/0.3)
+      or ``balanced=True`` (0.5 each), ``uncertain_share`` (default 0.1, label -1) and
+      ``blank_share`` (default 0, label NaN).
+    - all: ``lesions=False`` renders each image's lesion-free counterfactual (same anatomy, noise
+      and marker; labels and masks unchanged), e.g. to check where the lesions changed pixels.
+
+    ``shortcut=p`` draws an "R" marker in a top corner on abnormal images (any grade > 0,
+    PNEUMONIA, mel, any positive finding) with probability p and on the others with 1 - p in the
+    "train" and "val" splits, and with probability 0.5 whatever the label in "test";
+    ``shortcut_present`` (N,) and ``shortcut_masks`` (N, H, W) say where. Masks never include it.
     """
     spec = _check_args(study, size, seed, split, shortcut)
     if not isinstance(n, (int, np.integer)) or int(n) < 0:

@@ -260,7 +260,7 @@ def _patches(an: _Anatomy, l: np.random.Generator, lungs: np.ndarray, k: int, si
     for j in range(k):
         side = sides[j % len(sides)]
         cy, cx = an.lung_point(l, side)
-        rx, ry = l.uniform(0.05, 0.1), l.uniform(0.06, 0.12)
+        rx, ry = l.uniform(0.055, 0.11), l.uniform(0.065, 0.13)
         for _ in range(3):  # each patch: a few overlapping lobules
             oy, ox = l.normal(0, 0.35) * ry, l.normal(0, 0.35) * rx
             an.ellipse(acc, cy + oy, cx + ox, ry, rx)
@@ -326,7 +326,7 @@ def render_pneumonia(ctx: Context) -> Rendered:
         sides = [[-1], [1], [-1, 1]][int(l.integers(0, 3))]
         k = int(l.integers(len(sides), 4))
         free = ps.lungs_lo * (F32(1) - heart_lo)
-        opac = ps.finding(_patches(ps.lo, l, free, k, sides, l.uniform(0.65, 1.0)), 0.06)
+        opac = ps.finding(_patches(ps.lo, l, free, k, sides, l.uniform(0.8, 1.0)), 0.06)
         if ctx.lesions:
             dens += F32(0.36) * opac
     img = _finish(ctx, _tone(dens, ps.a))

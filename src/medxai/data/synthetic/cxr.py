@@ -98,20 +98,16 @@ class _Anatomy:
     def box(self, y0: float, x0: float, y1: float, x1: float, margin: float = 0.0) -> tuple[slice, slice]:
         """Slices of this grid that cover the canonical box [y0, y1] x [x0, x1] grown by ``margin``."""
         c, sn = self.rot
-        ys, xs = [], []
-        for yc in (min(y0, y1) - margin, max(y0, y1) + margin):
-            for xc in (min(x0, x1) - margin, max(x0, x1) + margin):
-                u, v = xc - 0.5 - self.off[1], yc - 0.5 - self.off[0]
-                xs.append(0.5 + self.scale * (c * u - sn * v))
-                ys.append(0.5 + self.scale * (sn * u + c * v))
-        k = self.s / self.f
-
-        def span(vals):
-            lo = math.floor(min(vals) * k - 0.5) - 1
-            hi = math.ceil(max(vals) * k - 0.5) + 2
-            return slice(min(max(0, lo), self.n), min(max(0, hi), self.n))
-
-        return span(ys), span(xs)
+        u, v = 0.5 * (x0 + x1) - 0.5 - self.off[1], 0.5 * (y0 + y1) - 0.5 - self.off[0]  # box centre
+        hx, hy = 0.5 * abs(x1 - x0) + margin, 0.5 * abs(y1 - y0) + margin  # and half-extents
+        k = self.s / self.f * self.scale
+        cx = (0.5 + self.scale * (c * u - sn * v)) * self.s / self.f - 0.5
+        cy = (0.5 + self.scale * (sn * u + c * v)) * self.s / self.f - 0.5
+        ex = k * (abs(c) * hx + abs(sn) * hy) + 1.5  # the rotated box's extent, plus a pixel and a half
+        ey = k * (abs(sn) * hx + abs(c) * hy) + 1.5
+        n = self.n
+        return (slice(min(max(0, math.floor(cy - ey)), n), min(max(0, math.ceil(cy + ey) + 1), n)),
+                slice(min(max(0, math.floor(cx - ex)), n), min(max(0, math.ceil(cx + ex) + 1), n)))
 
     def ellipse(self, out: np.ndarray, cy: float, cx: float, ry: float, rx: float, amp: float = 1.0,
                 op: str = "add") -> None:

@@ -128,7 +128,7 @@ def render(ctx: Context) -> Rendered:
         radius, aspect, jag, edge = l.uniform(0.17, 0.27), l.uniform(1.0, 1.4), 0.38, l.uniform(0.8, 0.92)
     else:
         radius, aspect, jag, edge = l.uniform(0.15, 0.24), l.uniform(1.05, 1.5), 0.07, l.uniform(0.9, 0.96)
-    harm = [(k, l.uniform(0.2, 1.0) * jag / k, l.uniform(0, 2 * math.pi)) for k in range(1, 9)]
+    harm = [(k, l.uniform(0.2, 1.0) * jag / k, l.uniform(0, 2 * math.pi)) for k in range(1, 7)]
     # everything about the lesion is computed in its bounding window
     reach = radius * aspect * (1 + sum(h[1] for h in harm)) / (1 - 0.8 * jag) + 3.0 / s
     win = window(s, cy, cx, reach)

@@ -278,16 +278,33 @@ def _grayscale(arr: np.ndarray, ds: Any, window: tuple[float, float] | str | Non
         ds.VOILUTSequence[0].get("LUTDescriptor"), ds.VOILUTSequence[0].get("LUTData"))
     has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
     if has_lut:
-        # A VOI LUT maps the modality output (integers) to [0, 2^bits - 1] of its descriptor.
-        mapped = apply_voi_lut(np.round(values).astype(np.int64), ds, prefer_lut=True)
-        top = float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
-        return mapped.astype(np.float64) / top
+        return _voi_lut(values, ds)
     lo, hi = _output_range(ds)
     if has_window:
         values = apply_voi_lut(values, ds, prefer_lut=False)
     if hi <= lo:
         raise DataError(path, f"degenerate DICOM output range [{lo}, {hi}]")
     return (values - lo) / (hi - lo)
+
+
+def _voi_lut(values: np.ndarray, ds: Any) -> np.ndarray:
+    """VOI LUT Sequence (PS3.3 C.11.2.1.1): input below the first mapped value takes the first
+    entry, above the last the last; entries of ``bits`` bits (descriptor's third value) over
+    ``2**bits - 1``. Written out because pydicom's ``apply_voi`` indexes in the LUT's own dtype,
+    which wraps around for 8-bit LUTs with more than 256 entries."""
+    item = ds.VOILUTSequence[0]
+    n, first, bits = (int(v) for v in item.LUTDescriptor)
+    n = n or 2**16
+    elem = item["LUTData"]
+    if isinstance(elem.value, (bytes, bytearray)):
+        little = getattr(ds, "original_encoding", (None, True))[1]
+        lut = np.frombuffer(elem.value, dtype="<u2" if little in (None, True) else ">u2")[:n]
+    else:
+        lut = np.asarray(elem.value if isinstance(elem.value, (list, tuple)) else list(elem.value), dtype=np.int64)
+    if len(lut) < n:
+        raise ValueError(f"VOI LUT Data has {len(lut)} entries, its descriptor says {n}")
+    idx = np.clip(np.round(values).astype(np.int64) - first, 0, n - 1)
+    return lut[idx].astype(np.float64) / float(2**bits - 1)
 
 
 # --------------------------------------------------------------------------------- masks, PNG

@@ -5,6 +5,21 @@ the batch, never modifying its inputs), registered by name in ``METRICS`` with i
 (category, higher_is_better, needs, reference) and an adapter for running it by name on a
 ``ScoreContext``. Definitions: ``shared/reference/definitions.md`` section 2.
 
+Policies, everywhere:
+- Ties (argmax, top-k, pixel and patch orders) go to the lowest flat (row-major) index: stable
+  sorts; LeRF orders ascending with the same rule.
+- NaN: a map with NaN/Inf is refused (InputError). An empty mask gives NaN (never True or 1);
+  so does a ratio with a zero denominator (no positive attribution for the energy game, a mask
+  covering the whole map for the AUROC, a constant map for Spearman, an all-zero map for the
+  entropy). ``summarize`` / ``compare`` drop NaNs and report how many.
+- Boxes are x0, y0, x1, y1 in pixel indices with x1, y1 exclusive (half-open, like slicing).
+- Per-map normalisation only (sparseness, effective complexity: by the map's own max |a|;
+  total variation, mask IoU, SSIM: per-map min-max). Quantus 0.6.0's batch-global
+  ``normalise_by_max`` is not reproduced, nor its empty-mask True, its crashing or mis-sliced
+  weighted variants, or its 3-channel ROAD crash.
+- Random draws (ROAD noise, random patch orders, uniform baselines) come from generators seeded
+  per sample, so a sample's score never depends on the rest of the batch.
+
 >>> import torch
 >>> from medxai.metrics import pointing_game
 >>> maps = torch.tensor([[[0.0, 0.2], [0.9, 0.1]]])

@@ -32,6 +32,7 @@ import numpy as np
 
 from medxai.data.synthetic._api import (
     ANATOMY,
+    LABEL,
     LESION,
     NOISE,
     Context,
@@ -433,6 +434,9 @@ def _draw_multilabel(rng: np.random.Generator, options: Mapping[str, Any]) -> np
 
 
 def _labels(rng: np.random.Generator, options: Mapping[str, Any]):
+    """(reported labels, truth 0/1, severity) per finding: truth ~ Bernoulli(prevalence); the report is
+    -1 with probability uncertain_share (a present finding then drawn at 55-75 % strength), else NaN
+    with probability blank_share, else the truth."""
     u = rng.random((3, 5))
     prev = np.asarray(options["prevalence"])
     truth = (u[0] < prev).astype(np.int64)
@@ -446,8 +450,6 @@ def _labels(rng: np.random.Generator, options: Mapping[str, Any]):
 
 
 def _render_ml(ctx: Context) -> Rendered:
-    from medxai.data.synthetic._api import LABEL
-
     _, truth, severity = _labels(ctx.stream(LABEL), ctx.options)
     ctx.info["truth"], ctx.info["severity"] = truth, severity
     return render_multilabel(ctx)

@@ -119,3 +119,48 @@ def test_score_refuses_unknown_metric_and_missing_folder(tmp_path, maps_folder):
         _main(["--debug", "score", "--maps", str(root / "maps"), "--out", str(tmp_path), "--metrics", "nope"])
     with pytest.raises(DataError, match=r"maps\.json"):
         _main(["--debug", "score", "--maps", str(tmp_path / "absent"), "--out", str(tmp_path)])
+
+
+def test_explain_then_score_with_masks_end_to_end(tmp_path):
+    """A synthetic study written in a real layout -> train -> `medxai explain` -> `medxai score`."""
+    data_mod = pytest.importorskip("medxai.data")
+    pytest.importorskip("medxai.cli.data")
+    from medxai.cli import main
+    from medxai.metrics import energy_pointing_game, pointing_game, shortcut_share, topk_iou
+    from medxai.models import create
+    from medxai.train import fit
+
+    root = tmp_path / "study"
+    data_mod.write_synthetic("cxr-pneumonia", root, {"train": 16, "test": 6}, size=32, seed=0, shortcut=0.8)
+    train = data_mod.open_dataset(str(root), split="train")
+    torch.manual_seed(0)
+    fit(create("small-cnn", 2, in_chans=1), train, config={"task": "binary", "epochs": 1, "batch_size": 8, "seed": 0},
+        run_dir=tmp_path / "run")
+    maps_dir, out = tmp_path / "maps", tmp_path / "scores"
+    main(["--quiet", "explain", "--run", str(tmp_path / "run"), "--data", str(root), "--methods", "saliency",
+          "--n", "6", "--out", str(maps_dir)])
+    main(["--quiet", "score", "--maps", str(maps_dir), "--out", str(out), "--n-boot", "100",
+          "--metrics", "pointing_game,energy,topk_iou,shortcut", "--device", "cpu"])
+    df = pd.read_csv(out / "scores.csv")
+    assert set(df.metric) == {"pointing_game", "energy_pointing_game", "topk_iou@5", "topk_iou@10", "topk_iou@20",
+                              "topk_iou@40", "shortcut_share", "shortcut_max"}
+    from safetensors.torch import load_file
+
+    t = load_file(str(maps_dir / "maps.safetensors"))
+    maps = t["run/saliency"][:, 0]
+    test = data_mod.open_dataset(str(root), split="test")
+    items = [test[i] for i in range(6)]
+    masks = torch.stack([it["mask"][0] for it in items])
+    marker = torch.stack([it["shortcut_mask"][0] for it in items])
+
+    def col(name):
+        return df[df.metric == name].set_index("id").loc[[it["id"] for it in items], "value"].to_numpy()
+
+    np.testing.assert_allclose(col("pointing_game"), pointing_game(maps, masks).numpy(), equal_nan=True)
+    np.testing.assert_allclose(col("energy_pointing_game"), energy_pointing_game(maps, masks).numpy(), rtol=1e-6,
+                               equal_nan=True)
+    np.testing.assert_allclose(col("topk_iou@10"), topk_iou(maps, masks, k=10).numpy(), rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(col("shortcut_share"), shortcut_share(maps, marker).share.numpy(), rtol=1e-6,
+                               equal_nan=True)
+    summary = json.loads((out / "summary.json").read_text())
+    assert {r["metric"] for r in summary["summary"]} == set(df.metric)

@@ -119,9 +119,10 @@ def _tiny_example(raw: dict, tmp: Path) -> dict:
     raw = copy.deepcopy(raw)
     raw["data"]["synthetic"].update(size=32, n_train=96, n_val=32, n_test=32)
     for m in raw["models"]:
-        m["train"].update(epochs=1, batch_size=32)
-        if m["arch"].startswith("vit-"):
+        m.setdefault("train", {}).update(epochs=1, batch_size=32)
+        if m["arch"].startswith("vit-"):  # a two-block tiny ViT: the sanity check re-explains every layer
             m["arch"] = "vit-ti8"
+            m.setdefault("options", {})["depth"] = 2
     raw["evaluation"] = {"n_boot": 20}
     if raw["attack"].get("enabled", True):
         raw["attack"].update(n=16, steps=2)
@@ -153,7 +154,7 @@ def _write_checkpoints(raw: dict, tmp: Path, in_chans: int, num_classes: int) ->
     for m in raw["models"]:
         if not m.get("pretrained"):
             continue
-        src = create(m["arch"], 1000, in_chans=3).state_dict()
+        src = create(m["arch"], 1000, in_chans=3, **m.get("options", {})).state_dict()
         sd = {k: v for k, v in src.items() if not k.startswith("normalize.")}
         init = m.get("init")
         if init in ("dino", "mae"):

@@ -39,7 +39,7 @@ def _label_tensor(label: Any, task: str) -> torch.Tensor:
 def _finish(item: dict[str, Any], size: int | None, transform: Transform | None) -> dict[str, Any]:
     if size is not None:
         item["image"] = resize_centre_crop(item["image"], size)
-        for k in [k for k in item if k.endswith("mask") and isinstance(item[k], torch.Tensor)]:
+        for k in [k for k, v in item.items() if k.endswith("mask") and isinstance(v, torch.Tensor) and v.ndim >= 2]:
             item[k] = resize_centre_crop(item[k], size)
     if transform is not None:
         item = transform(item)

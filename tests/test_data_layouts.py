@@ -29,7 +29,8 @@ def _png(path: Path, value: int = 128, size: tuple[int, int] = (8, 6), mode: str
 @pytest.mark.parametrize("study", STUDIES)
 def test_synth_written_then_opened_equals_generate(study, tmp_path):
     shortcut = None if study == "cxr-multilabel" else 0.8
-    made = {sp: generate(study, n, size=32, seed=3, split=sp, shortcut=shortcut) for sp, n in (("train", 7), ("test", 5))}
+    made = {sp: generate(study, n, size=32, seed=3, split=sp, shortcut=shortcut)
+            for sp, n in (("train", 7), ("test", 5))}
     for s in made.values():
         write_study(s, tmp_path)
     for sp, s in made.items():
@@ -90,8 +91,8 @@ def test_cli_synth_then_info(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------ folder layout
 def test_folder_layout_with_splits_classes_and_masks(tmp_path):
-    for sp, cls, name, v in [("train", "NORMAL", "a", 10), ("train", "PNEUMONIA", "b", 200), ("test", "NORMAL", "c", 30),
-                             ("val", "PNEUMONIA", "d", 40)]:
+    for sp, cls, name, v in [("train", "NORMAL", "a", 10), ("train", "PNEUMONIA", "b", 200),
+                             ("test", "NORMAL", "c", 30), ("val", "PNEUMONIA", "d", 40)]:
         _png(tmp_path / sp / cls / f"{name}.jpeg", v)
     m = np.zeros((6, 8), np.uint8)
     m[1:3, 2:5] = 255
@@ -114,7 +115,8 @@ def test_folder_without_splits_uses_seeded_fractions(tmp_path):
     spec = {"layout": "folder", "root": str(tmp_path), "val_fraction": 0.25, "test_fraction": 0.25, "split_seed": 7}
     parts = {sp: {open_dataset(spec, split=sp)[i]["id"] for i in range(len(open_dataset(spec, split=sp)))}
              for sp in ("train", "val", "test")}
-    assert sum(map(len, parts.values())) == 40 and not (parts["train"] & parts["val"]) and not (parts["val"] & parts["test"])
+    assert sum(map(len, parts.values())) == 40
+    assert not (parts["train"] & parts["val"]) and not (parts["val"] & parts["test"])
     assert all(4 <= len(parts[s]) <= 18 for s in ("val", "test"))
     again = open_dataset(spec, split="test")
     assert {again[i]["id"] for i in range(len(again))} == parts["test"]

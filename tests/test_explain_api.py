@@ -21,7 +21,12 @@ from medxai.explain.base import _HOOK_DICTS
 
 METHODS = ["saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "guided_backprop", "gradcam",
            "gradcam++"]
-FAST = {"integrated_gradients": {"n_steps": 4}, "smoothgrad": {"n_samples": 3}}
+PERTURBATION = ["occlusion", "lime", "rise"]
+VIT_METHODS = ["raw_attention", "rollout", "chefer_generic", "chefer_lrp"]
+FAST = {"integrated_gradients": {"n_steps": 4}, "smoothgrad": {"n_samples": 3},
+        "occlusion": {"window": 4, "stride": 3, "batch_size": 4},
+        "lime": {"num_samples": 24, "segmentation_params": {"n_segments": 6}, "batch_size": 16},
+        "rise": {"n_masks": 12, "s": 3, "batch_size": 8}}
 
 
 def _cnn() -> nn.Module:
@@ -150,6 +155,94 @@ def test_no_side_effects_also_when_raising_midway(method):
     model.calls, model.fail_at = 0, None
     torch.testing.assert_close(explain(model, x, method, None, **kw), maps, atol=0, rtol=0)  # deterministic
     assert model.training
+
+
+def test_every_registered_method_is_covered_by_the_side_effect_tests():
+    covered = {REGISTRY[m] for m in METHODS + PERTURBATION + VIT_METHODS}
+    assert covered == {REGISTRY[n] for n in REGISTRY.names()}
+
+
+@pytest.mark.parametrize("method", PERTURBATION)
+def test_no_side_effects_perturbation_methods_also_when_raising_midway(method):
+    test_no_side_effects_also_when_raising_midway(method)
+
+
+def _vit():
+    import medxai.models as M
+
+    torch.manual_seed(0)
+    return M.create("vit-ti4", 5, 3, img_size=16, depth=2, embed_dim=32, num_heads=4, drop_rate=0.1)
+
+
+def _vit_state(model):
+    from medxai.models.vit import Attention
+
+    st = _state(model)
+    st["attn"] = [(a.fused_attn, a.capture, a.attn_probs) for a in model.modules() if isinstance(a, Attention)]
+    return st
+
+
+@pytest.mark.parametrize("method", VIT_METHODS)
+def test_no_side_effects_vit_methods_also_when_raising_midway(method):
+    """The failure comes from a forward hook on the head (Chefer LRP runs the modules, not forward)."""
+    model = _vit().train()
+    model.patch_embed.proj.weight.grad = torch.ones_like(model.patch_embed.proj.weight)
+    model.head.bias.requires_grad_(False)
+    calls = {"n": 0, "fail_at": None}
+
+    def maybe_fail(_m, _i, _o):
+        calls["n"] += 1
+        if calls["n"] == calls["fail_at"]:
+            raise RuntimeError("midway")
+
+    model.head.register_forward_hook(maybe_fail)
+    x = _x(b=2, s=16)
+    before = _vit_state(model)
+    maps = explain(model, x, method, None)
+    assert before["attn"] == _vit_state(model)["attn"]
+    _same(before, _vit_state(model))
+    calls["n"], calls["fail_at"] = 0, calls["n"]  # fail on the last head call of the run
+    with pytest.raises(RuntimeError, match="midway"):
+        explain(model, x, method, None)
+    after = _vit_state(model)
+    _same(before, after)
+    assert after["attn"] == before["attn"]
+    calls["n"], calls["fail_at"] = 0, None
+    torch.testing.assert_close(explain(model, x, method, None), maps, atol=0, rtol=0)
+    assert model.training
+
+
+# ----------------------------------------------------------------------------- several labels from one call
+
+class _MultiLabel(nn.Module):
+    """A sigmoid-output (multi-label) model: 6 findings."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1, stride=2),
+                                 nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 6))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.mark.parametrize("method", METHODS + PERTURBATION + VIT_METHODS)
+def test_top_k_3_equals_three_single_target_calls(method):
+    """``top_k=3`` on a multi-label model explains each sample's three most probable findings (by the
+    sigmoid): the same maps as three separate calls with those targets."""
+    vit = method in VIT_METHODS
+    model = (_vit() if vit else _MultiLabel()).eval()
+    x = _x(b=3, s=16)
+    kw = dict(FAST.get(method, {}), output="sigmoid")
+    multi = explain(model, x, method, top_k=3, **kw)
+    assert multi.shape == (3, 3, 1, 16, 16)
+    with torch.no_grad():
+        top = torch.sort(torch.sigmoid(model(x)), dim=1, descending=True, stable=True).indices[:, :3]
+    for j in range(3):
+        torch.testing.assert_close(multi[:, j], explain(model, x, method, top[:, j], **kw), atol=1e-6, rtol=1e-5)
+    if method not in ("raw_attention", "rollout"):  # the others depend on the target: the three maps differ
+        assert not torch.allclose(multi[:, 0], multi[:, 1], atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- postprocess

@@ -5,7 +5,8 @@ Dropout after the softmax receives the probabilities), gradients by ``Tensor.reg
 ``backward()`` as the reference code does, full N x N rollout matrices, and for Chefer 2021a an
 autograd-based LRP in the style of Chefer's ``layers_ours.py`` (``gradprop``: x * d(z)/d(x) . s)
 fed by hooks on the model's own modules. The trained-model test learns the synthetic skin-lesion
-study with a 2-block patch-4 ViT at 32 px and scores the maps against the lesion masks.
+study (lesions rolled off-centre) with a 2-block patch-4 ViT at 32 px and scores the maps against
+the lesion masks, next to an untrained model and a centre prior.
 """
 
 from __future__ import annotations
@@ -484,6 +485,34 @@ def test_vit_gradcam_equals_hand_computation_on_norm1_tokens():
     _close(ours, torch.stack(refs).detach(), 1e-5)
 
 
+def test_cnn_gradient_methods_work_unchanged_on_a_vit():
+    """Saliency and Input x Gradient equal autograd run one image at a time; SmoothGrad with sigma 0
+    is the gradient; IG is complete to 1% at 50 Gauss-Legendre steps on a freshly initialised ViT."""
+    from medxai.explain import InputXGradient, IntegratedGradients, Saliency, SmoothGrad
+
+    model, x = _vit(reg=1), _x(b=3)
+    t = torch.tensor([2, 0, 4])
+    refs = []
+    for i in range(3):
+        xi = x[i : i + 1].clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(model(xi)[0, t[i]], xi)
+        refs.append(g[0])
+    g = torch.stack(refs)
+    _close(Saliency(model, absolute=False).attribute(x, t), g)
+    _close(InputXGradient(model).attribute(x, t), x * g)
+    _close(SmoothGrad(model, n_samples=2, sigma=0.0).attribute(x, t), g)
+    torch.manual_seed(0)  # IG on a ViT as initialised (``_vit``'s sharpened attention is far from smooth)
+    model = M.create("vit-ti4", 5, 3, img_size=16, depth=3, embed_dim=32, num_heads=4).eval()
+    with torch.no_grad():
+        moves = model(x) - model(torch.zeros_like(x))
+    tig = moves.abs().argmax(1)  # the output that moves most between the black baseline and x
+    gap = moves.gather(1, tig[:, None])[:, 0]
+    attr, delta = IntegratedGradients(model, n_steps=50).attribute(x, tig, return_convergence_delta=True)
+    torch.testing.assert_close(delta, attr.flatten(1).sum(1) - gap, atol=1e-5, rtol=1e-5)
+    assert float(gap.abs().min()) > 0.05, gap
+    assert float((delta.abs() / gap.abs()).max()) < 0.01, (delta, gap)
+
+
 # --------------------------------------------------------------------------- contract, registry, restoration
 
 def test_registry_names_and_explain_by_name():
@@ -539,15 +568,23 @@ def test_refusals():
 # --------------------------------------------------------------------------- a trained ViT, scored maps
 
 class _Study(torch.utils.data.Dataset):
+    """The synthetic skin-lesion study at 32 px, every image and its lesion mask rolled by the same
+    random shift of up to +-``shift`` px per axis (seeded per split). Unshifted, the lesions sit within
+    +-0.07 of the centre, so a model-free centre prior scores pointing game 1.0 and the pointing game
+    says nothing; rolled, the centre prior scores 0.54 and the maps have to find the lesion."""
+
     task = "multiclass"
 
-    def __init__(self, split: str, n: int, size: int = 32):
+    def __init__(self, split: str, n: int, size: int = 32, shift: int = 8, seed: int = 0):
         from medxai.data.synthetic import generate
 
         st = generate("skin-lesion", n, size=size, seed=0, split=split, balanced=True)
-        self.x = torch.from_numpy(st.images).permute(0, 3, 1, 2).float() / 255
+        x = torch.from_numpy(st.images).permute(0, 3, 1, 2).float() / 255
+        m = torch.from_numpy(st.masks)
+        d = torch.randint(-shift, shift + 1, (n, 2), generator=torch.Generator().manual_seed(seed)).tolist()
+        self.x = torch.stack([torch.roll(x[i], tuple(d[i]), (1, 2)) for i in range(n)])
+        self.masks = torch.stack([torch.roll(m[i], tuple(d[i]), (0, 1)) for i in range(n)])
         self.y = torch.from_numpy(st.labels)
-        self.masks = torch.from_numpy(st.masks)
         self.labels = st.labels
 
     def __len__(self):
@@ -557,12 +594,33 @@ class _Study(torch.utils.data.Dataset):
         return {"image": self.x[i], "label": self.y[i]}
 
 
+def _centre_prior(n: int, size: int) -> torch.Tensor:
+    """A model-free control: a Gaussian bump (sigma size / 6) at the image centre, (n, size, size)."""
+    r = torch.arange(size) - (size - 1) / 2
+    g = torch.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * (size / 6) ** 2))
+    return g.expand(n, size, size).contiguous()
+
+
 def test_small_vit_learns_a_synthetic_study_and_its_maps_point_at_the_lesions():
+    """A 2-block patch-4 ViT learns the rolled skin-lesion study (600 train, 12 epochs, CPU) and
+    Chefer's maps point at the lesions, far better than the untrained model and a centre prior.
+
+    Measured (model seeds 0-4; pointing game / energy over the 90 test images; mask area 0.17):
+    accuracy 0.856-0.889; centre prior 0.544 / 0.360; chefer_lrp 0.73-0.91 / 0.59-0.77 (untrained
+    0.13-0.28 / 0.11-0.15); chefer_generic 0.76-0.92 / 0.56-0.72 (untrained 0.40-0.58 / 0.15-0.19);
+    first-block raw attention 0.83-0.93 / 0.57-0.70; rollout 0.86-0.93 / 0.39-0.43; last-block raw
+    attention 0.58-0.77 / 0.31-0.42. The model learns the lesions; the last block's CLS attention shows
+    them poorly (its energy is about the centre prior's), plausibly because it reads tokens that block 0
+    has already mixed, so where it looks is not where the evidence was. On the unrolled study it
+    varied as much (pointing game 0.47-0.91 over six runs of the current and the previous generator):
+    the old ">= 0.75" for it held by the luck of one seed. It is held to "better than uniform, below
+    Chefer LRP" here. Every threshold sits under the five-seed minimum; the test trains seed 0.
+    """
     from medxai.metrics import energy_pointing_game, pointing_game
     from medxai.train import fit
 
     t0 = time.perf_counter()
-    train, test = _Study("train", 600), _Study("test", 90)
+    train, test = _Study("train", 600, seed=1), _Study("test", 90, seed=2)
     torch.manual_seed(0)
     model = M.create("vit-ti4", 3, 3, img_size=32, depth=2, embed_dim=64, num_heads=4)
     untrained = M.create("vit-ti4", 3, 3, img_size=32, depth=2, embed_dim=64, num_heads=4).eval()
@@ -573,18 +631,29 @@ def test_small_vit_learns_a_synthetic_study_and_its_maps_point_at_the_lesions():
         acc = float((model(test.x).argmax(1) == test.y).float().mean())
     masks = test.masks
     area = float(masks.flatten(1).float().mean(1).mean())
+
+    def score(maps):
+        return (float(pointing_game(maps, masks).nanmean()), float(energy_pointing_game(maps, masks).nanmean()))
+
     scores = {}
-    for method in ("raw_attention", "rollout", "chefer_generic", "chefer_lrp", "gradcam"):
-        maps = explain(model, test.x, method, target=test.y)
-        scores[method] = (float(pointing_game(maps, masks).nanmean()),
-                          float(energy_pointing_game(maps, masks).nanmean()))
-    base = explain(untrained, test.x, "chefer_lrp", target=test.y)
-    base_energy = float(energy_pointing_game(base, masks).nanmean())
+    for key, method, kw in (("raw_attention", "raw_attention", {}), ("raw_attention@0", "raw_attention", {"layer": 0}),
+                            ("rollout", "rollout", {}), ("chefer_generic", "chefer_generic", {}),
+                            ("chefer_lrp", "chefer_lrp", {}), ("gradcam", "gradcam", {})):
+        scores[key] = score(explain(model, test.x, method, target=test.y, **kw))
+    untrained_scores = {m: score(explain(untrained, test.x, m, target=test.y))
+                        for m in ("chefer_generic", "chefer_lrp")}
+    centre = score(_centre_prior(len(test.y), 32))
     took = time.perf_counter() - t0
-    print(f"\n[vit] skin-lesion 32 px, 600 train: test accuracy {acc:.3f} (chance 0.33), {took:.1f} s; mask area "
-          f"{area:.3f}; untrained chefer_lrp energy {base_energy:.3f}; (pointing game, energy): {scores}")
+    print(f"\n[vit] rolled skin-lesion 32 px, 600 train: test accuracy {acc:.3f} (chance 0.33), {took:.1f} s; mask "
+          f"area {area:.3f}; centre prior {centre}; untrained {untrained_scores}; (pointing game, energy): {scores}")
     assert acc >= 0.8, acc
-    for method in ("raw_attention", "chefer_generic", "chefer_lrp"):
+    assert 0.4 <= centre[0] <= 0.7, centre  # the control is what the docstring says: the shift is in effect
+    for method in ("chefer_generic", "chefer_lrp", "raw_attention@0"):
         pg, energy = scores[method]
-        assert pg >= 0.75 and energy >= 2.5 * area, (method, pg, energy, area)
-    assert scores["chefer_lrp"][1] > base_energy + 0.2, (scores["chefer_lrp"], base_energy)
+        assert pg >= 0.7 and pg >= centre[0] + 0.15, (method, pg, centre)
+        assert energy >= centre[1] + 0.15 and energy >= 2.5 * area, (method, energy, centre, area)
+    for method in ("chefer_generic", "chefer_lrp"):  # training is what put the maps on the lesions
+        assert scores[method][1] >= untrained_scores[method][1] + 0.3, (method, scores[method], untrained_scores)
+    assert scores["rollout"][0] >= 0.75, scores["rollout"]
+    raw_pg, raw_energy = scores["raw_attention"]  # the weak one: better than uniform, below Chefer LRP
+    assert raw_pg >= 0.5 and raw_energy >= 1.5 * area and raw_energy < scores["chefer_lrp"][1], scores["raw_attention"]

@@ -64,3 +64,85 @@ def test_resolve_targets_ties_and_topk():
         resolve_targets(logits, 4)
     with pytest.raises(InputError):
         resolve_targets(logits, None, top_k=5)
+
+
+# ----------------------------------------------------------------------------- out-of-memory: halve and go on
+
+class OOMAbove(nn.Module):
+    """Raises the real GPU out-of-memory exception (``torch.OutOfMemoryError``, which
+    ``torch.cuda.OutOfMemoryError`` is) when a forward gets more than ``limit`` images."""
+
+    def __init__(self, inner: nn.Module, limit: int) -> None:
+        super().__init__()
+        self.inner, self.limit, self.sizes = inner, limit, []
+
+    def forward(self, x):
+        self.sizes.append(x.shape[0])
+        if x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError(f"CUDA out of memory (injected: {x.shape[0]} > {self.limit} images)")
+        return self.inner(x)
+
+
+def _oom_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name.startswith("medxai") and r.levelname == "WARNING"
+            and "out of memory" in r.getMessage()]
+
+
+def test_oom_exception_types_are_the_real_ones():
+    from medxai.explain.engine import OOM_ERRORS
+
+    assert torch.OutOfMemoryError in OOM_ERRORS and issubclass(torch.cuda.OutOfMemoryError, OOM_ERRORS)
+
+
+def test_engine_halves_chunks_on_out_of_memory(caplog):
+    inner = _model().eval()
+    x = torch.rand(3, 3, 6, 6)
+    masks = torch.rand(7, 1, 6, 6) > 0.5
+    t = torch.tensor([0, 4, 2])
+    make = lambda si, pi: x[si] * masks[pi]
+    ref = perturbed_outputs(inner, x, 7, make, t, output="softmax", batch_size=21)
+    model = OOMAbove(inner, limit=5)
+    with caplog.at_level("WARNING", logger="medxai"):
+        out = perturbed_outputs(model, x, 7, make, t, output="softmax", batch_size=21)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+    # 21 fails, 10 fails, 5 fits; the rest of the work continues at 5 (21 = 4 x 5 + 1)
+    assert model.sizes == [21, 10, 5, 5, 5, 5, 1]
+    msgs = _oom_warnings(caplog)
+    assert len(msgs) == 2 and "21" in msgs[0] and "10" in msgs[0] and "5" in msgs[1]
+    # a single image that does not fit: the error is not swallowed
+    with pytest.raises(torch.OutOfMemoryError):
+        perturbed_outputs(OOMAbove(inner, limit=0), x, 7, make, t, batch_size=4)
+
+
+def test_explainers_and_gradient_chunks_adapt_to_out_of_memory(caplog):
+    from medxai.explain import GradCAM, IntegratedGradients, Occlusion, Saliency, SmoothGrad
+
+    inner = _model().eval()
+    x = torch.rand(6, 3, 8, 8)
+    t = torch.tensor([0, 1, 2, 3, 4, 0])
+    cases = [
+        (lambda m: IntegratedGradients(m, n_steps=8, internal_batch_size=48), 7),
+        (lambda m: SmoothGrad(m, n_samples=5, noise_level=0.2, seed=3, internal_batch_size=30), 4),
+        (lambda m: Saliency(m), 2),
+        (lambda m: GradCAM(m, layer="inner.0"), 1),
+        (lambda m: Occlusion(m, window=4, stride=2, batch_size=40), 9),
+    ]
+    for build, limit in cases:
+        ref = build(OOMAbove(inner, 10**6)).attribute(x, t)
+        model = OOMAbove(inner, limit)
+        explainer = build(model)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="medxai"):
+            out = explainer.attribute(x, t)
+        name = type(explainer).__name__
+        torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5, msg=name)
+        assert max(model.sizes) > limit and _oom_warnings(caplog), name  # it did run out of memory, and said so
+        assert all(p.requires_grad and p.grad is None for p in model.parameters()), name  # restored
+        if isinstance(explainer, (IntegratedGradients, SmoothGrad)):
+            # the size that fitted is kept: a second call runs out of memory no more
+            model.sizes.clear()
+            caplog.clear()
+            with caplog.at_level("WARNING", logger="medxai"):
+                again = explainer.attribute(x, t)
+            torch.testing.assert_close(again, ref, atol=1e-6, rtol=1e-5)
+            assert max(model.sizes) <= limit and not _oom_warnings(caplog), name

@@ -214,3 +214,29 @@ def test_zoo_vit_token_layer():
     ref = (a[:, p:].detach() * w[:, None]).sum(-1).clamp(min=0).view(2, 1, 8, 8)
     assert ours.shape == (2, 1, 8, 8)
     torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
+
+
+# one per CNN family; resnet50 and inception-v3 (which needs >= 139 px for a 3 x 3 layer) cost 10-30 s each on
+# CPU and only have their automatic layer's 4-D output checked (tests/test_models_zoo.py)
+CNN_ZOO = ["small-cnn", "resnet8", "densenet121", "mobilenet-v2", "efficientnet-b0"]
+
+
+@pytest.mark.parametrize("name", CNN_ZOO)
+def test_automatic_layer_of_every_zoo_family_is_spatial_and_equals_captum(name):
+    """For a CNN of each family of the registry (resnet18 above; ViTs in test_zoo_vit_token_layer) the
+    automatic layer has a spatial output and the maps equal captum's LayerGradCam there, with
+    per-sample targets; signed (relu=False), since randomly initialised deep nets often have an
+    all-negative CAM that the ReLU would zero."""
+    models = pytest.importorskip("medxai.models")
+    torch.manual_seed(0)
+    model = models.create(name, num_classes=4).eval()
+    x, t = _x(b=2, s=64), torch.tensor([3, 1])
+    cam = GradCAM(model, upsample=False, relu=False)
+    ours = cam.attribute(x, t)
+    layer = model.get_submodule(cam.layer)
+    ref = LayerGradCam(model, layer).attribute(x, target=t).detach()
+    assert ours.shape == ref.shape and ours.shape[-1] * ours.shape[-2] > 1, ours.shape
+    assert float(ref.abs().max()) > 0  # not vacuous
+    torch.testing.assert_close(ours, ref, atol=1e-5 * float(ref.abs().max()), rtol=1e-4)
+    torch.testing.assert_close(GradCAM(model, layer=cam.layer, upsample=False).attribute(x, t), ref.clamp(min=0),
+                               atol=1e-5 * float(ref.abs().max()), rtol=1e-4)

@@ -212,3 +212,57 @@ def test_road_options_noise_seed_and_batch_independence():
         road(model, x, a, imputation="zeros")
     with pytest.raises(InputError):
         road(model, x, a, percentages=(120,))
+
+
+# ---------------------------------------------------------------- ties, random draws per sample, out of memory
+
+def test_region_and_road_ties_and_per_sample_random_draws(setup):
+    model, x, maps = setup
+    flat = torch.full((5, 20, 20), 0.5)  # every pixel ties
+    # a zero map: every patch sum ties. 20 px -> a 3 x 3 grid of 8 px patches centred (offset 2), cut at the
+    # border: patch 0 (the first in row-major order) = rows and columns 0..5
+    res = region_perturbation(model, x, torch.zeros(5, 20, 20), target=1, patch_size=8, regions=2, output="logit")
+    manual = x.clone()
+    manual[:, :, :6, :6] = 0.0
+    with torch.no_grad():
+        torch.testing.assert_close(res.curve[:, 1], model(x)[:, 1] - model(manual)[:, 1])
+    lerf = road(model, x, flat, target=1, percentages=(10,), order="lerf", imputation="mean", noise=0.0)
+    morf = road(model, x, flat, target=1, percentages=(10,), order="morf", imputation="mean", noise=0.0)
+    torch.testing.assert_close(lerf.probability, morf.probability)  # all tied: both take the first 40 pixels
+    for kw in ({"order": "random"}, {"baseline": "uniform"}):
+        full = region_perturbation(model, x, maps, patch_size=4, regions=6, seed=7, **kw)
+        for i in (0, 4):
+            one = region_perturbation(model, x[i : i + 1], maps[i : i + 1], patch_size=4, regions=6, seed=7, **kw)
+            torch.testing.assert_close(one.curve[0], full.curve[i], rtol=0, atol=1e-6)
+        other = region_perturbation(model, x, maps, patch_size=4, regions=6, seed=8, **kw)
+        assert not torch.allclose(other.curve, full.curve)
+
+
+class _OOMAbove(torch.nn.Module):
+    """Raises the real ``torch.OutOfMemoryError`` when a forward gets more than ``limit`` images."""
+
+    def __init__(self, inner, limit):
+        super().__init__()
+        self.inner, self.limit, self.sizes = inner, limit, []
+
+    def forward(self, x):
+        self.sizes.append(x.shape[0])
+        if x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError(f"CUDA out of memory (injected: {x.shape[0]} > {self.limit})")
+        return self.inner(x)
+
+
+def test_scores_adapt_to_out_of_memory(setup, caplog):
+    model, x, maps = setup
+    ref_del = deletion(model, x, maps, steps=10, batch_size=64)
+    ref_road = road(model, x, maps, percentages=(20, 50), seed=1, batch_size=64)
+    limited = _OOMAbove(model, 7)
+    with caplog.at_level("WARNING", logger="medxai"):
+        got_del = deletion(limited, x, maps, steps=10, batch_size=64)
+        got_road = road(limited, x, maps, percentages=(20, 50), seed=1, batch_size=64)
+    torch.testing.assert_close(got_del.curve, ref_del.curve, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_road.probability, ref_road.probability, rtol=1e-5, atol=1e-6)
+    assert max(limited.sizes) > 7  # it did run out of memory ...
+    warned = [r.getMessage() for r in caplog.records if "out of memory" in r.getMessage()]
+    assert warned and all(r.name.startswith("medxai") for r in caplog.records if "out of memory" in r.getMessage())
+    assert model.training is False and all(p.requires_grad for p in model.parameters())

@@ -165,3 +165,16 @@ def test_with_a_registered_explainer(trained):
         ScoreContext(maps=torch.zeros(3, 24, 24), images=x[:3], targets=y[:3], model=model, explainer=input_gradient))
     assert set(cols) == {"randomisation_spearman_abs", "randomisation_ssim"}
     assert cols["randomisation_ssim"].shape == (3,)
+
+
+def test_per_sample_results_do_not_depend_on_the_batch(trained):
+    """In float64, so that batched and single-image convolutions cannot swap near-tied pixel ranks."""
+    import copy
+
+    model, x, y = trained
+    model, x = copy.deepcopy(model).double(), x.double()
+    full = model_randomisation(model, input_gradient, x, y, seed=5)
+    for i in (0, 4):
+        one = model_randomisation(model, input_gradient, x[i : i + 1], y[i : i + 1], seed=5)
+        for name in ("spearman_abs", "spearman", "ssim"):
+            torch.testing.assert_close(getattr(one, name)[:, 0], getattr(full, name)[:, i], rtol=1e-9, atol=1e-9)

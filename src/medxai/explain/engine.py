@@ -4,10 +4,15 @@ One engine serves occlusion, LIME, RISE and the deletion / insertion / ROAD metr
 says how to build perturbed inputs for (sample, perturbation) pairs; the engine flattens all
 B x P pairs, builds and runs them in chunks bounded by a memory budget, under ``no_grad``, and
 gathers the requested outputs. Nothing leaves torch and the device of ``x``.
+
+``for_chunks`` is the one chunking loop of medxai's explainers and metrics (this engine, the
+gradient methods' path / noise chunks, the imputation solves): when a chunk raises a GPU
+out-of-memory error it halves the chunk, retries, carries on and logs a warning.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
@@ -20,6 +25,51 @@ from medxai.explain.base import select_output
 MakeInputs = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes of perturbed input per chunk
+
+log = logging.getLogger("medxai.explain")
+
+
+def _oom_errors() -> tuple[type[BaseException], ...]:
+    found: list[type[BaseException]] = []
+    for err in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)):
+        if isinstance(err, type) and issubclass(err, BaseException) and err not in found:
+            found.append(err)
+    return tuple(found)
+
+
+#: what a GPU out-of-memory raises: ``torch.OutOfMemoryError`` (= ``torch.cuda.OutOfMemoryError``)
+OOM_ERRORS: tuple[type[BaseException], ...] = _oom_errors()
+
+
+def for_chunks(total: int, chunk: int, run: Callable[[int, int], None], *, what: str = "images") -> int:
+    """Call ``run(start, stop)`` for consecutive chunks of at most ``chunk`` items covering [0, total).
+
+    If a chunk raises a GPU out-of-memory error (``OOM_ERRORS``), the chunk size is halved, that chunk
+    is retried, the remaining work continues at the smaller size, and a warning is logged on the
+    ``medxai.explain`` logger; a chunk of one item that still does not fit re-raises the error.
+    ``run`` must write its results only after its last large allocation, so that an interrupted chunk
+    leaves nothing behind (a retried chunk is then computed exactly once). Returns the chunk size in
+    use at the end, so callers can start from it next time.
+    """
+    if chunk < 1:
+        raise InputError(f"chunk size must be >= 1, got {chunk}")
+    start = 0
+    while start < total:
+        stop = min(start + chunk, total)
+        try:
+            run(start, stop)
+        except OOM_ERRORS:
+            size = stop - start
+            if size <= 1:
+                raise
+            chunk = size // 2
+            log.warning("out of memory on a chunk of %d %s; halving the chunk to %d and continuing", size, what,
+                        chunk)
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.empty_cache()
+            continue
+        start = stop
+    return chunk
 
 
 def chunk_size_for(x: torch.Tensor, memory_budget: int = DEFAULT_MEMORY_BUDGET,
@@ -106,6 +156,8 @@ def perturbed_outputs(
 
     Returns:
         Outputs on ``x.device`` in ``x.dtype``.
+
+    A chunk that runs out of GPU memory is halved and retried (``for_chunks``); the outputs are the same.
     """
     b = x.shape[0]
     if n_perturb < 1:
@@ -118,8 +170,10 @@ def perturbed_outputs(
     if targets is not None:
         t2 = targets[:, None] if targets.ndim == 1 else targets
         flat_t = t2.to(dev).long().repeat_interleave(n_perturb, dim=0)  # (B*P, T)
-    for start in range(0, total, chunk):
-        flat = torch.arange(start, min(start + chunk, total), device=dev)
+
+    def run(start: int, stop: int) -> None:
+        nonlocal result
+        flat = torch.arange(start, stop, device=dev)
         si, pi = flat // n_perturb, flat % n_perturb
         out = select_output(model(make_inputs(si, pi)), output)
         if flat_t is not None:
@@ -127,6 +181,8 @@ def perturbed_outputs(
         if result is None:
             result = torch.empty((total, *out.shape[1:]), device=dev, dtype=out.dtype)
         result[flat] = out
+
+    for_chunks(total, chunk, run, what="perturbed images")
     assert result is not None
     result = result.reshape(b, n_perturb, *result.shape[1:]).to(x.dtype)
     if targets is not None and targets.ndim == 1:

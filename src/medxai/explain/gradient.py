@@ -18,6 +18,7 @@ from torch import nn
 from medxai._util.validate import as_targets, check_images
 from medxai.errors import InputError
 from medxai.explain.base import Attribution, preserve_model, resolve_targets, select_output
+from medxai.explain.engine import for_chunks
 from medxai.explain.registry import REGISTRY
 
 __all__ = ["GuidedBackprop", "InputXGradient", "Saliency", "SmoothGrad", "guided_relus"]
@@ -62,13 +63,19 @@ class GradientAttribution(Attribution):
 
     #: channel reduction ``explain`` applies to this method's maps (see ``postprocess``)
     default_reduce: str | None = "sum"
+    #: run the batch in sample chunks, halved on GPU out-of-memory (``for_chunks``); methods that
+    #: chunk their own model calls (IG, SmoothGrad) turn this off
+    split_on_oom: bool = True
 
     def attribute(self, x: torch.Tensor, target: int | torch.Tensor | list | None = None, *,
                   top_k: int | None = None, **kw):
         check_images(x)
         multi = top_k is not None or (isinstance(target, torch.Tensor) and target.ndim == 2)
         with preserve_model(self.model):
-            out = self._compute(x, TargetSpec(target, top_k), **kw)
+            if self.split_on_oom:
+                out = self._compute_in_chunks(x, target, top_k, **kw)
+            else:
+                out = self._compute(x, TargetSpec(target, top_k), **kw)
         if multi:
             return out
         if isinstance(out, tuple):
@@ -77,6 +84,21 @@ class GradientAttribution(Attribution):
 
     def _attribute(self, x: torch.Tensor, targets: torch.Tensor, **kw):
         return self._compute(x, TargetSpec(fixed=targets), **kw)
+
+    def _compute_in_chunks(self, x: torch.Tensor, target, top_k: int | None, **kw) -> torch.Tensor:
+        """``_compute`` on the whole batch, or on sample chunks halved on GPU out-of-memory
+        (samples are independent in eval mode, so the maps are the same)."""
+        b = x.shape[0]
+        parts: list[torch.Tensor] = []
+
+        def run(s0: int, s1: int) -> None:
+            t = target
+            if isinstance(t, (list, tuple)) or (isinstance(t, torch.Tensor) and t.ndim >= 1):
+                t = t[s0:s1] if len(t) == b else t
+            parts.append(self._compute(x[s0:s1], TargetSpec(t, top_k), **kw))
+
+        for_chunks(b, b, run, what="images")
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _compute(self, x: torch.Tensor, spec: TargetSpec, **kw):
         raise NotImplementedError
@@ -147,7 +169,8 @@ def saved_bytes_per_image(model: nn.Module, x1: torch.Tensor) -> int:
 
 
 class _ChunkSizer:
-    """Images per model call for a memory budget, probed once per (shape, dtype, device)."""
+    """Images per model call for a memory budget, probed once per (shape, dtype, device); lowered for
+    good (per shape) when a chunk ran out of GPU memory (``settle``)."""
 
     def __init__(self, internal_batch_size: int | None, memory_budget: int) -> None:
         if internal_batch_size is not None and internal_batch_size < 1:
@@ -156,12 +179,19 @@ class _ChunkSizer:
         self._cache: dict[tuple, int] = {}
 
     def __call__(self, model: nn.Module, x: torch.Tensor) -> int:
+        key = (tuple(x.shape[1:]), x.dtype, x.device)
+        if key in self._cache:
+            return self._cache[key]
         if self.internal_batch_size is not None:
             return self.internal_batch_size
-        key = (tuple(x.shape[1:]), x.dtype, x.device)
-        if key not in self._cache:
-            self._cache[key] = max(1, int(self.memory_budget // saved_bytes_per_image(model, x[:1])))
+        self._cache[key] = max(1, int(self.memory_budget // saved_bytes_per_image(model, x[:1])))
         return self._cache[key]
+
+    def settle(self, x: torch.Tensor, used: int) -> None:
+        """Remember a chunk size that ``for_chunks`` had to lower after running out of memory."""
+        key = (tuple(x.shape[1:]), x.dtype, x.device)
+        if used < self._cache.get(key, self.internal_batch_size or 2**62):
+            self._cache[key] = used
 
 
 # --------------------------------------------------------------------------- methods
@@ -217,6 +247,7 @@ class SmoothGrad(GradientAttribution):
     """
 
     name = "smoothgrad"
+    split_on_oom = False  # chunks its noisy copies itself
 
     def __init__(self, model: nn.Module, *, output: str = "logit", kind: str = "mean", n_samples: int = 25,
                  noise_level: float = 0.15, sigma: float | None = None, seed: int = 0, absolute: bool = False,
@@ -257,21 +288,30 @@ class SmoothGrad(GradientAttribution):
         acc2 = torch.zeros_like(acc)
         # copies in order (k, b), k-major; each chunk holds whole copies when B <= chunk
         per = max(1, chunk // b)
-        for k0 in range(0, n, per):
+        k0 = 0
+        while k0 < n:
             ks = range(k0, min(k0 + per, n))
+            k0 = ks.stop
             eps = torch.stack([noise[k].to(x) if noise is not None else
                                torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype) * sig
                                for k in ks])  # (K', B, C, H, W)
             xs = (x[None] + eps).flatten(0, 1)
             tt = targets.repeat(len(ks), 1)
-            for s0 in range(0, xs.shape[0], chunk):
-                sl = slice(s0, s0 + chunk)
-                g, _, _ = input_gradients(self.model, xs[sl], tt[sl], self.output)
+
+            def run(s0: int, s1: int, xs: torch.Tensor = xs, tt: torch.Tensor = tt) -> None:
+                g, _, _ = input_gradients(self.model, xs[s0:s1], tt[s0:s1], self.output)
                 if self.absolute:
                     g = g.abs()
-                idx = torch.arange(s0, s0 + g.shape[0], device=x.device) % b
-                acc.index_add_(0, idx, g.to(acc.dtype))
-                acc2.index_add_(0, idx, g.to(acc.dtype) ** 2)
+                g = g.to(acc.dtype)
+                g2 = g**2
+                idx = torch.arange(s0, s1, device=x.device) % b
+                acc.index_add_(0, idx, g)
+                acc2.index_add_(0, idx, g2)
+
+            used = for_chunks(xs.shape[0], chunk, run, what="noisy copies")
+            if used < chunk:
+                self._chunk.settle(x, used)
+                chunk, per = used, max(1, used // b)
         mean = acc / n
         if self.kind == "mean":
             out = mean

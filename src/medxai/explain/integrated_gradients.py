@@ -16,6 +16,7 @@ from torch import nn
 from medxai._util.validate import check_images
 from medxai.errors import InputError
 from medxai.explain.base import select_output
+from medxai.explain.engine import for_chunks
 from medxai.explain.gradient import (
     DEFAULT_MEMORY_BUDGET,
     GradientAttribution,
@@ -91,17 +92,21 @@ class IntegratedGradients(GradientAttribution):
 
     Steps x samples go through the model in chunks bounded by ``memory_budget`` bytes of autograd
     state (measured once with a one-image probe) or ``internal_batch_size`` images; the result
-    does not depend on the chunking. ``adaptive=True`` starts each sample at ``start_steps`` and
-    doubles n for the samples whose ``|delta| > tol * |f(x) - f(x')| + atol`` (every target) up to
-    ``max_steps``; ``self.n_evaluations_`` (B,) holds the gradient evaluations spent per sample
-    in the last call (all baselines, all rounds).
+    does not depend on the chunking. A chunk that runs out of GPU memory is halved and retried
+    (``medxai.explain.engine.for_chunks``), and the smaller size is kept for later calls.
+    ``adaptive=True`` starts each sample at ``start_steps`` and doubles n for the samples whose
+    ``|delta| > tol * |f(x) - f(x')| + atol`` (every target) up to ``max_steps``;
+    ``self.n_evaluations_`` (B,) holds the gradient evaluations spent per sample in the last
+    call (all baselines, all rounds).
 
     ``attribute(x, target, baseline=, return_convergence_delta=False)`` -> (B, [T,] C, H, W), and
     with the delta also the completeness error ``sum_i IG_i - (f(x) - f(x'))``, (B, [T]).
+    captum's ``riemann_trapezoid`` is deliberately not offered: its weights sum to (n - 1) / n.
     """
 
     name = "integrated_gradients"
     default_reduce = "sum"
+    split_on_oom = False  # chunks its path points itself
 
     def __init__(self, model: nn.Module, *, output: str = "logit", n_steps: int = 50,
                  method: str = "gausslegendre", n_baselines: int = 1, seed: int = 0, blur_sigma: float = 10.0,
@@ -178,12 +183,17 @@ class IntegratedGradients(GradientAttribution):
         chunk = self._chunk(self.model, x)
         total = n_img * n
         ones = [1] * (x.ndim - 1)
-        for p0 in range(0, total, chunk):
-            p = torch.arange(p0, min(p0 + chunk, total), device=x.device)
+
+        def run(p0: int, p1: int) -> None:
+            p = torch.arange(p0, p1, device=x.device)
             bi, ki = p // n, p % n
             xs = base[bi] + a[ki].view(-1, *ones) * diff[bi]
             g, _, _ = input_gradients(self.model, xs, targets[bi], self.output)
             acc.index_add_(0, bi, g * w[ki].view(-1, 1, *ones))
+
+        used = for_chunks(total, chunk, run, what="path points")
+        if used < chunk:
+            self._chunk.settle(x, used)
         return acc
 
     def _ig(self, x: torch.Tensor, bl: torch.Tensor, targets: torch.Tensor, n: int) -> torch.Tensor:

@@ -27,7 +27,7 @@ from torch import nn
 from medxai._util.validate import as_targets, check_images
 from medxai.errors import InputError
 from medxai.explain.base import preserve_model
-from medxai.explain.engine import perturbed_outputs
+from medxai.explain.engine import for_chunks, perturbed_outputs
 from medxai.metrics._common import order_asc, order_desc, ranks_of, single_maps
 from medxai.metrics.imputation import linear_imputation
 from medxai.metrics.registry import ScoreContext, metric
@@ -346,16 +346,18 @@ def road(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, target: int | to
     seeds = _seeds(seed, b)
     n_p = counts.numel()
     chunk = max(1, max_pixels // (n_p * c * hw))
-    outs = []
+    parts: list[torch.Tensor] = []
+
+    def run(s0: int, s1: int) -> None:
+        xb = x[s0:s1]
+        filled = _road_inputs(xb, ranks[s0:s1], counts, imputation, noise, seeds[s0:s1], max_pixels)
+        parts.append(perturbed_outputs(model, xb, n_p, lambda si, pi: filled[si, pi], output=output,
+                                       batch_size=batch_size))
+
     with preserve_model(model):
         t = _resolve_target(model, x, target, batch_size)
-        for s0 in range(0, b, chunk):
-            xb = x[s0 : s0 + chunk]
-            filled = _road_inputs(xb, ranks[s0 : s0 + chunk], counts, imputation, noise, seeds[s0 : s0 + chunk],
-                                  max_pixels)
-            outs.append(perturbed_outputs(model, xb, n_p, lambda si, pi, f=filled: f[si, pi], output=output,
-                                          batch_size=batch_size))
-    outs = torch.cat(outs)
+        for_chunks(b, chunk, run, what="images (ROAD)")  # halved on GPU out-of-memory
+    outs = torch.cat(parts)
     prob = outs.gather(2, t[:, None, None].expand(-1, n_p, 1))[..., 0]
     correct = (outs.argmax(-1) == t[:, None]).to(x.dtype)
     pf = pct.to(device=x.device, dtype=x.dtype)

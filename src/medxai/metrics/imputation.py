@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from medxai.errors import InputError
+from medxai.explain.engine import for_chunks
 
 __all__ = ["linear_imputation", "noisy_linear_imputation"]
 
@@ -236,7 +237,8 @@ def linear_imputation(x: torch.Tensor, removed: torch.Tensor, *, rtol: float = 1
     """Fill the ``removed`` pixels of ``x`` by linear (8-neighbour) interpolation, no noise.
 
     x: (B, C, H, W) float; removed: (B, H, W) bool. Returns a new (B, C, H, W) tensor in
-    ``x.dtype`` (kept pixels bit-identical). ``max_pixels`` bounds B*C*H*W per solve chunk.
+    ``x.dtype`` (kept pixels bit-identical). ``max_pixels`` bounds B*C*H*W per solve chunk (halved
+    on GPU out-of-memory, ``medxai.explain.engine.for_chunks``).
     """
     if x.ndim != 4 or not x.is_floating_point():
         raise InputError(f"x must be a float (B, C, H, W) tensor, got {x.dtype} {tuple(x.shape)}")
@@ -246,12 +248,15 @@ def linear_imputation(x: torch.Tensor, removed: torch.Tensor, *, rtol: float = 1
     per = x[0].numel()
     chunk = max(1, max_pixels // per)
     out = torch.empty_like(x)
-    for s in range(0, x.shape[0], chunk):
-        sl = slice(s, s + chunk)
+
+    def run(s0: int, s1: int) -> None:
+        sl = slice(s0, s1)
         if not bool(removed[sl].any()):
             out[sl] = x[sl]
-            continue
-        out[sl] = _solve_chunk(x[sl], removed[sl], rtol, max_iter).to(x.dtype)
+        else:
+            out[sl] = _solve_chunk(x[sl], removed[sl], rtol, max_iter).to(x.dtype)
+
+    for_chunks(x.shape[0], chunk, run, what="images to impute")
     return out
 
 

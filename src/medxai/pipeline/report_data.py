@@ -41,9 +41,12 @@ def _model_section(st: StageResult, ev: dict, class_names: list[str]) -> dict:
     return out
 
 
-def _fmt_eps(e: float) -> str:
+def _fmt_eps(e: float, norm: str = "linf") -> str:
+    """Linf budgets read as intensity levels (2/255); L2 budgets are plain numbers."""
     if e == 0:
         return "0"
+    if norm != "linf":
+        return f"{e:.3g}"
     k = e * 255
     return f"{k:.3g}/255" if abs(k - round(k, 1)) < 1e-9 else f"{e:.3g}"
 
@@ -86,7 +89,8 @@ def assemble_report(cfg: AuditConfig, out: Path, data_st: StageResult, model_sta
     if attacks:
         eps = next(iter(attacks.values()))["eps"]
         report["robustness"]["attack"] = {
-            "norm": cfg.attack.norm, "steps": cfg.attack.steps, "eps": eps, "eps_labels": [_fmt_eps(e) for e in eps],
+            "norm": cfg.attack.norm, "steps": cfg.attack.steps, "eps": eps,
+            "eps_labels": [_fmt_eps(e, cfg.attack.norm) for e in eps],
             "models": {n: {"success_rate": a["success_rate"], "robust_accuracy": a["robust_accuracy"]}
                        for n, a in attacks.items()}}
     if corruptions:

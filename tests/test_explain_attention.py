@@ -657,3 +657,28 @@ def test_small_vit_learns_a_synthetic_study_and_its_maps_point_at_the_lesions():
     assert scores["rollout"][0] >= 0.75, scores["rollout"]
     raw_pg, raw_energy = scores["raw_attention"]  # the weak one: better than uniform, below Chefer LRP
     assert raw_pg >= 0.5 and raw_energy >= 1.5 * area and raw_energy < scores["chefer_lrp"][1], scores["raw_attention"]
+
+
+def _peak_cpu_bytes(fn) -> int:
+    """Peak of the CPU allocator's live bytes during ``fn()`` (torch.profiler memory events in time order)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
+    live = peak = 0
+    for e in events:
+        live += e.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak
+
+
+@pytest.mark.parametrize("cls", [RawAttention, AttentionRollout, CheferGeneric, CheferLRP, GradCAM])
+def test_peak_memory_grows_linearly_with_the_batch(cls):
+    """Doubling the batch doubles the peak memory of explaining it (nothing of size B^2, no per-batch
+    constant hidden in a loop): measured peaks at B = 2, 4, 8, 16 have ratios 2 within 5%."""
+    explainer = cls(_vit(depth=3, size=32))
+    peaks = [_peak_cpu_bytes(lambda b=b: explainer.attribute(_x(b, 32), torch.zeros(b, dtype=torch.long)))
+             for b in (2, 4, 8, 16)]
+    ratios = [peaks[i + 1] / peaks[i] for i in range(3)]
+    assert all(1.9 <= r <= 2.1 for r in ratios), (peaks, ratios)

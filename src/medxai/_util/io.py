@@ -23,8 +23,25 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process umask (read from /proc on Linux; elsewhere set and restored at once)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` then atomically move the temporary file onto ``path``."""
+    """Call ``write(tmp_path)`` then atomically move the temporary file onto ``path``.
+
+    The file gets the mode a plain ``open(path, "w")`` would give (the old file's mode when it is
+    replaced, else 0o666 minus the umask), not the 0o600 of the temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -32,6 +49,11 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        try:
+            mode = path.stat().st_mode & 0o7777
+        except OSError:
+            mode = 0o666 & ~_umask()
+        os.chmod(tmp_path, mode)
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
@@ -73,6 +95,37 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+#: The most nodes (scalars, mappings, sequences) a YAML document may expand to, aliases followed.
+YAML_MAX_NODES = 200_000
+
+
+def safe_yaml_load(text: str, *, max_nodes: int = YAML_MAX_NODES) -> Any:
+    """``yaml.safe_load`` that also refuses alias bombs and self-referencing documents.
+
+    ``safe_load`` builds no Python objects beyond plain data, but anchors and aliases can make a
+    short document stand for an exponentially large (or cyclic) tree, which blows up as soon as
+    it is copied or serialised (configs are written back as JSON / YAML). The tree is counted with
+    aliases followed; above ``max_nodes`` or on a cycle a ``yaml.YAMLError`` is raised, so the
+    callers' YAML error handling reports it.
+    """
+    import yaml
+
+    data = yaml.safe_load(text)
+    count = 0
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > max_nodes or depth > 100:
+            raise yaml.YAMLError(f"the document expands to more than {max_nodes} nodes or nests deeper than 100 "
+                                 "levels (an alias bomb or a self-referencing anchor?); refused")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for kv in node.items() for v in kv)
+        elif isinstance(node, (list, tuple, set)):
+            stack.extend((v, depth + 1) for v in node)
+    return data
 
 
 def save_safetensors(path: str | Path, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> Path:

@@ -30,6 +30,14 @@ Transform = Callable[[dict[str, Any]], dict[str, Any]]
 __all__ = ["ArrayDataset", "ImageDataset", "SyntheticDataset", "open_dataset"]
 
 
+def _is_dir(path: Path) -> bool:
+    """``path.is_dir()``, False for names the file system cannot hold (too long, NUL)."""
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def _label_tensor(label: Any, task: str) -> torch.Tensor:
     if task == "multilabel":
         return torch.as_tensor(np.asarray(label, dtype=np.float32))
@@ -128,11 +136,11 @@ class ImageDataset(Dataset):
         self._bad: set[int] = set()
         root = table.root
         self.mask_dir = root / spec.mask_dir if spec.mask_dir else None
-        if self.mask_dir is not None and not self.mask_dir.is_dir():
+        if self.mask_dir is not None and not _is_dir(self.mask_dir):
             raise DataError(self.mask_dir, "mask folder not found")
         self.extra_mask_dirs = {n: root / d for n, d in spec.extra_mask_dirs.items()}
         for d in self.extra_mask_dirs.values():
-            if not d.is_dir():
+            if not _is_dir(d):
                 raise DataError(d, "mask folder not found")
         self.boxes = (_read_boxes(root / spec.boxes, self.class_names, self.task == "multilabel")
                       if spec.boxes else None)

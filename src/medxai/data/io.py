@@ -102,8 +102,8 @@ def _load_pil(path: Path, *, frame: int | None, max_pixels: int) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with warnings.catch_warnings():  # DecompressionBombWarning, corrupt-EXIF and TIFF-tag warnings
+            warnings.simplefilter("ignore")
             im = Image.open(path)
     except Image.DecompressionBombError as exc:
         raise DataError(path, f"refused: {_why(exc)}") from None
@@ -251,6 +251,9 @@ def _load_dicom(path: Path, *, frame: int | None, max_pixels: int, window: tuple
         raise
     except Exception as exc:  # truncated pixel data, missing decoder, bad LUT, ...
         raise DataError(path, f"cannot decode DICOM pixel data: {_why(exc)}") from None
+    if not np.isfinite(out).all():  # e.g. RescaleSlope / Window Width NaN or Inf in the header
+        raise DataError(path, "DICOM pixel values are NaN or Inf after the modality / VOI transform (check "
+                              "RescaleSlope, RescaleIntercept, WindowCenter, WindowWidth)")
     out = np.clip(out, 0.0, 1.0).astype(np.float32)
     if out.ndim == 2:
         out = out[..., None]

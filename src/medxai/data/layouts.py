@@ -25,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from medxai._util.io import safe_yaml_load
 from medxai._util.seed import derive_seed
 from medxai.data.io import DEFAULT_MAX_PIXELS
 from medxai.data.labels import apply_uncertainty, resolve_findings
@@ -118,9 +119,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_yaml_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise DataError(path, f"cannot read: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(path, f"not UTF-8 text: {exc}") from None
     except yaml.YAMLError as exc:
         raise DataError(path, f"invalid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
@@ -138,6 +141,38 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return data
 
 
+#: Spec keys a dataset's own manifest may not set: they guard the reader against the dataset.
+_MANIFEST_FORBIDDEN = ("allow_outside_root", "max_pixels", "root")
+#: Spec keys naming files or folders relative to the root: a manifest's must stay inside it.
+_SIDECAR_KEYS = ("csv", "npz", "mask_dir", "boxes", "image_dir")
+
+
+def _manifest_spec(manifest: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The spec of a dataset's ``medxai.json``: it comes with the (untrusted) dataset, so it may not
+    widen the reader's guards nor name files outside its folder; the caller's options may."""
+    spec = dict(manifest["spec"])
+    bad = [k for k in _MANIFEST_FORBIDDEN if k in spec]
+    if bad:
+        raise DataError(path, f"invalid manifest: it may not set {', '.join(bad)} (only the caller can, "
+                              "as an open_dataset option)")
+    rels: list[tuple[str, Any]] = [(k, spec.get(k)) for k in _SIDECAR_KEYS]
+    if isinstance(spec.get("image_dir"), list):
+        rels = [r for r in rels if r[0] != "image_dir"] + [("image_dir", d) for d in spec["image_dir"]]
+    extra = spec.get("extra_mask_dirs")
+    if isinstance(extra, dict):
+        rels += [(f"extra_mask_dirs.{n}", d) for n, d in extra.items()]
+    folder = path.parent.resolve()
+    for key, value in rels:
+        if value is None:
+            continue
+        if not isinstance(value, str) or "\x00" in value:
+            raise DataError(path, f"invalid manifest: {key} must be a path string, got {value!r}")
+        target = (folder / value).resolve()
+        if target != folder and folder not in target.parents:
+            raise DataError(path, f"invalid manifest: {key}={value!r} leaves the dataset folder")
+    return spec
+
+
 def load_spec(spec: str | os.PathLike | dict[str, Any] | DatasetSpec, overrides: dict[str, Any] | None = None
               ) -> tuple[DatasetSpec, Path, dict[str, Any] | None]:
     """Resolve a path / dict / YAML into (spec with a layout, root folder, manifest or None)."""
@@ -149,14 +184,14 @@ def load_spec(spec: str | os.PathLike | dict[str, Any] | DatasetSpec, overrides:
         data, base = dict(spec), Path.cwd()
     else:
         path = Path(spec).expanduser()
-        if not path.exists():
+        if not _exists(path):
             raise DataError(path, "dataset path not found")
         suffix = path.suffix.lower()
         if path.is_file() and suffix in (".yaml", ".yml"):
             data, base = _read_yaml(path), path.parent
         elif path.is_file() and path.name == MANIFEST:
             manifest = _read_manifest(path)
-            data, base = {**manifest["spec"], "root": str(path.parent)}, path.parent
+            data, base = {**_manifest_spec(manifest, path), "root": str(path.parent)}, path.parent
         elif path.is_file() and suffix == ".npz":
             data, base = {"layout": "medmnist", "root": str(path.parent), "npz": path.name}, path.parent
         elif path.is_file() and suffix == ".csv":
@@ -164,7 +199,7 @@ def load_spec(spec: str | os.PathLike | dict[str, Any] | DatasetSpec, overrides:
         elif path.is_dir():
             if (path / MANIFEST).is_file():
                 manifest = _read_manifest(path / MANIFEST)
-                data = {**manifest["spec"], "root": str(path)}
+                data = {**_manifest_spec(manifest, path / MANIFEST), "root": str(path)}
             else:
                 data = {"root": str(path)}
             base = path
@@ -179,7 +214,7 @@ def load_spec(spec: str | os.PathLike | dict[str, Any] | DatasetSpec, overrides:
     root = Path(parsed.root).expanduser() if parsed.root else base
     if not root.is_absolute():
         root = base / root
-    if not root.is_dir():
+    if not _exists(root) or not root.is_dir():
         raise DataError(root, "dataset root is not a folder")
     if parsed.layout == "auto":
         found = _detect(root, parsed)
@@ -265,12 +300,9 @@ def _csv_columns(path: Path) -> list[str]:
 
 
 def _check_csv(path: Path) -> None:
-    if not path.exists():
-        raise DataError(path, "file not found")
-    if not path.is_file():
-        raise DataError(path, "not a file")
-    if path.stat().st_size == 0:
-        raise DataError(path, "empty file (0 bytes)")
+    problem = _file_problem(path)
+    if problem:
+        raise DataError(path, problem)
 
 
 def read_csv(path: Path):
@@ -322,9 +354,12 @@ class _Collector:
 
 def _locate(root_resolved: Path, candidate: Path, allow_outside: bool) -> tuple[Path, str] | str:
     """(path, rel) for a file inside the root, or a reason string."""
+    if "\x00" in str(candidate):
+        return "path contains a NUL byte"
     try:
         resolved = candidate.resolve()
-    except (OSError, RuntimeError) as exc:
+        resolved.exists()  # raises for names too long for the file system
+    except (OSError, RuntimeError, ValueError) as exc:
         return f"cannot resolve path: {exc}"
     try:
         rel = resolved.relative_to(root_resolved).as_posix()
@@ -335,12 +370,20 @@ def _locate(root_resolved: Path, candidate: Path, allow_outside: bool) -> tuple[
     return resolved, rel
 
 
+def _exists(path: Path) -> bool:
+    """``path.exists()``, False for names the file system cannot hold (too long, NUL)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def _file_problem(path: Path) -> str | None:
     try:
         st = path.stat()
     except FileNotFoundError:
         return "file not found"
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         return f"cannot stat file: {exc}"
     if not path.is_file():
         return "not a file"
@@ -610,7 +653,7 @@ def _chexpert(spec: DatasetSpec, root: Path, split: str | None, col: _Collector)
                 cand = Path(value)
             else:
                 cand = root / relp
-                if not strip and not cand.exists() and len(parts) > 1 and (root / PurePosixPath(*parts[1:])).exists():
+                if not strip and not _exists(cand) and len(parts) > 1 and _exists(root / PurePosixPath(*parts[1:])):
                     relp = PurePosixPath(*parts[1:])
                     cand = root / relp
             loc = _locate(root_r, cand, spec.allow_outside_root)

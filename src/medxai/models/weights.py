@@ -79,9 +79,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as err:
             msg = str(err)
             detail = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n|$)", msg)
-            detail_s = detail.group(1).strip() if detail else (msg.strip().splitlines() or [type(err).__name__])[0]
-            if "Unsupported global" in msg:
-                glob = re.search(r"GLOBAL (\S+)", msg)
+            # torch's own advice (retry with weights_only=False, allowlist globals) is never echoed
+            lines = [ln.strip() for ln in msg.splitlines() if ln.strip() and "weights_only" not in ln
+                     and "safe_globals" not in ln and not ln.strip().startswith("Check the documentation")]
+            detail_s = detail.group(1).strip() if detail else (lines or [type(err).__name__])[0]
+            # torch words it "Unsupported global: GLOBAL x" or "unsupported GLOBAL x whose module
+            # ... is blocked"; either way the pickle names a callable
+            glob = re.search(r"GLOBAL (\S+)", msg)
+            if glob or "Unsupported global" in msg:
                 raise CheckpointError(
                     f"{p}: refused: the file pickles a call to {glob.group(1) if glob else 'a Python object'}, "
                     "and unpickling it could run code; only tensors and plain containers are read "

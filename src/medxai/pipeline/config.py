@@ -7,17 +7,31 @@ Validated by pydantic with unknown keys refused, so a typo names the bad key. Bu
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from medxai._util.io import safe_yaml_load
 from medxai.errors import ConfigError
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+#: Model and method names become folder names of the run directory (stages/train/NAME/...) and
+#: keys of the report: letters, digits and ``_ . + -``, not starting with a dot, at most 64.
+SAFE_NAME = re.compile(r"[A-Za-z0-9_+\-][A-Za-z0-9_.+\-]{0,63}")
+
+
+def safe_name(value: str, what: str) -> str:
+    if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
+        raise ValueError(f"{what} {value!r} must be 1-64 letters, digits or _ . + - (not starting with '.'): "
+                         "it names folders of the run directory")
+    return value
 
 
 class SyntheticData(_Strict):
@@ -50,6 +64,11 @@ class ModelConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)  # extra create() kwargs
     train: dict[str, Any] = Field(default_factory=dict)  # medxai.train config keys
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return safe_name(v, "model name")
+
 
 class AttackConfig(_Strict):
     enabled: bool = True
@@ -63,6 +82,8 @@ class AttackConfig(_Strict):
     def _eps(cls, v: Any) -> list[float]:
         from medxai.attacks.budget import parse_eps
 
+        if not isinstance(v, (list, tuple)):
+            raise ValueError(f"eps must be a list of budgets, got {type(v).__name__}")
         return [parse_eps(e) for e in v]
 
 
@@ -83,6 +104,11 @@ class ExplainConfig(_Strict):
     target: Literal["predicted", "label"] = "predicted"
     top_k: int | None = None  # multilabel: explain each image's k most probable findings
 
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        return [safe_name(m, "method") for m in v]
+
 
 class ScoreConfig(_Strict):
     metrics: list[str] = Field(default_factory=lambda: [
@@ -93,6 +119,11 @@ class ScoreConfig(_Strict):
     sanity_n: int = 8
     n_boot: int = 1000
     compare: list[list[str]] = Field(default_factory=list)  # [[model_a, model_b], ...]
+
+    @field_validator("sanity_methods")
+    @classmethod
+    def _methods(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else [safe_name(m, "method") for m in v]
 
 
 class AuditConfig(_Strict):
@@ -122,16 +153,26 @@ class AuditConfig(_Strict):
 
 def _set_dotted(d: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
+
+    def index(lst: list, k: str, upto: int) -> int:
+        try:
+            i = int(k)
+            lst[i]
+        except (ValueError, IndexError):
+            raise ConfigError(f"--set {dotted}: {'.'.join(keys[:upto])} is a list of {len(lst)}; "
+                              f"{k!r} is not an index of it") from None
+        return i
+
     cur: Any = d
     for i, k in enumerate(keys[:-1]):
         if isinstance(cur, list):
-            cur = cur[int(k)]
+            cur = cur[index(cur, k, i)]
         else:
             cur = cur.setdefault(k, {})
         if not isinstance(cur, (dict, list)):
             raise ConfigError(f"--set {dotted}: {'.'.join(keys[: i + 1])} is not a mapping")
     if isinstance(cur, list):
-        cur[int(keys[-1])] = value
+        cur[index(cur, keys[-1], len(keys) - 1)] = value
     else:
         cur[keys[-1]] = value
 
@@ -142,7 +183,12 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         key, val = item.split("=", 1)
-        _set_dotted(raw, key.strip(), yaml.safe_load(val))
+        try:
+            value = safe_yaml_load(val)
+        except yaml.YAMLError as exc:
+            why = " ".join(str(exc).split())
+            raise ConfigError(f"--set {key.strip()}: cannot parse value {val!r}: {why}") from None
+        _set_dotted(raw, key.strip(), value)
     return raw
 
 
@@ -157,9 +203,9 @@ def load_config(source: str | Path | dict, overrides: list[str] | None = None) -
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            raw = safe_yaml_load(path.read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
     raw = apply_overrides(dict(raw), overrides or [])

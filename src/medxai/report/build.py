@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt
 
 import medxai
 from medxai._util.io import atomic_write_text
+from medxai._util.plot import plain_text
 from medxai.errors import DataError
 
 __all__ = ["build_report", "render_html"]
@@ -68,6 +69,7 @@ def pct(v: Any) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%"
 
 
+@plain_text
 def _model_figure(m: dict) -> str | None:
     hist = m.get("history") or []
     conf = m.get("confusion")
@@ -113,6 +115,7 @@ def _model_figure(m: dict) -> str | None:
     return _fig_uri(fig)
 
 
+@plain_text
 def _attack_figure(att: dict) -> str:
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for name, a in att["models"].items():
@@ -125,6 +128,7 @@ def _attack_figure(att: dict) -> str:
     return _fig_uri(fig)
 
 
+@plain_text
 def _corruption_figure(cor: dict) -> str:
     models = list(cor["models"])
     rows = list(next(iter(cor["models"].values()))["drops"])
@@ -149,6 +153,7 @@ def _corruption_figure(cor: dict) -> str:
     return _fig_uri(fig)
 
 
+@plain_text
 def _sanity_figure(rows: list[dict]) -> str:
     fig, ax = plt.subplots(figsize=(6, 3.4))
     for s in rows:

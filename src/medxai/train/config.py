@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from medxai._util.io import safe_yaml_load
 from medxai.errors import ConfigError
 
 Task = Literal["binary", "multiclass", "ordinal", "multilabel"]
@@ -133,9 +134,11 @@ class DataSection(_Strict):
 
 
 class RunConfig(_Strict):
-    """The YAML file of ``medxai train``: run ``name`` (folder ``out/name``), model, data, train."""
+    """The YAML file of ``medxai train``: run ``name`` (folder ``out/name``), model, data, train.
+    ``name`` is one folder name (letters, digits, ``_ . + -``, no path separator, no leading dot),
+    so the run stays inside ``out``."""
 
-    name: str = "run"
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_+\-][A-Za-z0-9_.+\-]{0,127}$")
     out: str = "runs"
     model: ModelSection
     data: DataSection
@@ -186,9 +189,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not path:
         raise ConfigError(f"--set has an empty key: {item!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = safe_yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {exc}") from None
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {' '.join(str(exc).split())}") from None
     return path, value
 
 
@@ -218,10 +221,12 @@ def load_run_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfi
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc})") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_yaml_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -14,6 +14,7 @@ from typing import Any
 
 import typer
 
+from medxai._util.plot import plain_text
 from medxai.cli._app import app, progress, state
 from medxai.errors import ConfigError
 
@@ -84,6 +85,7 @@ def _fmt_eps(e: float) -> str:
     return "0" if e == 0 else (f"{v:.3g}/255" if abs(v - round(v, 3)) < 1e-9 else f"{e:.3g}")
 
 
+@plain_text
 def plot_success(results: dict[str, dict], path: Path, metric: str = "success_rate") -> Path:
     """Success rate (or another per-eps metric) vs eps, one line per model."""
     import matplotlib
@@ -203,6 +205,7 @@ def corruption_table(model: Any, x: Any, y: Any, task: str, class_names: list[st
             "mean_drop": float(np.mean(drops)) if drops else None}
 
 
+@plain_text
 def plot_drops(results: dict[str, dict], path: Path) -> Path:
     """Heat map per run: rows corruptions, columns levels, cell = drop in the headline metric."""
     import matplotlib

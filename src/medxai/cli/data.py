@@ -53,13 +53,15 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
     """``KEY=VALUE`` pairs, values read as YAML scalars / lists (``balanced=true``, ``shares=[.5,.5]``)."""
     import yaml
 
+    from medxai._util.io import safe_yaml_load
+
     out: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
             raise ConfigError(f"--option: expected KEY=VALUE, got {pair!r}")
         key, value = pair.split("=", 1)
         try:
-            out[key.strip()] = yaml.safe_load(value)
+            out[key.strip()] = safe_yaml_load(value)
         except yaml.YAMLError:
             raise ConfigError(f"--option {key}: cannot parse value {value!r}") from None
     return out

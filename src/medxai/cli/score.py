@@ -89,10 +89,12 @@ def _annotations(spec: str | None, split: str, ids: list[str], size: tuple[int, 
 def _options(text: str | None) -> dict[str, dict[str, Any]]:
     import yaml
 
+    from medxai._util.io import safe_yaml_load
+
     if not text:
         return {}
     try:
-        opts = yaml.safe_load(Path(text).read_text(encoding="utf-8") if Path(text).is_file() else text)
+        opts = safe_yaml_load(Path(text).read_text(encoding="utf-8") if Path(text).is_file() else text)
     except (yaml.YAMLError, OSError) as exc:
         raise ConfigError(f"--options is not valid YAML/JSON: {exc}") from None
     if not isinstance(opts, dict) or not all(isinstance(v, dict) for v in opts.values()):

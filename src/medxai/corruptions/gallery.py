@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from medxai._util.io import atomic_write
+from medxai._util.plot import plain_text
 from medxai._util.validate import check_images
 from medxai.corruptions.base import REGISTRY, apply, list_corruptions
 
@@ -22,6 +23,7 @@ def example_fundus(size: int = 256) -> torch.Tensor:
     return F.interpolate(img, size=(size, size), mode="area").clamp(0, 1)
 
 
+@plain_text
 def gallery(x: torch.Tensor, path: str | Path, names: Sequence[str] | None = None,
             severities: Sequence[int] | None = None, seed: int = 0) -> Path:
     """Write a grid: one row per corruption, columns clean + each severity, for the first image of x.

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medxai._util.plot import plain_text
 from medxai.errors import InputError
 
 __all__ = ["grid", "lime_view", "overlay", "percentile_scale"]
@@ -184,6 +185,7 @@ def _column_key_group(key) -> tuple[str, str]:
     return str(key), str(key)
 
 
+@plain_text
 def grid(images: torch.Tensor, maps: Mapping | torch.Tensor, *, row_labels: Sequence[str] | None = None,
          col_labels: Sequence[str] | None = None, shared_scale: str = "per_method", percentile: float = 99.5,
          cmap: str | None = None, alpha: float = 0.5, signed: bool | str = "auto", fade: bool = False,

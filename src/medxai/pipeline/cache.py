@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medxai._util.io import atomic_write_json
+from medxai._util.io import atomic_write_json, atomic_write_text
+from medxai.errors import ConfigError
 
 
 def stage_key(parts: Any) -> str:
@@ -53,7 +54,10 @@ class StageRunner:
 
     def run(self, name: str, parts: Any, fn: Callable[[Path], dict]) -> StageResult:
         key = stage_key(parts)
+        stages = (self.root / "stages").resolve()
         final = self.root / "stages" / name / key
+        if not final.resolve().is_relative_to(stages):  # backstop to the config's name check
+            raise ConfigError(f"stage name {name!r} leaves the run directory {self.root}")
         done = final / "result.json"
         t0 = time.perf_counter()
         if done.is_file() and not self._forced(name):
@@ -84,5 +88,7 @@ class StageRunner:
                  "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         self.events.append(entry)
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / "stage_log.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry) + "\n")
+        # rewritten whole and atomically (a few hundred lines at most): a kill never leaves a torn line
+        log = self.root / "stage_log.jsonl"
+        before = log.read_text(encoding="utf-8") if log.is_file() else ""
+        atomic_write_text(log, before + json.dumps(entry) + "\n")

@@ -14,6 +14,7 @@ from matplotlib import colormaps
 from PIL import Image
 
 from medxai._util.io import atomic_write
+from medxai._util.plot import plain_text
 
 from .data import EvalSample
 
@@ -39,6 +40,7 @@ def _show(ax: plt.Axes, img: torch.Tensor) -> None:
     ax.axis("off")
 
 
+@plain_text
 def data_examples(s: EvalSample, class_names: list[str], task: str, path: Path) -> None:
     """A row of test images with their lesion masks (red) and shortcut markers (yellow) outlined."""
     n = len(s)
@@ -83,6 +85,7 @@ def heat_png(m: torch.Tensor, vmax: float, path: Path, *, signed: bool = False) 
     atomic_write(path, lambda p: Image.fromarray(arr, mode="RGBA").save(p, format="PNG"))
 
 
+@plain_text
 def explanation_grid(images: torch.Tensor, maps: dict[tuple[str, str], torch.Tensor], models: list[str],
                      methods: list[str], scales: dict[str, float], path: Path, labels: list[str]) -> None:
     """Rows = images; columns = method x model, one colour scale per method across models."""

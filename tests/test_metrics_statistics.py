@@ -71,3 +71,22 @@ def test_compare_paired():
     assert by_id["n"] == 2 and by_id["mean_diff"] == pytest.approx(2.5)
     with pytest.raises(ValueError, match="same length"):
         compare([1.0, 2.0], [1.0])
+
+
+def test_every_nan_column_names_its_reason():
+    """NaN scores carry a reason: empty masks for localisation, 0/0 for energy, and so on."""
+    import torch
+
+    from medxai.metrics import METRICS, energy_pointing_game, nan_reason, pointing_game
+
+    maps = torch.rand(2, 8, 8)
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[0, 2:4, 2:4] = True
+    assert torch.isnan(pointing_game(maps, masks)[1]) and not torch.isnan(pointing_game(maps, masks)[0])
+    assert "empty mask" in nan_reason("pointing_game")
+    assert torch.isnan(energy_pointing_game(-maps, masks)[0])  # no positive attribution: 0/0
+    assert "no positive attribution" in nan_reason("energy_pointing_game")
+    assert "empty mask" in nan_reason("topk_iou@10") and "marker" in nan_reason("shortcut_max")
+    assert nan_reason("deletion") is None and nan_reason("not-a-metric") is None
+    localisation = [n for n in METRICS.names() if METRICS.get(n).category == "localisation"]
+    assert localisation and all(nan_reason(n) for n in localisation)

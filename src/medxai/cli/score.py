@@ -123,7 +123,7 @@ def score(
 
     from medxai._util.io import atomic_write_json, atomic_write_text
     from medxai._util.seed import derive_seed
-    from medxai.metrics import ScoreContext, resolve, summarize
+    from medxai.metrics import ScoreContext, nan_reason, resolve, summarize
 
     names = [m.strip() for m in metrics.split(",") if m.strip()]
     if not names:
@@ -201,6 +201,8 @@ def score(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "scores.csv", df.to_csv(index=False))
     summary = summarize(df, by=("model", "method", "metric"), n_boot=n_boot, seed=seed) if len(df) else []
+    for s in summary:
+        s["nan_reason"] = nan_reason(s["metric"]) if s["n_nan"] else None
     atomic_write_json(out / "summary.json", {"maps": str(maps), "data": data or info.get("data"),
                                              "metrics": meta, "skipped": skipped, "n_images": len(ids),
                                              "n_boot": n_boot, "seed": seed, "summary": summary})

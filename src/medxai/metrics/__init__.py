@@ -52,7 +52,16 @@ from medxai.metrics.localisation import (
     topk_iou,
 )
 from medxai.metrics.randomisation import RandomisationResult, model_randomisation, spearman, ssim
-from medxai.metrics.registry import ALIASES, CATEGORIES, METRICS, MetricInfo, ScoreContext, resolve
+from medxai.metrics.registry import (
+    ALIASES,
+    CATEGORIES,
+    METRICS,
+    NAN_REASONS,
+    MetricInfo,
+    ScoreContext,
+    nan_reason,
+    resolve,
+)
 from medxai.metrics.shortcut import ShortcutScore, shortcut_share
 from medxai.metrics.statistics import bootstrap_ci, compare, summarize
 
@@ -60,6 +69,7 @@ __all__ = [
     "ALIASES",
     "CATEGORIES",
     "METRICS",
+    "NAN_REASONS",
     "CurveResult",
     "MetricInfo",
     "RandomisationResult",
@@ -77,6 +87,7 @@ __all__ = [
     "mask_auroc",
     "mask_iou",
     "model_randomisation",
+    "nan_reason",
     "noisy_linear_imputation",
     "pixel_flipping",
     "pointing_game",

@@ -157,3 +157,28 @@ ALIASES = {
 def resolve(name: str) -> MetricInfo:
     """The metric registered as ``name`` or one of its ALIASES; unknown names list the known ones."""
     return METRICS.get(ALIASES.get(name, name))
+
+
+#: Why a metric's per-sample value can be NaN (the package's NaN policy, per metric).
+NAN_REASONS: dict[str, str] = {
+    "pointing_game": "no annotation for the image (empty mask): nothing to point at",
+    "energy_pointing_game": "empty mask, or the map has no positive attribution (0/0)",
+    "relevance_mass_accuracy": "empty mask, or the map has no positive attribution (0/0)",
+    "relevance_rank_accuracy": "empty mask (no top-K with K = 0)",
+    "mask_auroc": "empty mask, or a mask covering the whole image (one class only: AUROC undefined)",
+    "topk_iou": "empty mask / no annotation box",
+    "mask_iou": "empty mask",
+    "complexity": "an all-zero map (no distribution to take the entropy of)",
+    "shortcut_share": "the image carries no shortcut marker, or the map has no positive attribution",
+    "model_randomisation": "a constant map (rank correlation undefined)",
+}
+
+
+def nan_reason(column: str) -> str | None:
+    """Why values of a metric column (``"energy_pointing_game"``, ``"topk_iou@10"``, ``"shortcut_max"``)
+    can be NaN, or None if the metric is defined for every valid input."""
+    for name in METRICS.names():
+        info = METRICS.get(name)
+        if column == name or column in info.columns or column.startswith(name + "@"):
+            return NAN_REASONS.get(name)
+    return None

@@ -71,7 +71,7 @@ def assemble_report(cfg: AuditConfig, out: Path, data_st: StageResult, model_sta
                     class_names: list[str], task: str) -> dict:
     from safetensors.torch import load_file
 
-    from medxai.metrics import compare, summarize
+    from medxai.metrics import compare, nan_reason, summarize
     from medxai.pipeline.figures import explanation_grid, heat_png, image_png
 
     rel = lambda p: str(Path(p).relative_to(out))
@@ -148,6 +148,7 @@ def assemble_report(cfg: AuditConfig, out: Path, data_st: StageResult, model_sta
         summ = summarize(df, by=("model", "method", "metric"), n_boot=cfg.score.n_boot, seed=cfg.seed)
         for s in summ:
             s["higher_is_better"] = meta.get(s["metric"], True)
+            s["nan_reason"] = nan_reason(s["metric"]) if s["n_nan"] else None
             summary.append(s)
     report["scores"] = {"summary": summary, "comparisons": []}
     pairs = cfg.score.compare or ([[models[1], models[0]]] if len(models) >= 2 else [])

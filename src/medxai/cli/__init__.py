@@ -11,7 +11,7 @@ __all__ = ["app", "main", "state"]
 
 def _load_commands() -> None:
     # Each module registers its commands on `app` at import time.
-    for name in ("data", "train", "attack", "explain", "score", "audit"):
+    for name in ("data", "train", "attack", "explain", "score", "store", "audit"):
         try:
             __import__(f"medxai.cli.{name}")
         except ModuleNotFoundError as exc:  # a stage not built yet

@@ -14,6 +14,11 @@ validation, checkpoints, early stopping and the run directory:
 Every file is written atomically. ``resume=True`` continues from last.safetensors; on CPU the
 result is bitwise identical to an uninterrupted run (the data order of epoch e depends only on
 (seed, e), and every RNG state is restored).
+
+Under torchrun (WORLD_SIZE > 1) the same loop trains with DistributedDataParallel
+(``medxai.distributed.training``): each rank takes its share of the epoch's order with a per-rank
+``batch_size``; training sums, validation logits and BatchNorm statistics are combined across
+ranks; rank 0 alone writes the run directory; last.safetensors keeps every rank's RNG state.
 """
 
 from __future__ import annotations
@@ -38,9 +43,10 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomS
 from medxai._util.io import atomic_write_json, atomic_write_text
 from medxai._util.seed import derive_seed, seed_everything
 from medxai._util.validate import check_images
+from medxai.distributed import training as _ddp
 from medxai.errors import CheckpointError, ConfigError, MedxaiError
 from medxai.evaluate.metrics import classification, higher_is_better, metric_names
-from medxai.evaluate.predict import collate, eval_mode, forward_all, probabilities
+from medxai.evaluate.predict import collate, eval_mode, probabilities
 from medxai.train.checkpoint import (
     load_model_state,
     read_checkpoint,
@@ -239,6 +245,9 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
     es_better = better_fn(es_monitor, es.mode) if es else None
 
     device = _resolve_device(cfg.device)
+    dist_info = _ddp.setup()  # torchrun: DDP over WORLD_SIZE processes; else one process, as before
+    device = _ddp.device_for(device, dist_info)
+    out_dir = run_dir if dist_info.is_main else None  # rank 0 alone writes the run directory
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -275,6 +284,8 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
             weights = class_weights_from_labels(labels, task, num_classes)
     if cfg.balance != "sampler":
         sampler = RandomSampler(train_data, generator=gen)  # type: ignore[arg-type]
+    if dist_info.enabled:  # the same epoch order, sharded over the ranks
+        sampler = _ddp.ShardedSampler(train_data, dist_info, generator=gen, weights=getattr(sampler, "weights", None))
     loader = DataLoader(train_data, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
                         collate_fn=collate, generator=gen, worker_init_fn=_worker_init, drop_last=cfg.drop_last)
     steps_per_epoch = len(loader)
@@ -282,7 +293,7 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
         raise ConfigError(f"train.batch_size={cfg.batch_size} with drop_last leaves no batch "
                           f"({len(train_data)} samples)")
     val_loader = None if val_data is None else DataLoader(
-        val_data, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False,
+        _ddp.shard_of(val_data, dist_info), batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False,
         num_workers=cfg.num_workers, collate_fn=collate)
 
     # optimisation
@@ -310,6 +321,8 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
 
     def backward_step(loss: torch.Tensor) -> None:
         value = float(loss.detach())
+        if dist_info.enabled and not _ddp.all_finite(value):  # stop every rank together
+            value = value if not math.isfinite(value) else float("nan")
         if not math.isfinite(value):
             raise NonFiniteLossError(where["epoch"] + 1, where["step"] + 1, value,
                                      last_path if have_last[0] else None)
@@ -319,8 +332,8 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    ctx = StepContext(model=model, optimizer=optimizer, loss_fn=loss_fn, backward_step=backward_step,
-                      autocast=autocast, epoch=0, step=0, task=task)
+    ctx = StepContext(model=_ddp.wrap(model, dist_info, device), optimizer=optimizer, loss_fn=loss_fn,
+                      backward_step=backward_step, autocast=autocast, epoch=0, step=0, task=task)
 
     # state
     history: list[dict[str, Any]] = []
@@ -337,8 +350,8 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
     def note(msg: str) -> None:
         log.info(msg)
         log_lines.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}")
-        if run_dir is not None:
-            atomic_write_text(run_dir / "train.log", "\n".join(log_lines) + "\n")
+        if out_dir is not None:
+            atomic_write_text(out_dir / "train.log", "\n".join(log_lines) + "\n")
 
     model_meta = {"model": getattr(model, "medxai_config", None), "ordinal_head": head, "task": task,
                   "class_names": class_names, "num_classes": num_classes, "in_chans": in_shape[0],
@@ -366,6 +379,7 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
         ctx.state.update(ck.get("objective") or {})
         history = list(ck.get("history") or [])
         _set_rng_state(ck.get("rng") or {})
+        _ddp.restore_rank_rng(ck.get("rng_ranks"), dist_info, _set_rng_state, cfg.seed, start_epoch)
         if (run_dir / "best.safetensors").is_file():
             best_state = read_checkpoint(run_dir / "best.safetensors").model_state
         old_log = run_dir / "train.log"
@@ -374,8 +388,8 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
         have_last[0] = True
         note(f"resumed from {last_path.name} after epoch {start_epoch} (step {global_step})")
     else:
-        seed_everything(cfg.seed)
-    if run_dir is not None:
+        seed_everything(_ddp.rank_seed(cfg.seed, dist_info))
+    if out_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         resolved = cfg.model_copy(update={"task": task}).model_dump(mode="json")
         if full_config is not None:
@@ -388,7 +402,8 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
                  f"{steps_per_epoch} steps/epoch, device {device}, objective {cfg.objective.name}")
 
     def save_last() -> None:
-        if run_dir is None:
+        rng_ranks = _ddp.gather_rng(_rng_state(), dist_info)  # every rank takes part
+        if out_dir is None:
             return
         train_state = {"epoch": epoch + 1, "global_step": global_step, "best_value": best_value,
                        "best_epoch": best_epoch, "es_best": es_best, "es_bad": es_bad, "stopped_early": stopped,
@@ -398,7 +413,8 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
                         states={"optimizer": optimizer.state_dict(),
                                 "scheduler": {"lambda": sched.state_dict(),
                                               "plateau": plateau.state_dict() if plateau else None},
-                                "rng": _rng_state(), "objective": _packable(ctx.state)},
+                                "rng": _rng_state(), "objective": _packable(ctx.state),
+                                **({"rng_ranks": rng_ranks} if rng_ranks else {})},
                         meta={"train": train_state, "history": history})
         have_last[0] = True
 
@@ -414,7 +430,7 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
             stack.callback(lambda: setattr(torch.backends.cudnn, "benchmark", cudnn_prev[0]))
             stack.callback(lambda: setattr(torch.backends.cudnn, "deterministic", cudnn_prev[1]))
         bars = None
-        if progress:
+        if progress and dist_info.is_main:
             from medxai.cli._app import progress as make_progress
 
             bars = stack.enter_context(make_progress())
@@ -463,14 +479,18 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
                 if bars is not None:
                     bars.update(st_task, advance=1, description=f"epoch {epoch + 1}/{cfg.epochs} "
                                 f"loss {tot_loss / tot_n:.4f}")
+            if dist_info.enabled:  # the sums of every shard; one set of BatchNorm statistics
+                tot_loss, tot_n, correct, counted, extra_sum = _ddp.sum_epoch(dist_info, tot_loss, tot_n, correct,
+                                                                              counted, extra_sum)
+                _ddp.average_buffers(model, dist_info)
             rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss": tot_loss / max(tot_n, 1)}
             if counted:
                 rec["train_accuracy"] = correct / counted
             rec.update({k: v / max(tot_n, 1) for k, v in extra_sum.items() if k not in rec})
             val_batch = None
             if val_loader is not None:
-                _, yv, logits = forward_all(model, val_loader, device=device, autocast=autocast,
-                                            channels_last=cfg.channels_last)
+                _, yv, logits = _ddp.forward_all(model, val_loader, dist_info, len(val_data), device=device,
+                                                 autocast=autocast, channels_last=cfg.channels_last)
                 rec["val_loss"] = float(plain_loss(logits, yv))
                 scores = probabilities(logits, task).numpy()
                 ev = classification(yv.numpy(), scores, task, class_names, n_boot=0)
@@ -483,6 +503,7 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
                 rec.setdefault(k, float(v))
             rec["lr"] = lr_used  # the rate of the epoch's last update
             rec["time_s"] = time.perf_counter() - t0
+            rec = _ddp.from_main(rec, dist_info)  # every rank takes rank 0's record: one set of decisions
             if monitor not in rec:
                 raise ConfigError(f"train.monitor={monitor!r} is not a logged value; known: "
                                   f"{', '.join(sorted(set(rec) | known - {'epoch', 'lr', 'time_s'}))}")
@@ -491,8 +512,8 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
             if is_better(value, best_value):
                 best_value, best_epoch = float(value), epoch + 1
                 best_state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
-                if run_dir is not None:
-                    save_checkpoint(run_dir / "best.safetensors", model,
+                if out_dir is not None:
+                    save_checkpoint(out_dir / "best.safetensors", model,
                                     meta={"train": {"epoch": epoch + 1, "monitor": monitor, "value": best_value}})
             if es is not None:
                 ev_value = rec.get(es_monitor)  # type: ignore[arg-type]
@@ -505,8 +526,8 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
             if plateau is not None and global_step >= warm_steps:
                 plateau.step(rec.get("val_loss", rec["train_loss"]))
             save_last()
-            if run_dir is not None:
-                atomic_write_text(run_dir / "metrics.jsonl", "".join(_jsonline(r) + "\n" for r in history))
+            if out_dir is not None:
+                atomic_write_text(out_dir / "metrics.jsonl", "".join(_jsonline(r) + "\n" for r in history))
             shown = f"{monitor} {value:.4f}" if isinstance(value, float) and math.isfinite(value) else ""
             note(f"epoch {epoch + 1}/{cfg.epochs} train_loss {rec['train_loss']:.4f} "
                  + (f"val_loss {rec['val_loss']:.4f} " if "val_loss" in rec else "") + shown
@@ -520,8 +541,8 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
     train_time = time_before + (time.perf_counter() - t_start)
     if cfg.restore_best and best_state is not None:
         load_model_state(model, best_state, where="best weights")
-    if run_dir is not None:
-        atomic_write_json(run_dir / "summary.json", {
+    if out_dir is not None:
+        atomic_write_json(out_dir / "summary.json", {
             "epochs_run": len(history), "best_epoch": best_epoch, "best_value": best_value, "monitor": monitor,
             "stopped_early": stopped, "train_time_s": train_time, "restored_best": bool(cfg.restore_best
                                                                                       and best_state is not None)})

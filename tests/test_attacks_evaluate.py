@@ -101,9 +101,14 @@ def test_balanced_variants_by_hand():
        seed=st.integers(0, 20))
 def test_success_never_falls_as_eps_grows(eps, norm, seed):
     model, x, y = data(n=24, seed=seed)
-    out = evaluate(model, (x, y), eps, norm=norm, steps=2, seed=seed)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = evaluate(model, (x, y), [0.0, *eps], norm=norm, steps=2, seed=seed)
     s, r = out["success_rate"], out["robust_accuracy"]
     assert out["eps"] == sorted(out["eps"])
+    with torch.no_grad():  # eps = 0 is the clean accuracy exactly, whatever else is in the list
+        clean = int((model(x).argmax(1) == y).sum()) / len(y)
+    assert r[0] == out["clean_accuracy"] == clean and s[0] == 0.0
+    assert not model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert all(a <= b for a, b in itertools.pairwise(s))
     assert all(a >= b for a, b in itertools.pairwise(r))
     assert all(0.0 <= v <= 1.0 for v in s + r)
@@ -149,3 +154,18 @@ def test_apgd_auto_at_least_as_strong_as_pgd_and_errors():
         evaluate(model, (x, y), [0.1], attack="cw")
     with pytest.raises(InputError, match="class indices"):
         evaluate(model, (x, y.float()), [0.1])
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_auto_attack_list_runs_on_two_and_three_class_tasks(k):
+    """APGD-CE alone for 2 classes (DLR needs 3), CE + DLR from 3; at least as strong as PGD."""
+    model, x, y = data(n=40, k=k, seed=6)
+    auto = evaluate(model, (x, y), [0.0, 0.05, 0.2], steps=15, attack="auto", seed=0)
+    assert auto["attack"] == ("apgd-ce" if k == 2 else "apgd-ce+apgd-dlr")
+    pgd = evaluate(model, (x, y), [0.0, 0.05, 0.2], steps=15, seed=0)
+    assert auto["robust_accuracy"][0] == pgd["robust_accuracy"][0] == auto["clean_accuracy"]
+    assert all(a >= b - 1 / 40 for a, b in zip(auto["success_rate"], pgd["success_rate"], strict=True))
+    assert auto["success_rate"][-1] > 0
+    if k == 2:
+        with pytest.raises(InputError, match="3 classes"):
+            evaluate(model, (x, y), [0.02], attack="apgd-dlr")

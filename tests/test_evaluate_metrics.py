@@ -209,7 +209,51 @@ def test_refuses_bad_input():
         classification([0, 1], [[0.5, 0.5], [0.5, 0.5]], "regression")
     with pytest.raises(InputError, match="outside"):
         classification([0, 3], [[0.5, 0.5], [0.5, 0.5]], "multiclass")
-    with pytest.raises(InputError, match="0, 1 or NaN"):
-        classification([[0.7, 1]], [[0.5, 0.5]], "multilabel")
+    for bad in (-1.0, 1.5):  # CheXpert's uncertain -1 needs a policy first; > 1 is no probability
+        with pytest.raises(InputError, match=r"0, 1, NaN \(ignored\) or soft targets.*uncertainty policy"):
+            classification([[bad, 1]], [[0.5, 0.5]], "multilabel")
     with pytest.raises(InputError, match="class names"):
         classification([0, 1], [[0.5, 0.5], [0.5, 0.5]], "binary", ["a"])
+
+
+def test_multilabel_soft_u_random_targets_are_ignored_and_reported():
+    """U-Random soft targets (0.55-0.85) have no hard truth: the metrics treat them as NaN
+    (ignored) and say how many per label; the result equals passing NaN there."""
+    rng = np.random.default_rng(7)
+    n, names = 150, ["Atelectasis", "Cardiomegaly", "Edema"]
+    y = rng.integers(0, 2, (n, 3)).astype(float)
+    s = np.clip(0.4 * y + rng.random((n, 3)) * 0.6, 0, 1)
+    soft = rng.random((n, 3)) < 0.2
+    y_soft = np.where(soft, np.round(0.55 + 0.3 * rng.random((n, 3)), 2), y)
+    y_soft[0, 0] = np.nan
+    y_nan = np.where(soft, np.nan, y_soft)
+    a = classification(y_soft, s, "multilabel", names, n_boot=100, seed=2)
+    b = classification(y_nan, s, "multilabel", names, n_boot=100, seed=2)
+    assert a["metrics"] == b["metrics"] and a["ci"] == b["ci"] and a["confusion_matrix"] == b["confusion_matrix"]
+    for j, name in enumerate(names):
+        assert a["per_class"][name]["n_soft_ignored"] == int(soft[:, j].sum()) > 0
+        assert b["per_class"][name]["n_soft_ignored"] == 0
+        v = ~np.isnan(y_nan[:, j])
+        assert a["per_class"][name]["n_labelled"] == v.sum()
+        assert a["per_class"][name]["auc"] == pytest.approx(roc_auc_score(y_nan[v, j], s[v, j]), abs=1e-12)
+    assert a["settings"]["soft_labels"] == f"{int(soft.sum())} soft target(s) strictly between 0 and 1 ignored " \
+                                           "(no hard truth)"
+    assert b["settings"]["soft_labels"] == "none"
+
+
+def test_binary_with_one_class_present_skips_auc_and_names_it():
+    rng = np.random.default_rng(4)
+    y = np.zeros(40, dtype=int)  # every truth negative
+    p1 = rng.random(40)
+    r = classification(y, p1, "binary", ["normal", "pneumonia"], n_boot=50, seed=0)
+    pred = (p1 > 0.5).astype(int)
+    m = r["metrics"]
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, pred), abs=1e-12)
+    assert m["specificity"] == pytest.approx(recall_score(y, pred, pos_label=0), abs=1e-12)
+    assert np.isnan(m["auc"]) and np.isnan(m["ap"]) and np.isnan(m["sensitivity"])
+    assert r["per_class"]["pneumonia"]["auc"] is None and r["per_class"]["pneumonia"]["sensitivity"] is None
+    assert [s["label"] for s in r["skipped"]["auc"]] == ["normal", "pneumonia"]
+    assert "only one class present (all negative, n=40)" in r["skipped"]["auc"][1]["reason"]
+    assert r["skipped"]["ap"] == [{"label": "pneumonia", "reason": "no positive sample"}]
+    assert r["ci"]["auc"]["n_valid"] == 0 and r["ci"]["auc"]["low"] is None
+    assert r["ci"]["accuracy"]["low"] <= m["accuracy"] <= r["ci"]["accuracy"]["high"]

@@ -64,3 +64,11 @@ def test_predictions_csv_round_trips():
     text = predictions_csv(["a"], np.array([[1.0, math.nan]]), np.array([[0.5, 0.125]]), ["x", "y"], "multilabel")
     rows = list(csv.DictReader(io.StringIO(text)))
     assert rows[0] == {"id": "a", "truth_x": "1", "truth_y": "", "score_x": "0.5", "score_y": "0.125"}
+
+
+def test_predictions_csv_keeps_soft_multilabel_truths():
+    text = predictions_csv(["a"], np.array([[0.0, 0.56, math.nan]], dtype=np.float32), np.array([[0.5, 0.25, 0.75]]),
+                           ["x", "y", "z"], "multilabel")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert rows[0]["truth_x"] == "0" and rows[0]["truth_y"] == "0.56" and rows[0]["truth_z"] == ""
+    assert float(rows[0]["truth_y"]) == pytest.approx(0.56)

@@ -135,6 +135,17 @@ def test_timm_vit_base_loads_strictly(vit_b16, timm_vit_state) -> None:
     sd = vit_b16.state_dict()
     for k in ("pos_embed", "blocks.7.attn.qkv.weight", "blocks.11.mlp.fc2.bias", "head.weight", "cls_token"):
         assert torch.equal(sd[k], timm_vit_state[k])
+    # a wrong backbone shape is a clear error naming key and both shapes
+    bad = dict(timm_vit_state)
+    bad["blocks.3.mlp.fc1.weight"] = torch.zeros(3072, 384)
+    with pytest.raises(CheckpointError, match=r"blocks\.3\.mlp\.fc1\.weight.*\(3072, 384\).*\(3072, 768\)"):
+        M.load_weights(vit_b16, bad)
+    # a head of another size (1000 -> 2 classes) is dropped and reported, the rest loads
+    two = M.create("vit-b16", 2, depth=2)
+    sub = {k: v for k, v in timm_vit_state.items() if not k.startswith("blocks.") or int(k.split(".")[1]) < 2}
+    rep = M.load_weights(two, sub)
+    assert rep.dropped_head == ["head.bias", "head.weight"] and rep.missing == ["head.weight", "head.bias"]
+    assert rep.unexpected == [] and torch.equal(two.blocks[1].attn.proj.weight, sub["blocks.1.attn.proj.weight"])
 
 
 def test_dino_vit_base_loads_without_head(vit_b16, timm_vit_state) -> None:

@@ -116,13 +116,33 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_last_good_checkpoint(tmp
 def test_multilabel_with_nan_labels_and_soft_targets_trains(tmp_path):
     train = TinySet(160, "multilabel", 3, seed=0, nan_rate=0.3, soft=True)
     val = TinySet(80, "multilabel", 3, seed=1, nan_rate=0.2)
-    assert torch.isnan(train.y).any() and ((train.y > 0) & (train.y < 1)).any()
+    g = torch.Generator().manual_seed(2)  # U-Random soft values for a third of the validation positives too
+    pick = (val.y == 1) & (torch.rand(val.y.shape, generator=g) < 0.35)
+    val.y = torch.where(pick, 0.55 + 0.3 * torch.rand(val.y.shape, generator=g), val.y)
+    val.labels = val.y.numpy()
+    for d in (train, val):
+        assert torch.isnan(d.y).any() and ((d.y > 0) & (d.y < 1)).any()
     res = fit(tiny_net(3, dropout=0.0), train, val, {"epochs": 8, "batch_size": 32, "lr": 0.03,
                                                      "monitor": "val_auc_macro", "balance": "loss"},
               run_dir=tmp_path / "ml")
     assert all(math.isfinite(r["train_loss"]) for r in res.history)
     assert res.best_value >= 0.9, res.history[-1]
     assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
+    # validation: the loss uses the soft targets, the metrics ignore them (no hard truth) and say so
+    from medxai.evaluate import classification, predict
+    from medxai.train import masked_bce
+
+    _, y_val, scores = predict(res.model, val)
+    logits = torch.logit(torch.as_tensor(scores, dtype=torch.float64)).float()
+    assert masked_bce(logits, torch.as_tensor(y_val)).item() == pytest.approx(res.history[res.best_epoch - 1]
+                                                                               ["val_loss"], rel=1e-4)
+    hard = torch.where((val.y > 0) & (val.y < 1), float("nan"), val.y)
+    ref = classification(hard.numpy(), scores, "multilabel", n_boot=0)
+    assert res.best_value == pytest.approx(ref["metrics"]["auc_macro"], abs=1e-9)
+    ev = classification(y_val, scores, "multilabel", n_boot=0)
+    soft_count = int(((val.y > 0) & (val.y < 1)).sum())
+    assert sum(r["n_soft_ignored"] for r in ev["per_class"].values()) == soft_count > 0
+    assert ev["metrics"] == ref["metrics"]
     model, info = load_run(tmp_path / "ml", model=tiny_net(3, dropout=0.0))
     assert info.task == "multilabel" and info.class_names == ["c0", "c1", "c2"] and info.epoch == res.best_epoch
     for a, b in zip(model.state_dict().values(), res.model.state_dict().values(), strict=True):

@@ -63,7 +63,12 @@ def _check_task(task: str) -> None:
 
 
 def _as_inputs(y_true: Any, y_score: Any, task: str, class_names: Sequence[str] | None
-               ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+               ) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray | None]:
+    """Validated (y_true, y_score, class names, soft-entry mask or None).
+
+    Multilabel: entries strictly between 0 and 1 (U-Random soft targets) become NaN (ignored,
+    as the metrics need a hard truth); their mask is returned so the result can say so.
+    """
     _check_task(task)
     yt = np.asarray(y_true.detach().cpu() if hasattr(y_true, "detach") else y_true)
     ys = np.asarray(y_score.detach().cpu().float() if hasattr(y_score, "detach") else y_score, dtype=np.float64)
@@ -82,9 +87,13 @@ def _as_inputs(y_true: Any, y_score: Any, task: str, class_names: Sequence[str] 
         yt = yt.astype(np.float64)
         if yt.shape != ys.shape:
             raise InputError(f"multilabel y_true must have y_score's shape {ys.shape}, got {yt.shape}")
-        ok = np.isnan(yt) | (yt == 0) | (yt == 1)
-        if not ok.all():
-            raise InputError("multilabel y_true must hold 0, 1 or NaN (ignored)")
+        labelled = ~np.isnan(yt)
+        if bool(((yt[labelled] < 0) | (yt[labelled] > 1)).any()):
+            raise InputError("multilabel y_true must hold 0, 1, NaN (ignored) or soft targets in (0, 1) "
+                             "(ignored); apply an uncertainty policy to -1 (uncertain) labels first")
+        soft = labelled & (yt > 0) & (yt < 1)
+        if soft.any():
+            yt = np.where(soft, np.nan, yt)
     else:
         if yt.ndim != 1 or yt.shape[0] != n:
             raise InputError(f"y_true must have shape ({n},), got {yt.shape}")
@@ -97,7 +106,7 @@ def _as_inputs(y_true: Any, y_score: Any, task: str, class_names: Sequence[str] 
     names = [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(k)]
     if len(names) != k:
         raise InputError(f"{len(names)} class names for {k} score columns")
-    return yt, ys, names
+    return yt, ys, names, (soft if task == "multilabel" else None)
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -236,7 +245,9 @@ def classification(y_true: Any, y_score: Any, task: str, class_names: Sequence[s
     """Classification metrics of probabilities ``y_score`` against ``y_true``.
 
     y_true: (N,) class indices (binary/multiclass/ordinal) or (N, K) 0/1/NaN (multilabel; NaN
-    entries ignored per label). y_score: (N, K) softmax (single-label) or sigmoid (multilabel)
+    entries ignored per label; soft targets strictly between 0 and 1, e.g. CheXpert's U-Random
+    values, have no hard truth and are ignored too: ``per_class[label]["n_soft_ignored"]`` and
+    ``settings["soft_labels"]`` say how many). y_score: (N, K) softmax (single-label) or sigmoid (multilabel)
     probabilities; binary also accepts (N,) scores of class 1. Predictions: argmax, or
     ``score >= threshold`` per label for multilabel.
 
@@ -259,7 +270,7 @@ def classification(y_true: Any, y_score: Any, task: str, class_names: Sequence[s
         roc_auc_score,
     )
 
-    yt, ys, names = _as_inputs(y_true, y_score, task, class_names)
+    yt, ys, names, soft = _as_inputs(y_true, y_score, task, class_names)
     n, k = ys.shape
     if not 0 < level < 1:
         raise InputError(f"level must be in (0, 1), got {level}")
@@ -270,6 +281,10 @@ def classification(y_true: Any, y_score: Any, task: str, class_names: Sequence[s
                 "bootstrap": f"percentile, {n_boot} replicates, seed {seed}, rows resampled" if n_boot else "off",
                 "threshold": threshold if task == "multilabel" else None,
                 "prediction": "score >= threshold per label" if task == "multilabel" else "argmax"}
+    if task == "multilabel":
+        n_soft = int(soft.sum()) if soft is not None else 0
+        settings["soft_labels"] = (f"{n_soft} soft target(s) strictly between 0 and 1 ignored (no hard truth)"
+                                   if n_soft else "none")
 
     if task != "multilabel":
         labels = list(range(k))
@@ -328,7 +343,8 @@ def classification(y_true: Any, y_score: Any, task: str, class_names: Sequence[s
             t = yt[valid, j].astype(np.int64)
             s = ys[valid, j]
             p = (s >= threshold).astype(np.int64)
-            row = {"support": int(t.sum()), "n_labelled": int(valid.sum())}
+            row = {"support": int(t.sum()), "n_labelled": int(valid.sum()),
+                   "n_soft_ignored": int(soft[:, j].sum()) if soft is not None else 0}
             if valid.any():
                 c2 = confusion_matrix(t, p, labels=[0, 1])
                 (tn_, fp_), (fn_, tp_) = c2

@@ -15,21 +15,45 @@ from medxai._util.io import atomic_write_json, atomic_write_text
 from medxai.evaluate.metrics import classification
 
 
+def _truth_cell(v: float) -> str | int:
+    """A multilabel truth as written: empty for NaN, 0 / 1, or a soft target's value."""
+    if math.isnan(v):
+        return ""
+    return int(v) if v in (0.0, 1.0) else f"{v:.7g}"  # float32 labels: 7 significant digits
+
+
 def predictions_csv(ids: Sequence[str], y_true: np.ndarray, scores: np.ndarray, class_names: Sequence[str],
                     task: str) -> str:
-    """CSV text: ``id, truth, pred, score_<class>...`` (multilabel: ``truth_<label>`` with empty = NaN,
-    ``score_<label>``). Scores are written with 9 significant digits."""
+    """CSV text: ``id, truth, pred, score_<class>...`` (multilabel: ``truth_<label>`` with empty = NaN
+    and soft targets as their value, ``score_<label>``). Scores are written with 9 significant digits."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     if task == "multilabel":
         w.writerow(["id", *[f"truth_{c}" for c in class_names], *[f"score_{c}" for c in class_names]])
         for i, t, s in zip(ids, y_true, scores, strict=True):
-            w.writerow([i, *["" if math.isnan(v) else int(v) for v in t], *[f"{v:.9g}" for v in s]])
+            w.writerow([i, *[_truth_cell(v) for v in t], *[f"{v:.9g}" for v in s]])
     else:
         w.writerow(["id", "truth", "pred", *[f"score_{c}" for c in class_names]])
         for i, t, s in zip(ids, y_true, scores, strict=True):
             w.writerow([i, int(t), int(np.argmax(s)), *[f"{v:.9g}" for v in s]])
     return buf.getvalue()
+
+
+def _describe(data: Any) -> Any:
+    """A JSON-able description of the evaluated data: its spec (a pydantic model or a string),
+    else its root folder, else its type name."""
+    spec = getattr(data, "spec", None)
+    if hasattr(spec, "model_dump"):
+        spec = spec.model_dump(mode="json")
+    if isinstance(spec, (str, dict)) and spec:
+        out: Any = spec
+    elif getattr(data, "root", None) is not None:
+        out = str(data.root)
+    else:
+        out = type(data).__name__
+    if isinstance(out, dict) and getattr(data, "root", None) is not None:
+        out = {"root": str(data.root), **out}
+    return out
 
 
 def evaluate_run(run_dir: str | Path, data: Any, *, out: str | Path | None = None, which: str = "best",
@@ -46,7 +70,7 @@ def evaluate_run(run_dir: str | Path, data: Any, *, out: str | Path | None = Non
     result = classification(y_true, scores, info.task, info.class_names, n_boot=n_boot, seed=seed)
     result["run"] = str(Path(run_dir))
     result["checkpoint"] = info.checkpoint.name
-    result["data"] = getattr(data, "spec", None) or getattr(data, "root", None) or type(data).__name__
+    result["data"] = _describe(data)
     out = Path(out) if out is not None else Path(run_dir)
     atomic_write_json(out / "eval.json", result)
     atomic_write_text(out / "predictions.csv", predictions_csv(ids, y_true, scores, info.class_names, info.task))

@@ -178,3 +178,25 @@ def test_per_sample_results_do_not_depend_on_the_batch(trained):
         one = model_randomisation(model, input_gradient, x[i : i + 1], y[i : i + 1], seed=5)
         for name in ("spearman_abs", "spearman", "ssim"):
             torch.testing.assert_close(getattr(one, name)[:, 0], getattr(full, name)[:, i], rtol=1e-9, atol=1e-9)
+
+
+def test_block_granularity_randomises_each_block_together_and_restores():
+    """granularity="block": one step per block (modules grouped up to their first index); the
+    cascade's last step equals the layer-by-layer cascade's last step (same modules, same seeds)."""
+    from medxai.metrics import model_randomisation
+    from medxai.metrics.randomisation import _block_of
+    from medxai.models import create
+
+    assert [_block_of(n) for n in ("layer2.1.conv1", "blocks.3.attn.qkv", "fc", "features.0.0")] == [
+        "layer2.1", "blocks.3", "fc", "features.0"]
+    torch.manual_seed(0)
+    model = create("resnet8", 3, in_chans=1).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.rand(3, 1, 24, 24, generator=torch.Generator().manual_seed(1))
+    by_layer = model_randomisation(model, "saliency", x, 0, seed=3)
+    by_block = model_randomisation(model, "saliency", x, 0, seed=3, granularity="block")
+    assert len(by_block.layers) < len(by_layer.layers)
+    assert by_block.layers[0] == "fc" and "layer1.0" in by_block.layers
+    torch.testing.assert_close(by_block.spearman[-1], by_layer.spearman[-1], rtol=0, atol=1e-12)
+    torch.testing.assert_close(by_block.ssim[-1], by_layer.ssim[-1], rtol=0, atol=1e-12)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

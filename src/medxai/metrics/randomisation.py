@@ -96,6 +96,15 @@ def restore_on_exit(model: nn.Module) -> Iterator[nn.Module]:
                 t.copy_(value)
 
 
+def _block_of(name: str) -> str:
+    """``layer2.1.conv1`` -> ``layer2.1``; ``blocks.3.attn.qkv`` -> ``blocks.3``; ``fc`` -> ``fc``."""
+    parts = name.split(".")
+    for i, p in enumerate(parts):
+        if p.isdigit():
+            return ".".join(parts[: i + 1])
+    return name
+
+
 def _reinit(name: str, module: nn.Module, seed: int) -> None:
     """Re-initialise one module's own parameters from a generator seeded by (seed, name)."""
     devices = sorted({p.device.index for p in module.parameters(recurse=False) if p.device.type == "cuda"})
@@ -169,7 +178,7 @@ def _score(fn, ctx: ScoreContext) -> dict[str, torch.Tensor]:
 def model_randomisation(model: nn.Module, explainer: Explainer, x: torch.Tensor,
                         target: int | torch.Tensor | None = None, *, order: str = "cascading", seed: int = 0,
                         layers: Sequence[str] | None = None, ssim_on: str = "abs",
-                        explainer_kwargs: dict | None = None) -> RandomisationResult:
+                        explainer_kwargs: dict | None = None, granularity: str = "layer") -> RandomisationResult:
     """Randomise the model layer by layer and compare each re-explanation with the original map.
 
     Args:
@@ -183,6 +192,11 @@ def model_randomisation(model: nn.Module, explainer: Explainer, x: torch.Tensor,
         layers: names of the layers to randomise (default: every module owning parameters);
             cascading runs them from the last to the first.
         ssim_on: "abs" (SSIM of per-map min-max normalised |a|, default) or "raw" (of a).
+        granularity: "layer" (each module owning parameters is a step) or "block" (the modules of
+            one block are randomised together: names grouped up to their first index, so
+            ``layer2.1.conv1`` and ``layer2.1.bn1`` form ``layer2.1``, ``blocks.3.attn.qkv`` joins
+            ``blocks.3``; Adebayo et al. randomised Inception-v3 by named blocks). Each module keeps
+            its own seed either way.
     """
     check_images(x)
     if order not in ("cascading", "independent"):
@@ -199,7 +213,12 @@ def model_randomisation(model: nn.Module, explainer: Explainer, x: torch.Tensor,
         known = [(n, by_name[n]) for n in layers]
     if not known:
         raise InputError("the model has no layer with parameters to randomise")
-    steps = list(reversed(known))  # from the output
+    if granularity not in ("layer", "block"):
+        raise InputError(f"granularity must be 'layer' or 'block', got {granularity!r}")
+    groups: dict[str, list[tuple[str, nn.Module]]] = {}
+    for name, module in known:
+        groups.setdefault(_block_of(name) if granularity == "block" else name, []).append((name, module))
+    steps = list(reversed(groups.items()))  # from the output
 
     def prep(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         m = maps.to(torch.float64).reshape(maps.shape[0], -1, *maps.shape[-2:])
@@ -213,13 +232,15 @@ def model_randomisation(model: nn.Module, explainer: Explainer, x: torch.Tensor,
         orig_abs, orig, orig_s = prep(_explain(explainer, model, x, target, kw))
         rows_a, rows, rows_s = [], [], []
         with restore_on_exit(model):
-            for name, module in steps:
+            for _, members in steps:
                 if order == "independent":
                     with restore_on_exit(model):
-                        _reinit(name, module, seed)
+                        for name, module in members:
+                            _reinit(name, module, seed)
                         maps = _explain(explainer, model, x, target, kw)
                 else:
-                    _reinit(name, module, seed)
+                    for name, module in members:
+                        _reinit(name, module, seed)
                     maps = _explain(explainer, model, x, target, kw)
                 ma, m, ms = prep(maps)
                 rows_a.append(spearman(ma, orig_abs))

@@ -180,10 +180,11 @@ def run_audit(cfg: AuditConfig, out: str | Path, *, synthetic: bool | None = Non
                 opts = cfg.explain.options.get(method, {})
                 res = runner.run(f"sanity/{name}/{method}",
                                  {"train": st.key, "data": data_key, "method": method, "opts": opts,
-                                  "n": cfg.score.sanity_n, "output": cfg.explain.output},
+                                  "n": cfg.score.sanity_n, "output": cfg.explain.output,
+                                  "granularity": cfg.score.sanity_granularity},
                                  lambda d, st=st, method=method, opts=opts: sanity_stage(
                                      d, _load_model(st), sample.subset(cfg.score.sanity_n), method, opts,
-                                     cfg.explain, task, seed=cfg.seed))
+                                     cfg.explain, task, seed=cfg.seed, granularity=cfg.score.sanity_granularity))
                 sanity.append({"model": name, "method": method, **res.result})
 
     # -- report -------------------------------------------------------------------------------

@@ -117,6 +117,8 @@ class ScoreConfig(_Strict):
     sanity: bool = True
     sanity_methods: list[str] | None = None
     sanity_n: int = 8
+    # cascading randomisation by block (layer2.1, blocks.3, ...) or by every module with parameters
+    sanity_granularity: Literal["block", "layer"] = "block"
     n_boot: int = 1000
     compare: list[list[str]] = Field(default_factory=list)  # [[model_a, model_b], ...]
 

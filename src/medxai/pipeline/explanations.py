@@ -134,14 +134,14 @@ def score_stage(d: Path, model: torch.nn.Module, s: EvalSample, ex: StageResult,
 
 
 def sanity_stage(d: Path, model: torch.nn.Module, s: EvalSample, method: str, opts: dict[str, Any],
-                 ecfg: ExplainConfig, task: str, seed: int = 0) -> dict:
+                 ecfg: ExplainConfig, task: str, seed: int = 0, granularity: str = "block") -> dict:
     """Cascading model-parameter randomisation (Adebayo 2018) of one (model, method)."""
     from medxai.metrics import model_randomisation
 
     targets = explanation_targets(model, s, ecfg.target, task)  # top-1: one sanity check per image
     registry_name, kw = resolve_method(model, method, opts, ecfg.output)
     res = model_randomisation(model, registry_name, s.x, targets, order="cascading", seed=seed,
-                              explainer_kwargs=kw)
+                              explainer_kwargs=kw, granularity=granularity)
     out = res.to_dict()
     sp = [v for v in out["spearman_abs"] if v is not None]
     ss = [v for v in out["ssim"] if v is not None]

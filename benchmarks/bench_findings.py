@@ -202,6 +202,18 @@ def _write_doc(rows: list[dict]) -> None:
         lines.append(f"| {study} | {claim} | {word[r['shown']] if 'per model' not in claim else '-'} | {r['note']} |")
     shown = sum(r["shown"] is True for r in rows)
     judged = sum(r["shown"] is not None for r in rows)
+    lines += ["", "In plain words:", ""]
+    kinds = {"energy_pointing_game": "robust models' maps put more attribution inside the lesion",
+             "total_variation": "robust models' maps are smoother (lower total variation)",
+             "shrinks": "corruption training shrinks the drop under the camera corruptions",
+             "success": "adversarial training lowers the attack success rate"}
+    for study in dict.fromkeys(r["work"].split(": ", 1)[0] for r in rows):
+        for key, text in kinds.items():
+            sel = [r for r in rows if r["work"].startswith(study + ":") and key in r["work"] and r["shown"] is not None]
+            if sel:
+                k = sum(r["shown"] for r in sel)
+                verdict = "shown" if k == len(sel) else "not shown" if k == 0 else "partly shown"
+                lines.append(f"- {study}: {text}: **{verdict}** ({k} of {len(sel)} model/method pairs).")
     lines += ["", f"{shown} of {judged} claims shown. Audit time: skin {rows[0]['medxai_s']:.0f} s, fundus "
               f"{rows[-1]['medxai_s']:.0f} s on this machine.", ""]
     DOCS.parent.mkdir(parents=True, exist_ok=True)

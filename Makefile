@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test install lint bench bench-quick clean
+.PHONY: demo test install lint bench bench-quick bench-table clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,11 +26,17 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
+# every comparison at full size (~20 min on 2 cores): benchmarks/results/*.json and docs/benchmarks.md
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks run
 
+# every comparison at tiny size (tests/test_benchmarks.py runs this): benchmarks/results/quick/
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks run --quick
+
+# rebuild docs/benchmarks.md from benchmarks/results/*.json (after `python -m benchmarks run --only X`)
+bench-table: $(STAMP)
+	$(BIN)/python -m benchmarks table
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -75,7 +75,7 @@ def _localisation(quick: bool, repeats: int) -> list[dict[str, Any]]:
 
     from medxai import metrics as M
 
-    n, size = (32, 64) if quick else (256, 224)
+    n, size = (8, 32) if quick else (256, 224)
     a, s = _maps(n, size), _rect_masks(n, size)
     model = _model(1)
     xq = np.zeros((n, 1, size, size), np.float32)
@@ -98,7 +98,8 @@ def _localisation(quick: bool, repeats: int) -> list[dict[str, Any]]:
         t = timeit_pair({"medxai": ours, "quantus": peer}, repeats=repeats)
         diff = float(np.nanmax(np.abs(t["medxai"]["result"].double().numpy() - t["quantus"]["result"])))
         rows.append(row(f"{work}, {n} maps {size}x{size}", "Quantus 0.6.0", t["medxai"]["median_s"],
-                        t["quantus"]["median_s"], target=20.0, agreement=diff, images=n,
+                        t["quantus"]["median_s"], target=20.0, agreement=diff, tol=1e-5, images=n,
+                        miss_reason="Quantus' per-sample numpy loop is already cheap for this metric",
                         note="numpy reference per batch; Quantus normalise=False"))
     return rows
 
@@ -150,29 +151,38 @@ def _faithfulness(quick: bool, repeats: int) -> list[dict[str, Any]]:
     step = -(-size * size // 224)
     regions = (size // 8) ** 2
     rows = []
-    for mname, model, reps in (("tiny conv", _Tiny().eval(), repeats), ("small-cnn", _model(1), 1)):
+    models = [("tiny conv", _Tiny().eval(), min(repeats, 2), n)]  # RISE's per-image loop: ~2 min a run
+    if not quick:  # a compute-bound network on fewer images (RISE's per-image loop is slow)
+        models.append(("small-cnn", _model(1), 1, 16))
+    x_all, a_all = x, a
+    for mname, model, reps, n in models:
+        x, a = x_all[:n], a_all[:n]
         warm = 1 if reps > 1 else 0
         for mode, fn in (("del", M.deletion), ("ins", M.insertion)):
-            ours = lambda fn=fn, model=model: fn(model, x, a, steps=224).auc
-            peer = lambda mode=mode, model=model: torch.tensor(
+            ours = lambda fn=fn, model=model, x=x, a=a: fn(model, x, a, steps=224).auc
+            peer = lambda mode=mode, model=model, x=x, a=a, n=n: torch.tensor(
                 [_rise_single_run(model, x[i : i + 1], a[i], mode, step, M.rise_blur) for i in range(n)])
             t = timeit_pair({"medxai": ours, "rise": peer}, repeats=reps, warmup=warm)
             diff = float((t["medxai"]["result"].double() - t["rise"]["result"].double()).abs().max())
             name = "deletion" if mode == "del" else "insertion"
             rows.append(row(f"{name}, {n} images 1x{size}x{size}, 224 steps, {mname}", "RISE single_run per image",
                             t["medxai"]["median_s"], t["rise"]["median_s"], target=3.0, agreement=diff, images=n,
-                            agreement_kind="max_abs_auc_diff", note="softmax of the clean prediction"))
+                            agreement_kind="max_abs_auc_diff", tol=1e-5, note="softmax of the clean prediction",
+                            miss_reason="a compute-bound network: the 225 forwards per image cost the same "
+                                        "batched or not on 2 CPU cores"))
         y = model(x).argmax(1)
         qm = quantus.RegionPerturbation(patch_size=8, regions_evaluation=regions, normalise=False, abs=False,
                                         disable_warnings=True, display_progressbar=False)
-        ours = lambda model=model, y=y: M.region_perturbation(model, x, a, y, regions=regions).curve[:, 1:]
-        peer = lambda model=model, y=y, qm=qm: torch.from_numpy(
+        ours = lambda model=model, y=y, x=x, a=a: M.region_perturbation(model, x, a, y, regions=regions).curve[:, 1:]
+        peer = lambda model=model, y=y, qm=qm, x=x, a=a: torch.from_numpy(
             np.asarray(_quantus(qm, model, x.numpy(), y.numpy(), a[:, None].numpy())))
         t = timeit_pair({"medxai": ours, "quantus": peer}, repeats=reps, warmup=warm)
         diff = float((t["medxai"]["result"].double() - t["quantus"]["result"].double()).abs().max())
         rows.append(row(f"region perturbation, {n} images 1x{size}x{size}, 8x8 patches, {regions} regions, {mname}",
                         "Quantus 0.6.0 RegionPerturbation", t["medxai"]["median_s"], t["quantus"]["median_s"],
-                        target=3.0, agreement=diff, images=n, agreement_kind="max_abs_curve_diff"))
+                        target=3.0, agreement=diff, images=n, agreement_kind="max_abs_curve_diff", tol=1e-5,
+                        miss_reason="a compute-bound network: the forwards cost the same batched or not on 2 "
+                                    "CPU cores"))
     return rows
 
 
@@ -181,7 +191,7 @@ def _road(quick: bool, repeats: int) -> list[dict[str, Any]]:
 
     from medxai import metrics as M
 
-    n, size = (8, 32) if quick else (64, 64)
+    n, size = (4, 16) if quick else (64, 64)
     pct = [10, 30, 50, 70, 90]
     model = _model(1)
     x = _images(n, 1, size, seed=4)
@@ -190,17 +200,22 @@ def _road(quick: bool, repeats: int) -> list[dict[str, Any]]:
     qm = quantus.ROAD(percentages=pct, noise=0.0, normalise=False, abs=False, disable_warnings=True,
                       display_progressbar=False)
     ours = lambda: M.road(model, x, a, y, percentages=pct, noise=0.0).correct.mean(0)
-    peer = lambda: torch.tensor([_quantus(qm, model, x.numpy(), y.numpy(), a[:, None].numpy())[p] for p in pct])
+    def peer():  # one Quantus call scores every percentage
+        scores = _quantus(qm, model, x.numpy(), y.numpy(), a[:, None].numpy())
+        return torch.tensor([scores[p] for p in pct])
+
     t = timeit_pair({"medxai": ours, "quantus": peer}, repeats=max(1, repeats - 2))
     diff = float((t["medxai"]["result"].double() - t["quantus"]["result"].double()).abs().max())
     return [row(f"ROAD MoRF, {n} images 1x{size}x{size}, 5 percentages, noisy linear imputation",
                 "Quantus 0.6.0 ROAD", t["medxai"]["median_s"], t["quantus"]["median_s"], target=10.0,
-                agreement=diff, images=n, agreement_kind="max_abs_accuracy_diff",
+                agreement=diff, images=n, agreement_kind="max_abs_accuracy_diff", tol=1.0 / n,
+                miss_reason="solving the imputation systems dominates on both sides; scipy's sparse direct "
+                            "solver is fast at 64 x 64",
                 note="noise 0 on both sides; medxai solves all systems in torch (CG + multigrid), Quantus spsolve")]
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    repeats = 1 if quick else 5
+    repeats = 1 if quick else 3
     rows = _localisation(quick, repeats) + _faithfulness(quick, repeats) + _road(quick, repeats)
     return {"kind": "metrics", "rows": rows,
             "notes": "Quantus evaluates with normalise=False so both sides score the same maps; its batch-global "

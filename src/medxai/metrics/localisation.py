@@ -129,15 +129,14 @@ def relevance_rank_accuracy(maps: torch.Tensor, masks: Annotation, *,
 def _topk_hits(fa: torch.Tensor, fs: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Per row, how many of the k[i] highest-ranked entries of fa (ties: lowest index first) lie in fs.
 
-    Selection instead of a full sort: the k-th largest value v (``kthvalue``), every entry > v,
-    and the first k - #(> v) entries equal to v in index order.
+    Selection, no full sort: one batched ``topk`` to the largest k gives each row's k-th largest
+    value v; the entries > v and the first k - #(> v) entries equal to v in index order are taken.
     """
-    n = fa.shape[-1]
-    v = torch.empty(fa.shape[0], dtype=fa.dtype, device=fa.device)
-    for kk in torch.unique(k[k > 0]).tolist():  # rows sharing a k are selected together
-        rows = (k == kk).nonzero()[:, 0]
-        v[rows] = torch.kthvalue(fa[rows], n - kk + 1, dim=-1).values
-    v = v[:, None]
+    kmax = int(k.max()) if k.numel() else 0
+    if kmax == 0:
+        return torch.zeros_like(k)
+    top = torch.topk(fa, kmax, dim=-1, sorted=True).values
+    v = top.gather(-1, (k - 1).clamp(min=0).to(torch.int64)[:, None])
     greater = fa > v
     eq = fa == v
     need = k - greater.sum(-1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import typer
 
@@ -55,3 +56,15 @@ def progress(**kw):
         transient=False,
         **kw,
     )
+
+
+def run_names(runs: list[Path]) -> list[str]:
+    """Display names of run directories: their folder names, made unique with -2, -3 ..."""
+    names: list[str] = []
+    for r in runs:
+        name = r.resolve().name or "run"
+        base, k = name, 2
+        while name in names:
+            name, k = f"{base}-{k}", k + 1
+        names.append(name)
+    return names

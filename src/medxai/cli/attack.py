@@ -15,7 +15,7 @@ from typing import Any
 import typer
 
 from medxai._util.plot import plain_text
-from medxai.cli._app import app, progress, state
+from medxai.cli._app import app, progress, run_names, state
 from medxai.errors import ConfigError
 
 #: The numbers ``medxai corrupt`` reports per task; the first is the headline (heat map, mCE).
@@ -27,21 +27,10 @@ CORRUPTION_METRICS = {
 }
 
 
-def _run_names(runs: list[Path]) -> list[str]:
-    names: list[str] = []
-    for r in runs:
-        name = r.resolve().name or "run"
-        base, k = name, 2
-        while name in names:
-            name, k = f"{base}-{k}", k + 1
-        names.append(name)
-    return names
-
-
 def _load_runs(runs: list[Path], device: Any) -> list[tuple[str, Any, Any]]:
     from medxai.train import load_run
 
-    return [(name, *load_run(r, device=device)) for name, r in zip(_run_names(runs), runs, strict=True)]
+    return [(name, *load_run(r, device=device)) for name, r in zip(run_names(runs), runs, strict=True)]
 
 
 def _check_size(x: Any, loaded: list) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import typer
 
-from medxai.cli._app import app, progress, state
+from medxai.cli._app import app, progress, run_names, state
 from medxai.errors import ConfigError
 
 
@@ -29,17 +29,6 @@ def _method_output(method: str, output: str | None) -> str:
         return output
     p = inspect.signature(REGISTRY.get(method).__init__).parameters.get("output")
     return str(p.default) if p is not None and p.default is not inspect.Parameter.empty else "logit"
-
-
-def _run_names(runs: list[Path]) -> list[str]:
-    names: list[str] = []
-    for r in runs:
-        name = r.resolve().name or "run"
-        base, k = name, 2
-        while name in names:
-            name, k = f"{base}-{k}", k + 1
-        names.append(name)
-    return names
 
 
 def _load_sample(data: str, split: str, n: int, size: int | None):
@@ -113,7 +102,7 @@ def explain(
         REGISTRY.get(m)  # unknown names fail before any work, listing the known ones
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     loaded = [load_run(r, device=dev) for r in run]
-    run_names = _run_names(run)
+    names_of_runs = run_names(run)
     if size is None:
         meta_size = loaded[0][1].meta.get("image_size")
         size = int(meta_size[0]) if isinstance(meta_size, (list, tuple)) and meta_size else None
@@ -123,7 +112,7 @@ def explain(
     tensors: dict[str, torch.Tensor] = {"images": x}
     with progress() as bar:
         task = bar.add_task("explaining", total=len(loaded) * len(names) * len(x))
-        for (model, rinfo), rname in zip(loaded, run_names, strict=True):
+        for (model, rinfo), rname in zip(loaded, names_of_runs, strict=True):
             t = _targets(model, x.to(dev), target, labels, batch_size)
             tensors[f"targets/{rname}"] = t.cpu()
             cls_names = rinfo.class_names
@@ -147,7 +136,7 @@ def explain(
     out.mkdir(parents=True, exist_ok=True)
     save_safetensors(out / "maps.safetensors", tensors, metadata={"ids": json.dumps(ids), "format": "medxai-maps-1"})
     # columns method-major so that the runs of one method sit side by side
-    ordered = {(r, m): maps[(r, m)] for m in names for r in run_names}
+    ordered = {(r, m): maps[(r, m)] for m in names for r in names_of_runs}
     views = {k: lime_view for k in ordered if k[1] == "lime"} if lime_view else None
     pngs = []
     for j, start in enumerate(range(0, len(x), rows_per_png)):

@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from medxai.cli._app import app, state
+from medxai.cli._app import app, run_names, state
 from medxai.errors import ConfigError, DataError
 
 store_app = typer.Typer(help="Explain and score whole datasets into a chunked, resumable store (torchrun-ready).",
@@ -54,17 +54,6 @@ def _head(data: Any, n: int) -> Any:
             return data[i]
 
     return Head()
-
-
-def _run_names(runs: list[Path]) -> list[str]:
-    names: list[str] = []
-    for r in runs:
-        name = r.resolve().name or "run"
-        base, k = name, 2
-        while name in names:
-            name, k = f"{base}-{k}", k + 1
-        names.append(name)
-    return names
 
 
 def _echo(msg: str) -> None:
@@ -108,19 +97,19 @@ def store_explain(
     dev = torch.device(device) if device else (torch.device("cuda", info.local_rank) if torch.cuda.is_available()
                                                else torch.device("cpu"))
     loaded = [load_run(r, device=dev) for r in run]
-    run_names = _run_names(run)
+    names_of_runs = run_names(run)
     if size is None:
         meta_size = loaded[0][1].meta.get("image_size")
         size = int(meta_size[0]) if isinstance(meta_size, (list, tuple)) and meta_size else None
     ds = _open(data, split, size, n)
     kw = {} if output is None else {"output": output}
-    res = explain_dataset({nm: m for nm, (m, _) in zip(run_names, loaded, strict=True)}, ds,
+    res = explain_dataset({nm: m for nm, (m, _) in zip(names_of_runs, loaded, strict=True)}, ds,
                           {m: dict(kw) for m in names}, store, target=target, batch_size=batch_size,
                           shard_size=shard_size, dtype=dtype, device=dev, overwrite=overwrite,
                           progress=not state.quiet,
                           config={"data": data, "split": split, "size": size, "n": n,
-                                  "run_dirs": {nm: str(r) for nm, r in zip(run_names, run, strict=True)},
-                                  "class_names": {nm: ri.class_names for nm, (_, ri) in zip(run_names, loaded,
+                                  "run_dirs": {nm: str(r) for nm, r in zip(names_of_runs, run, strict=True)},
+                                  "class_names": {nm: ri.class_names for nm, (_, ri) in zip(names_of_runs, loaded,
                                                                                              strict=True)}})
     _echo(f"store {store}: {len(ds)} images in {res.n_shards} shard(s); computed {len(res.computed)}, "
           f"already there {len(res.skipped)} ({res.world_size} process(es), {res.seconds:.1f}s)")

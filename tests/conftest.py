@@ -34,3 +34,14 @@ def browser():
     finally:
         drv.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op torch thread for the test, restored after (on 2 shared cores more only spin)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -28,7 +28,7 @@ import yaml
 from PIL import Image
 from torch import nn
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # one_thread: conftest
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]  # the torchrun command
@@ -147,13 +147,6 @@ def write_cli_config(folder: Path, data_root: Path, train: dict, name: str = "co
     return path
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread here (as in the workers): on 2 shared cores more threads only spin."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ----------------------------------------------------------------------------- the torchrun launch

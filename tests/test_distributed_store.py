@@ -37,12 +37,7 @@ def data(n: int = N):
     return SyntheticDataset("cxr-pneumonia", n, size=SIZE, split="test")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: on 2 shared cores more threads spin
 
 
 def _shards(root: Path) -> dict[int, dict[str, torch.Tensor]]:

@@ -31,13 +31,7 @@ from medxai.train.objectives import Standard
 SRC = Path(__file__).parents[1] / "src" / "medxai"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread (restored after): on 2 shared cores more threads only spin."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: on 2 shared cores more threads spin
 
 
 # ============================================================================ pickles

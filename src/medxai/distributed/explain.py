@@ -190,6 +190,33 @@ def explain_shard(models: Mapping[str, nn.Module], dataset: Dataset, methods: Ma
     return tensors, {"ids": ids}
 
 
+def run_shards(store: Any, missing: list[int], info: DistInfo, label: str,
+               compute: Callable[[int], tuple[dict, dict]], *, on_shard: Callable[[int], None] | None = None,
+               progress: bool = False) -> list[int]:
+    """This rank's share of the missing shards (every world-th), each computed and written atomically
+    as it finishes, with a progress bar on rank 0; returns the shards every rank computed."""
+    mine = missing[info.rank::info.world_size]
+    bars = None
+    if progress and info.is_main:
+        from medxai.cli._app import progress as make_progress
+
+        bars = make_progress()
+        bars.start()
+        task = bars.add_task(f"{label} (rank 0 of {info.world_size})", total=len(mine))
+    try:
+        for i in mine:
+            tensors, meta = compute(i)
+            store.write(i, tensors, meta)
+            if on_shard is not None:
+                on_shard(i)
+            if bars is not None:
+                bars.advance(task)
+    finally:
+        if bars is not None:
+            bars.stop()
+    return sorted(i for part in gather_objects(mine) for i in part)
+
+
 def _plan(store: MapStore, overwrite: bool, info: DistInfo) -> list[int]:
     """Rank 0 prepares the store; every rank gets the same list of missing shards (or the error)."""
     result: Any
@@ -242,28 +269,9 @@ def explain_dataset(models: nn.Module | Mapping[str, nn.Module], dataset: Datase
     fp = fingerprint({"kind": "maps", "n": n, "shard_size": shard_size, **cfg})
     ms = MapStore(store, n=n, shard_size=shard_size, fingerprint=fp, config=cfg)
     missing = _plan(ms, overwrite, info)
-    mine = missing[info.rank::info.world_size]
-    bars = None
-    if progress and info.is_main:
-        from medxai.cli._app import progress as make_progress
-
-        bars = make_progress()
-        bars.start()
-        task = bars.add_task(f"explaining (rank 0 of {info.world_size})", total=len(mine))
-    try:
-        for i in mine:
-            start, stop = ms.shard_range(i)
-            tensors, meta = explain_shard(runs, dataset, meths, start, stop, target=rule, batch_size=batch_size,
-                                          dtype=DTYPES[dtype], device=dev)
-            ms.write(i, tensors, meta)
-            if on_shard is not None:
-                on_shard(i)
-            if bars is not None:
-                bars.advance(task)
-    finally:
-        if bars is not None:
-            bars.stop()
-    computed = sorted(i for part in gather_objects(mine) for i in part)
+    computed = run_shards(ms, missing, info, "explaining", lambda i: explain_shard(
+        runs, dataset, meths, *ms.shard_range(i), target=rule, batch_size=batch_size, dtype=DTYPES[dtype],
+        device=dev), on_shard=on_shard, progress=progress)
     barrier()
     if info.is_main:
         ms.mark()

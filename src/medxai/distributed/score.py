@@ -25,8 +25,8 @@ from torch.utils.data import Dataset
 from medxai._util.io import atomic_write, atomic_write_json
 from medxai._util.seed import derive_seed
 from medxai._util.validate import check_images
-from medxai.distributed.env import DistInfo, barrier, broadcast_object, gather_objects, setup
-from medxai.distributed.explain import StoreRun, _default_device, _plan, model_digest
+from medxai.distributed.env import DistInfo, barrier, broadcast_object, setup
+from medxai.distributed.explain import StoreRun, _default_device, _plan, model_digest, run_shards
 from medxai.distributed.store import MapStore, ScoreStore, fingerprint
 from medxai.errors import ConfigError, DataError
 
@@ -201,27 +201,9 @@ def score_store(store: str | Path, metrics: Sequence[str] | str, *, out: str | P
     ss = ScoreStore(out, n=ms.n, shard_size=ms.shard_size, fingerprint=fingerprint({"kind": "scores", **cfg}),
                     config=cfg)
     missing = _plan(ss, overwrite, info)  # type: ignore[arg-type]
-    mine = missing[info.rank::info.world_size]
-    bars = None
-    if progress and info.is_main:
-        from medxai.cli._app import progress as make_progress
-
-        bars = make_progress()
-        bars.start()
-        task = bars.add_task(f"scoring (rank 0 of {info.world_size})", total=len(mine))
-    try:
-        for i in mine:
-            tensors, meta = _score_shard(ms, i, infos, dataset=dataset, models=models, options=opts, seed=seed,
-                                         batch_size=batch_size, device=dev)
-            ss.write(i, tensors, meta)
-            if on_shard is not None:
-                on_shard(i)
-            if bars is not None:
-                bars.advance(task)
-    finally:
-        if bars is not None:
-            bars.stop()
-    computed = sorted(i for part in gather_objects(mine) for i in part)
+    computed = run_shards(ss, missing, info, "scoring", lambda i: _score_shard(
+        ms, i, infos, dataset=dataset, models=models, options=opts, seed=seed, batch_size=batch_size, device=dev),
+        on_shard=on_shard, progress=progress)
     barrier()
     result = None
     if info.is_main:

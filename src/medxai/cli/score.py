@@ -71,16 +71,9 @@ def _annotations(spec: str | None, split: str, ids: list[str], size: tuple[int, 
         vals = [found[k].get(key) for k in range(len(ids))]
         if all(v is None for v in vals):
             return None
-        out = []
-        for v in vals:
-            t = torch.zeros(size, dtype=torch.bool) if v is None else torch.as_tensor(v).bool()
-            t = t[None] if t.ndim == 2 else t
-            if tuple(t.shape[-2:]) != tuple(size):
-                raise DataError(spec, f"{key} of size {tuple(t.shape[-2:])} does not match the maps {tuple(size)}")
-            out.append(t)
-        k = max(t.shape[0] for t in out)
-        out = [t.expand(k, *size) if t.shape[0] == 1 else t for t in out]
-        s = torch.stack(out)
+        from medxai.data.datasets import stack_masks
+
+        s = stack_masks(vals, size, key, where=spec)
         return s[:, 0] if ndim3 else s
 
     return {"masks": stack("mask", False), "shortcut_masks": stack("shortcut_mask", True)}

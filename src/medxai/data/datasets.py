@@ -27,7 +27,7 @@ from medxai.errors import ConfigError, DataError
 
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
 
-__all__ = ["ArrayDataset", "ImageDataset", "SyntheticDataset", "open_dataset"]
+__all__ = ["ArrayDataset", "ImageDataset", "SyntheticDataset", "open_dataset", "stack_masks"]
 
 
 def _is_dir(path: Path) -> bool:
@@ -52,6 +52,20 @@ def _finish(item: dict[str, Any], size: int | None, transform: Transform | None)
     if transform is not None:
         item = transform(item)
     return item
+
+
+def stack_masks(vals: list[Any], size: tuple[int, int], key: str = "mask", where: Any = None) -> torch.Tensor:
+    """Masks of several items -> bool (N, K, H, W): a missing mask (None) is all False, a (H, W) or
+    (1, H, W) mask is broadcast to the largest K; a size other than ``size`` is a DataError on ``where``."""
+    ts = []
+    for v in vals:
+        t = torch.zeros(size, dtype=torch.bool) if v is None else torch.as_tensor(v).bool()
+        t = t[None] if t.ndim == 2 else t
+        if tuple(t.shape[-2:]) != tuple(size):
+            raise DataError(where, f"{key} of size {tuple(t.shape[-2:])} does not match the images {tuple(size)}")
+        ts.append(t)
+    k = max(t.shape[0] for t in ts)
+    return torch.stack([t.expand(k, *size) if t.shape[0] == 1 else t for t in ts])
 
 
 def _stack_labels(labels: list[Any], task: str, k: int) -> np.ndarray:

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from medxai._util.validate import check_images
+from medxai.data.datasets import stack_masks
 from medxai.distributed.env import DistInfo, barrier, broadcast_object, gather_objects, setup
 from medxai.distributed.store import MapStore, fingerprint
 from medxai.errors import ConfigError, DataError, MedxaiError
@@ -102,19 +103,6 @@ def _items(dataset: Dataset, start: int, stop: int) -> list[dict[str, Any]]:
     return out
 
 
-def _stack_masks(vals: list[Any], size: tuple[int, int], key: str) -> torch.Tensor:
-    ts = []
-    for v in vals:
-        t = torch.zeros(size, dtype=torch.bool) if v is None else torch.as_tensor(v).bool()
-        t = t[None] if t.ndim == 2 else t
-        if tuple(t.shape[-2:]) != tuple(size):
-            raise DataError(None, f"{key} of size {tuple(t.shape[-2:])} does not match the images {tuple(size)}")
-        ts.append(t)
-    k = max(t.shape[0] for t in ts)
-    ts = [t.expand(k, *size) if t.shape[0] == 1 else t for t in ts]
-    return torch.stack(ts).to(torch.uint8)
-
-
 def _targets(model: nn.Module, x: torch.Tensor, rule: str | int, labels: list[Any]) -> torch.Tensor:
     if rule == "pred":
         with torch.no_grad():
@@ -184,9 +172,10 @@ def explain_shard(models: Mapping[str, nn.Module], dataset: Dataset, methods: Ma
     if labels and sum(len(v) for v in labels) == stop - start:
         tensors["labels"] = torch.cat(labels)
     if has_mask:
-        tensors["masks"] = torch.cat([_stack_masks(v, size, "mask") for v in masks])
+        tensors["masks"] = torch.cat([stack_masks(v, size, "mask").to(torch.uint8) for v in masks])
     if has_shortcut:
-        tensors["shortcut_masks"] = torch.cat([_stack_masks(v, size, "shortcut_mask")[:, 0] for v in shortcuts])
+        tensors["shortcut_masks"] = torch.cat([stack_masks(v, size, "shortcut_mask")[:, 0].to(torch.uint8)
+                                               for v in shortcuts])
     return tensors, {"ids": ids}
 
 

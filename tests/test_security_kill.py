@@ -5,8 +5,9 @@ each child runs the real command line (``medxai train --config CFG --out RUN [--
 study written to disk, so no import time is paid per kill. The driver SIGKILLs the child after a
 seeded random moment (after a random number of finished epochs, plus a random fraction of an
 epoch's time), checks that every JSON and safetensors file of the run folder parses (a torn file
-fails), resumes (or restarts when the kill came before the first checkpoint), and at the end compares every tensor of each final
-``last.safetensors`` / ``best.safetensors`` bitwise with the uninterrupted run's.
+fails), resumes (or restarts when the kill came before the first checkpoint), and at the end
+compares every tensor of each final ``last.safetensors`` / ``best.safetensors`` bitwise with the
+uninterrupted run's.
 """
 
 from __future__ import annotations

@@ -146,3 +146,35 @@ def test_explainers_and_gradient_chunks_adapt_to_out_of_memory(caplog):
                 again = explainer.attribute(x, t)
             torch.testing.assert_close(again, ref, atol=1e-6, rtol=1e-5)
             assert max(model.sizes) <= limit and not _oom_warnings(caplog), name
+
+
+def test_cpu_model_calls_are_cache_sized_by_default():
+    """On CPU the engine and the gradient methods call the model on at most CPU_MAX_BATCH images
+    and CPU_CHUNK_BYTES of input per call (a budget-sized batch of thousands of images ran 2x slower),
+    unless ``batch_size`` / ``internal_batch_size`` says otherwise; the outputs do not change."""
+    from medxai.explain import IntegratedGradients
+    from medxai.explain.engine import CPU_CHUNK_BYTES, CPU_MAX_BATCH, model_batch_for
+
+    sizes: list[int] = []
+    model = _model().eval()
+    model.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
+    small = torch.rand(5, 3, 8, 8)  # 768 B per image: the count cap binds
+    big = torch.rand(1, 3, 512, 512)  # 3 MiB per image: the byte cap binds (1 image per call)
+    assert model_batch_for(small) == CPU_MAX_BATCH == 64
+    assert model_batch_for(torch.rand(1, 3, 256, 256)) == CPU_CHUNK_BYTES // (3 * 256 * 256 * 4) == 5
+    assert model_batch_for(big) == 1
+
+    out = perturbed_outputs(model, small, 40, lambda si, pi: small[si] * (pi[:, None, None, None] % 3 > 0), None)
+    assert sizes == [64, 64, 64, 8]  # 200 perturbed images
+    sizes.clear()
+    ref = perturbed_outputs(model, small, 40, lambda si, pi: small[si] * (pi[:, None, None, None] % 3 > 0), None,
+                            batch_size=200)
+    assert sizes == [200]
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+
+    sizes.clear()
+    IntegratedGradients(model, n_steps=30).attribute(small, torch.tensor([0, 1, 2, 3, 4]))  # 150 path points
+    assert sizes == [1, 64, 64, 22], sizes  # a one-image probe of the autograd memory, then the path
+    sizes.clear()
+    IntegratedGradients(model, n_steps=30, internal_batch_size=150).attribute(small, torch.tensor([0, 1, 2, 3, 4]))
+    assert sizes == [150]

@@ -25,6 +25,11 @@ from medxai.explain.base import select_output
 MakeInputs = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes of perturbed input per chunk
+#: on CPU a model call runs fastest on batches whose activations stay in cache: at most this many
+#: images, and at most CPU_CHUNK_BYTES of input, per call (measured: small-cnn at 64 px 1.9k img/s
+#: at batch 32-64 vs 0.9k at 1024; resnet18 at 128 px 146 img/s at 16 vs 99 at 320)
+CPU_MAX_BATCH = 64
+CPU_CHUNK_BYTES = 4 * 2**20
 
 log = logging.getLogger("medxai.explain")
 
@@ -81,6 +86,16 @@ def chunk_size_for(x: torch.Tensor, memory_budget: int = DEFAULT_MEMORY_BUDGET,
     per_image = x[0].numel() * x.element_size() * max(factor, 1.0)
     n = max(1, int(memory_budget // per_image))
     return min(n, max_batch) if max_batch else n
+
+
+def model_batch_for(x: torch.Tensor, memory_budget: int = DEFAULT_MEMORY_BUDGET, factor: float = 1.0) -> int:
+    """Images of ``x``'s shape per model call by default: the memory budget's count, and on CPU at
+    most ``CPU_MAX_BATCH`` images and ``CPU_CHUNK_BYTES`` bytes of input (cache-sized batches are
+    faster there; on a GPU the largest batch that fits is)."""
+    n = chunk_size_for(x, memory_budget, factor=factor)
+    if x.device.type == "cpu":
+        n = min(n, CPU_MAX_BATCH, max(1, CPU_CHUNK_BYTES // (x[0].numel() * x.element_size())))
+    return n
 
 
 def sample_runs(si: torch.Tensor) -> list[tuple[int, slice]]:
@@ -152,7 +167,7 @@ def perturbed_outputs(
         make_inputs: builds the perturbed inputs for flat (sample, perturbation) index pairs.
         targets: None -> all outputs (B, P, K); (B,) -> (B, P); (B, T) -> (B, P, T).
         output: "logit" | "softmax" | "sigmoid".
-        batch_size: images per model call; default from ``memory_budget``.
+        batch_size: images per model call; default ``model_batch_for(x, memory_budget)``.
 
     Returns:
         Outputs on ``x.device`` in ``x.dtype``.
@@ -162,7 +177,7 @@ def perturbed_outputs(
     b = x.shape[0]
     if n_perturb < 1:
         raise InputError(f"n_perturb must be >= 1, got {n_perturb}")
-    chunk = batch_size or chunk_size_for(x, memory_budget)
+    chunk = batch_size or model_batch_for(x, memory_budget)
     total = b * n_perturb
     dev = x.device
     result: torch.Tensor | None = None

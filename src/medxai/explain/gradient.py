@@ -18,7 +18,7 @@ from torch import nn
 from medxai._util.validate import as_targets, check_images
 from medxai.errors import InputError
 from medxai.explain.base import Attribution, preserve_model, resolve_targets, select_output
-from medxai.explain.engine import for_chunks
+from medxai.explain.engine import for_chunks, model_batch_for
 from medxai.explain.registry import REGISTRY
 
 __all__ = ["GuidedBackprop", "InputXGradient", "Saliency", "SmoothGrad", "guided_relus"]
@@ -184,8 +184,11 @@ class _ChunkSizer:
             return self._cache[key]
         if self.internal_batch_size is not None:
             return self.internal_batch_size
-        self._cache[key] = max(1, int(self.memory_budget // saved_bytes_per_image(model, x[:1])))
-        return self._cache[key]
+        n = max(1, int(self.memory_budget // saved_bytes_per_image(model, x[:1])))
+        if x.device.type == "cpu":  # cache-sized batches run faster on CPU (engine.model_batch_for)
+            n = min(n, model_batch_for(x[:1]))
+        self._cache[key] = n
+        return n
 
     def settle(self, x: torch.Tensor, used: int) -> None:
         """Remember a chunk size that ``for_chunks`` had to lower after running out of memory."""

@@ -178,3 +178,26 @@ def test_cpu_model_calls_are_cache_sized_by_default():
     sizes.clear()
     IntegratedGradients(model, n_steps=30, internal_batch_size=150).attribute(small, torch.tensor([0, 1, 2, 3, 4]))
     assert sizes == [150]
+
+
+def test_input_buffer_is_channels_last_on_cpu_only_for_convolutional_models():
+    """NHWC helps oneDNN convolutions but costs ~3x to fill: default only for models with a Conv2d."""
+    from medxai.explain import Lime
+    from medxai.explain.engine import InputBuffer
+
+    x = torch.rand(2, 3, 16, 16)
+    conv, linear = _model().eval(), nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 5)).eval()
+    assert InputBuffer(x, None, conv)(4).is_contiguous(memory_format=torch.channels_last)
+    assert InputBuffer(x, None, linear)(4).is_contiguous()
+    assert not InputBuffer(x, None, linear)(4).is_contiguous(memory_format=torch.channels_last)
+    assert InputBuffer(x, True, linear)(4).is_contiguous(memory_format=torch.channels_last)
+    assert InputBuffer(x, False, conv)(4).is_contiguous()
+    seen: list[bool] = []
+    linear[0].register_forward_pre_hook(
+        lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    segs = torch.arange(16).repeat_interleave(16).reshape(1, 16, 16).expand(2, -1, -1) // 64  # 4 stripes
+    w_default = Lime(linear, num_samples=30).attribute(x, torch.tensor([0, 3]), segments=segs)
+    assert seen and not any(seen)
+    w_nhwc = Lime(linear, num_samples=30, channels_last=True).attribute(x, torch.tensor([0, 3]), segments=segs)
+    assert any(seen)
+    torch.testing.assert_close(w_default, w_nhwc, atol=1e-5, rtol=1e-4)

@@ -118,14 +118,17 @@ class InputBuffer:
 
     Reusing one buffer across chunks avoids re-faulting fresh pages for every chunk (several ms per
     chunk of 64 images at 128 px on CPU). Safe because the engine consumes each chunk's outputs
-    before it asks for the next inputs. ``channels_last`` (None: on CPU) lays the batch out NHWC,
-    which oneDNN convolutions run faster than NCHW (same values up to float rounding).
+    before it asks for the next inputs. ``channels_last`` lays the batch out NHWC, which oneDNN
+    convolutions run faster than NCHW (same values up to float rounding); None: on CPU when
+    ``model`` has a 2-D convolution (or is not given). Filling an NHWC buffer costs about 3x an NCHW
+    one, so a model without convolutions (nothing to gain) gets NCHW.
     """
 
-    def __init__(self, x: torch.Tensor, channels_last: bool | None = None) -> None:
+    def __init__(self, x: torch.Tensor, channels_last: bool | None = None, model: nn.Module | None = None) -> None:
         self.x, self.buf = x, None
         if channels_last is None:
-            channels_last = x.device.type == "cpu"
+            channels_last = x.device.type == "cpu" and (
+                model is None or any(isinstance(m, nn.Conv2d) for m in model.modules()))
         self.fmt = torch.channels_last if channels_last and x.ndim == 4 else torch.contiguous_format
 
     def __call__(self, n: int) -> torch.Tensor:

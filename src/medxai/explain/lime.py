@@ -188,7 +188,8 @@ class Lime(Attribution):
         kernel_width: 0.25 (lime). alpha: ridge penalty, 1 (lime).
         seed: seed of the perturbation matrix (a per-call ``seed=`` overrides it).
         output: "softmax" (default, lime explains probabilities), "sigmoid" or "logit".
-        batch_size / memory_budget: images per model call; channels_last: NHWC batches (None: on CPU).
+        batch_size / memory_budget: images per model call.
+        channels_last: NHWC batches (None: on CPU for a model with convolutions).
     ``explain_superpixels`` returns a :class:`LimeResult` with weights, intercept, local
     prediction and fit score; ``perturbations=`` (N, F) or (B, N, F) binary fixes the matrix.
     """
@@ -253,7 +254,7 @@ class Lime(Attribution):
         z_on = z.to(x.dtype)
         z_off = 1 - z_on
 
-        buffer = InputBuffer(x, self.channels_last)
+        buffer = InputBuffer(x, self.channels_last, self.model)
 
         def make(si: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
             out = buffer(len(si))

@@ -76,7 +76,7 @@ class Occlusion(Attribution):
         output: what is explained: "logit" (default, like captum on a logit model), "softmax",
             "sigmoid".
         batch_size / memory_budget: images per model call (default from the memory budget).
-        channels_last: lay perturbed batches out NHWC (None: on CPU, where convolutions run faster).
+        channels_last: lay perturbed batches out NHWC (None: on CPU for a model with convolutions, which run faster so).
     """
 
     name = "occlusion"
@@ -126,7 +126,7 @@ class Occlusion(Attribution):
         f = x.dtype
         cc_f, ch_f, cw_f = cc.to(f), ch.to(f), cw.to(f)
 
-        buffer = InputBuffer(x, self.channels_last)
+        buffer = InputBuffer(x, self.channels_last, self.model)
 
         def make(si: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
             p = (pi - 1).clamp(min=0)  # perturbation 0 is the clean image

@@ -76,7 +76,7 @@ class RISE(Attribution):
         seed: mask seed. output: "softmax" (default: the paper weights masks by the class
             probability), "sigmoid" or "logit".
         batch_size / memory_budget: images per model call.
-        channels_last: lay perturbed batches out NHWC (None: on CPU, where convolutions run faster).
+        channels_last: lay perturbed batches out NHWC (None: on CPU for a model with convolutions, which run faster so).
     """
 
     name = "rise"
@@ -95,7 +95,7 @@ class RISE(Attribution):
         masks = RiseMasks(self.n_masks, (h, w), s=self.s, p=self.p, seed=self.seed if seed is None else seed,
                           device=x.device, dtype=x.dtype)
 
-        buffer = InputBuffer(x, self.channels_last)
+        buffer = InputBuffer(x, self.channels_last, self.model)
 
         def make(si: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
             out = buffer(len(si))

@@ -1,21 +1,22 @@
 """ViT attention explanations: raw attention, rollout, Chefer 2021b, Chefer 2021a (LRP), ViT Grad-CAM.
 
-References written here, one image at a time: forward hooks on the explicit attention path (the
-Dropout after the softmax receives the probabilities), gradients by ``Tensor.register_hook`` and
-``backward()`` as the reference code does, full N x N rollout matrices, and for Chefer 2021a an
-autograd-based LRP in the style of Chefer's ``layers_ours.py`` (``gradprop``: x * d(z)/d(x) . s)
-fed by hooks on the model's own modules. The trained-model test learns the synthetic skin-lesion
-study (lesions rolled off-centre) with a 2-block patch-4 ViT at 32 px and scores the maps against
-the lesion masks, next to an untrained model and a centre prior.
+References, one image at a time (``benchmarks/_vit_reference.py``, also the benchmark's peers):
+forward hooks on the explicit attention path (the Dropout after the softmax receives the
+probabilities), gradients by ``Tensor.register_hook`` and ``backward()`` as the reference code
+does, full N x N rollout matrices, and for Chefer 2021a an autograd-based LRP in the style of
+Chefer's ``layers_ours.py`` (``gradprop``: x * d(z)/d(x) . s) fed by hooks on the model's own
+modules. The trained-model test learns the synthetic skin-lesion study (lesions rolled off-centre)
+with a 2-block patch-4 ViT at 32 px and scores the maps against the lesion masks, next to an
+untrained model and a centre prior.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import time
-from contextlib import contextmanager
+from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,10 @@ from medxai.explain import (
     vit_lrp,
 )
 from medxai.models.vit import Attention
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import _vit_reference as R
+from benchmarks._vit_reference import explicit_probs, fuse
 
 torch.set_num_threads(1)
 
@@ -69,34 +74,7 @@ def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> None:
 
 
 # --------------------------------------------------------------------------- reference implementations
-
-@contextmanager
-def explicit_probs(model, grads: list | None = None):
-    """Hooks on each block's attention Dropout (explicit path): its input is softmax(q k^T / s).
-    With ``grads`` the probabilities' gradients are saved by tensor hooks (the reference code)."""
-    mods = [m for m in model.modules() if isinstance(m, Attention)]
-    store: list = []
-
-    def hook(_m, inp, _out):
-        store.append(inp[0])
-        if grads is not None:
-            i = len(store) - 1
-            inp[0].register_hook(lambda g, i=i: grads.__setitem__(i, g))
-
-    handles = [a.attn_drop.register_forward_hook(hook) for a in mods]
-    for a in mods:
-        a.fused_attn = False
-    try:
-        yield store
-    finally:
-        for h in handles:
-            h.remove()
-        for a in mods:
-            a.fused_attn = True
-
-
-def _fuse(a, how):
-    return {"mean": a.mean(0), "max": a.max(0).values, "min": a.min(0).values}[how]
+# one image at a time, in the papers' code's way: benchmarks/_vit_reference.py (also the benchmark's peers)
 
 
 def _up(row, model, size, mode):
@@ -111,183 +89,23 @@ def _up(row, model, size, mode):
 def ref_raw(model, x1, layer=-1, fusion="mean", mode="bilinear"):
     with explicit_probs(model) as st, torch.no_grad():
         model(x1)
-    a = _fuse(st[layer][0], fusion)
+    a = fuse(st[layer][0], fusion)
     return _up(a[0, model.num_prefix_tokens:], model, x1.shape[-1], mode)
 
 
 def ref_rollout(model, x1, fusion="mean", discard=0.0, start=0, mode="bilinear"):
-    with explicit_probs(model) as st, torch.no_grad():
-        model(x1)
-    n = st[0].shape[-1]
-    eye = torch.eye(n, dtype=x1.dtype)
-    r = eye.clone()
-    for a in st[start:]:
-        a = _fuse(a[0], fusion).clone()
-        k = int(n * n * discard)
-        if k:
-            flat = a.view(-1)
-            order = np.argsort(flat.numpy(), kind="stable")[:k]
-            order = order[order != 0]  # the [CLS, CLS] entry is kept (jacobgil)
-            flat[torch.as_tensor(order)] = 0
-        b = a + eye
-        b = b / b.sum(dim=-1, keepdim=True)
-        r = b @ r
-    return _up(r[0, model.num_prefix_tokens:], model, x1.shape[-1], mode)
-
-
-def _reference_backward(model, x1, target, output="logit"):
-    """The reference code's way: params require grad, one_hot * output summed, backward()."""
-    grads: dict = {}
-    for p in model.parameters():
-        p.requires_grad_(True)
-    with explicit_probs(model, grads) as st:
-        out = model(x1)
-        if output == "softmax":
-            out = out.softmax(-1)
-        one_hot = torch.zeros_like(out)
-        one_hot[0, target] = 1
-        model.zero_grad()
-        (one_hot * out).sum().backward()
-    model.zero_grad(set_to_none=True)
-    return [a.detach()[0] for a in st], [grads[i][0] for i in range(len(st))]
+    return _up(R.rollout_row(model, x1, fusion, discard, start), model, x1.shape[-1], mode)
 
 
 def ref_generic(model, x1, target, mode="bilinear", output="logit"):
-    attns, grads = _reference_backward(model, x1, target, output)
-    n = attns[0].shape[-1]
-    r = torch.eye(n, dtype=x1.dtype)
-    for a, g in zip(attns, grads, strict=True):
-        cam = (g * a).clamp(min=0).mean(dim=0)
-        r = r + cam @ r
-    return _up(r[0, model.num_prefix_tokens:], model, x1.shape[-1], mode)
-
-
-# ---- Chefer 2021a in the style of layers_ours.py: autograd gradprop on recomputed forwards
-
-def _sdiv(a, b):
-    return torch.where(b == 0, torch.zeros_like(a), a / torch.where(b == 0, torch.ones_like(b), b))
-
-
-def _gradprop(z, xs, s):
-    return torch.autograd.grad(z, xs, s, retain_graph=True)
-
-
-def rp_linear(x, w, r):
-    """alpha = 1, beta = 0 (the inhibitor term vanishes), no bias."""
-    px = x.clamp(min=0).detach().requires_grad_(True)
-    nx = x.clamp(max=0).detach().requires_grad_(True)
-    pw, nw = w.clamp(min=0), w.clamp(max=0)
-    z1, z2 = F.linear(px, pw), F.linear(nx, nw)
-    s = _sdiv(r, z1 + z2)
-    return px * _gradprop(z1, px, s)[0] + nx * _gradprop(z2, nx, s)[0]
-
-
-def rp_simple(fn, xs, r):
-    xs = [x.detach().requires_grad_(True) for x in xs]
-    with torch.enable_grad():
-        z = fn(*xs)
-    c = _gradprop(z, xs, _sdiv(r, z))
-    return [x.detach() * ci for x, ci in zip(xs, c, strict=True)]
-
-
-def rp_add(x0, x1, r):
-    a, b = rp_simple(torch.add, [x0, x1], r)
-    sa, sb = a.sum(), b.sum()
-    fa = _sdiv(sa.abs(), sa.abs() + sb.abs()) * r.sum()
-    fb = _sdiv(sb.abs(), sa.abs() + sb.abs()) * r.sum()
-    return a * _sdiv(fa, sa), b * _sdiv(fb, sb)
-
-
-def rp_clone(x, rs):
-    xl = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        zs = [xl * 1 for _ in rs]
-    c = _gradprop(zs, xl, [_sdiv(r, z.detach()) for r, z in zip(rs, zs, strict=True)])[0]
-    return x.detach() * c
-
-
-def rp_conv_zb(xn, w, r, lo, hi, p):
-    """Chefer's Conv2d.relprop for the first layer, via autograd of conv2d."""
-    xs = [t.detach().clone().requires_grad_(True) for t in (xn, torch.full_like(xn, lo), torch.full_like(xn, hi))]
-    pw, nw = w.clamp(min=0), w.clamp(max=0)
-    with torch.enable_grad():
-        za = F.conv2d(xs[0], w, stride=p) - F.conv2d(xs[1], pw, stride=p) - F.conv2d(xs[2], nw, stride=p)
-    c = _gradprop(za, xs, _sdiv(r, za))
-    return sum(x.detach() * ci for x, ci in zip(xs, c, strict=True))
+    return _up(R.generic_row(model, x1, target, output), model, x1.shape[-1], mode)
 
 
 def ref_lrp(model, x1, target, start=0):
     """One image: (map on the grid, per-block R_A (heads, N, N), pixel relevance (C, H, W))."""
-    rec: dict = {}
-    hs = []
-    blocks = list(model.blocks)
-
-    def keep(name, which="out"):
-        def hook(_m, inp, out):
-            rec[name] = (inp[0] if which == "in" else out).detach()
-        return hook
-
-    for i, blk in enumerate(blocks):
-        hs.append(blk.register_forward_pre_hook(lambda _m, inp, i=i: rec.__setitem__(f"x{i}", inp[0].detach())))
-        hs.append(blk.norm1.register_forward_hook(keep(f"n1{i}")))
-        hs.append(blk.attn.qkv.register_forward_hook(keep(f"qkv{i}")))
-        hs.append(blk.attn.proj.register_forward_hook(keep(f"ctx{i}", "in")))
-        hs.append(blk.ls1.register_forward_hook(keep(f"ya{i}")))
-        hs.append(blk.norm2.register_forward_hook(keep(f"n2{i}")))
-        hs.append(blk.mlp.fc2.register_forward_hook(keep(f"hid{i}", "in")))
-        hs.append(blk.ls2.register_forward_hook(keep(f"ym{i}")))
-    hs.append(model.head.register_forward_hook(keep("z", "in")))
-    hs.append(model.patch_embed.proj.register_forward_hook(keep("xn", "in")))
-    hs.append(model.patch_embed.register_forward_hook(keep("tok")))
-    try:
-        attns, grads = _reference_backward(model, x1, target)
-    finally:
-        for h in hs:
-            h.remove()
-    heads = blocks[0].attn.num_heads
-    r = torch.zeros(1, model.head.out_features, dtype=x1.dtype)
-    r[0, target] = 1
-    r = rp_linear(rec["z"], model.head.weight, r)
-    n = attns[0].shape[-1]
-    rt = torch.zeros(1, n, r.shape[-1], dtype=x1.dtype)
-    rt[:, 0] = r  # IndexSelect (CLS pooling); the final LayerNorm passes relevance through
-    r_attn = [None] * len(blocks)
-    for i in reversed(range(len(blocks))):
-        blk = blocks[i]
-        x, ya, ym = rec[f"x{i}"], rec[f"ya{i}"], rec[f"ym{i}"]
-        r1, r2 = rp_add(x + ya, ym, rt)
-        r2 = rp_linear(rec[f"hid{i}"], blk.mlp.fc2.weight, r2)
-        r2 = rp_linear(rec[f"n2{i}"], blk.mlp.fc1.weight, r2)
-        rt = rp_clone(x + ya, [r1, r2])
-        r1, r2 = rp_add(x, ya, rt)
-        r2 = rp_linear(rec[f"ctx{i}"], blk.attn.proj.weight, r2)
-        r2 = r2.reshape(1, n, heads, -1).permute(0, 2, 1, 3)  # b n (h d) -> b h n d
-        q, k, v = rec[f"qkv{i}"].reshape(1, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
-        a = attns[i][None]
-        ra, rv = rp_simple(lambda a_, v_: torch.einsum("bhij,bhjd->bhid", a_, v_), [a, v], r2)
-        ra, rv = ra / 2, rv / 2
-        r_attn[i] = ra[0]
-        rq, rk = rp_simple(lambda q_, k_: torch.einsum("bhid,bhjd->bhij", q_, k_), [q, k], ra)
-        rq, rk = rq / 2, rk / 2
-        rqkv = torch.stack([rq, rk, rv]).permute(1, 3, 0, 2, 4).reshape(1, n, -1)
-        r2 = rp_linear(rec[f"n1{i}"], blk.attn.qkv.weight, rqkv)
-        rt = rp_clone(x, [r1, r2])
-    # embedding: cat(cls, tokens) + pos, then the patch projection (z^B, data bounds)
-    p = model.num_prefix_tokens
-    cat = torch.cat([model.cls_token.detach(), rec["tok"]], 1) if p == 1 else None
-    r_cat, _ = rp_add(cat, model.pos_embed.detach(), rt)
-    r_tok = r_cat[:, p:]
-    g = math.isqrt(n - p)
-    r_grid = r_tok.transpose(1, 2).reshape(1, -1, g, g)
-    xn = rec["xn"]
-    pix = rp_conv_zb(xn, model.patch_embed.proj.weight.detach(), r_grid, xn.min(), xn.max(), model.patch_size)
-    # rollout of (cam + I) as compute_rollout_attention
-    eye = torch.eye(n, dtype=x1.dtype)
-    joint = None
-    for i in range(start, len(blocks)):
-        cam = (grads[i] * r_attn[i]).clamp(min=0).mean(dim=0) + eye
-        joint = cam if joint is None else cam @ joint
-    return joint[0, p:].reshape(1, g, g), r_attn, pix[0]
+    row, r_attn, pix = R.lrp(model, x1, target, start)
+    g = math.isqrt(row.numel())
+    return row.reshape(1, g, g), r_attn, pix
 
 
 # --------------------------------------------------------------------------- raw attention, rollout, 2021b

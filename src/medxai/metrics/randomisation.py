@@ -14,7 +14,7 @@ global RNG, which is left untouched.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -233,12 +233,7 @@ def model_randomisation(model: nn.Module, explainer: Explainer, x: torch.Tensor,
         rows_a, rows, rows_s = [], [], []
         with restore_on_exit(model):
             for _, members in steps:
-                if order == "independent":
-                    with restore_on_exit(model):
-                        for name, module in members:
-                            _reinit(name, module, seed)
-                        maps = _explain(explainer, model, x, target, kw)
-                else:
+                with restore_on_exit(model) if order == "independent" else nullcontext():
                     for name, module in members:
                         _reinit(name, module, seed)
                     maps = _explain(explainer, model, x, target, kw)

@@ -20,11 +20,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/medxai demo
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -q
 
+# ruff, then the import layers of pyproject.toml's [tool.importlinter] (an upward import fails)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
 
 # every comparison at full size (~20 min on 2 cores): benchmarks/results/*.json and docs/benchmarks.md
 bench: $(STAMP)

@@ -265,7 +265,7 @@ def test_bad_input_is_refused_with_clear_errors(tmp_path):
 # ----------------------------------------------------------------------------- sampler and environment
 def test_sharded_sampler_splits_the_single_process_order():
     from medxai.distributed import DistInfo
-    from medxai.distributed.training import ShardedSampler
+    from medxai.train.ddp import ShardedSampler
 
     ds = list(range(11))
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from _train_helpers import tiny_net
 from medxai.errors import CheckpointError
 from medxai.train import load_run, read_checkpoint, save_checkpoint
-from medxai.train.checkpoint import pack, unpack, write_model_json
+from medxai.runs import pack, unpack, write_model_json
 
 
 def test_pack_unpack_round_trip_is_exact():

@@ -7,6 +7,10 @@ from pathlib import Path
 
 import typer
 
+from medxai._util.progress import progress, set_quiet
+
+__all__ = ["app", "progress", "run_names", "state"]
+
 
 @dataclass
 class State:
@@ -32,30 +36,8 @@ def _root(
 ) -> None:
     """medxai: is the model robust, and do its explanations point at the pathology?"""
     state.quiet = quiet
+    set_quiet(quiet)
     state.debug = debug
-
-
-def progress(**kw):
-    """A rich progress display that respects --quiet."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=state.quiet,
-        transient=False,
-        **kw,
-    )
 
 
 def run_names(runs: list[Path]) -> list[str]:

@@ -28,7 +28,7 @@ CORRUPTION_METRICS = {
 
 
 def _load_runs(runs: list[Path], device: Any) -> list[tuple[str, Any, Any]]:
-    from medxai.train import load_run
+    from medxai.runs import load_run
 
     return [(name, *load_run(r, device=device)) for name, r in zip(run_names(runs), runs, strict=True)]
 

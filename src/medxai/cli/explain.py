@@ -93,7 +93,7 @@ def explain(
     from medxai._util.io import atomic_write_json, save_safetensors
     from medxai.explain import REGISTRY, grid
     from medxai.explain import explain as explain_fn
-    from medxai.train import load_run
+    from medxai.runs import load_run
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     if not names:

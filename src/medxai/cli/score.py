@@ -142,7 +142,7 @@ def score(
         if not need_model:
             return None
         if rname not in models:
-            from medxai.train import load_run
+            from medxai.runs import load_run
 
             path = run_dirs.get(rname) or (Path(info["runs"][rname]["dir"]) if rname in info.get("runs", {}) else None)
             models[rname] = load_run(path, device=dev)[0] if path is not None and path.exists() else None

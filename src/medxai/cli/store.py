@@ -1,4 +1,203 @@
-"""``medxai store explain | score | info``: dataset-scale explanations and scores in a sharded,
-resumable store, one shard per rank under torchrun (the commands live in ``medxai.distributed.cli``)."""
+"""``medxai store explain | score | info``: dataset-scale explanations and scores in a resumable
+store, under torchrun or in one process (the `store` sub-app of the `medxai` command line).
 
-from medxai.distributed import cli as _store_cli  # noqa: F401  (registers the commands on the app)
+    torchrun --nproc_per_node=4 --no-python -- medxai store explain --run runs/std --data DATA \\
+        --methods saliency,gradcam --store maps/
+    torchrun --nproc_per_node=4 --no-python -- medxai store score --store maps/ --metrics pointing_game,energy
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from medxai.cli._app import app, run_names, state
+from medxai.errors import ConfigError, DataError
+
+store_app = typer.Typer(help="Explain and score whole datasets into a chunked, resumable store (torchrun-ready).",
+                        no_args_is_help=True)
+app.add_typer(store_app, name="store")
+
+DEFAULT_METRICS = "pointing_game,energy_pointing_game,relevance_rank_accuracy,mask_auroc,sparseness,total_variation"
+
+
+def _open(data: str, split: str, size: int | None, n: int | None) -> Any:
+    from medxai.data import open_dataset
+
+    kw: dict[str, Any] = {"split": split}
+    if size is not None:
+        kw["size"] = size
+    ds = open_dataset(data, **kw)
+    if len(ds) == 0:
+        raise ConfigError(f"dataset {data!r} split {split!r} is empty")
+    return _head(ds, n) if n is not None else ds
+
+
+def _head(data: Any, n: int) -> Any:
+    """The first ``n`` items of a dataset (keeping ``ids`` for the store's fingerprint)."""
+    from torch.utils.data import Dataset
+
+    class Head(Dataset):
+        def __init__(self) -> None:
+            self.n = min(n, len(data))
+            ids = getattr(data, "ids", None)
+            self.ids = list(ids)[: self.n] if ids is not None else None
+
+        def __len__(self) -> int:
+            return self.n
+
+        def __getitem__(self, i: int) -> Any:
+            if not 0 <= i < self.n:
+                raise IndexError(i)
+            return data[i]
+
+    return Head()
+
+
+def _echo(msg: str) -> None:
+    from medxai.distributed import current
+
+    if not state.quiet and current().is_main:
+        typer.echo(msg)
+
+
+@store_app.command("explain")
+def store_explain(
+    run: list[Path] = typer.Option(..., "--run", help="A training run directory (repeat for several models)."),
+    data: str = typer.Option(..., "--data", help="Dataset spec for medxai.data.open_dataset (path or YAML)."),
+    store: Path = typer.Option(..., "--store", help="Store folder (created; a rerun completes it)."),
+    methods: str = typer.Option("saliency,gradcam", "--methods", help="Comma-separated method names."),
+    split: str = typer.Option("test", "--split", help="Dataset split."),
+    n: int | None = typer.Option(None, "--n", min=1, help="Only the first n images (default: all)."),
+    size: int | None = typer.Option(None, "--size", help="Image size (default: the first run's)."),
+    target: str = typer.Option("pred", "--target", help="pred (each model's prediction), label, or a class index."),
+    output: str | None = typer.Option(None, "--output", help="Explain logit / softmax / sigmoid (default: each "
+                                      "method's own)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images explained per call."),
+    shard_size: int = typer.Option(256, "--shard-size", min=1, help="Images per shard file (the unit of resume)."),
+    dtype: str = typer.Option("float16", "--dtype", help="Stored maps: float16, bfloat16 or float32."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda... (default: this rank's GPU if any)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store of another configuration."),
+) -> None:
+    """Explain every image of a dataset split with several models and methods into a sharded store."""
+    from medxai.distributed import explain_dataset, setup
+    from medxai.explain import REGISTRY
+    from medxai.runs import load_run
+
+    info = setup()
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    if not names:
+        raise ConfigError("--methods is empty")
+    for m in names:
+        REGISTRY.get(m)
+    import torch
+
+    dev = torch.device(device) if device else (torch.device("cuda", info.local_rank) if torch.cuda.is_available()
+                                               else torch.device("cpu"))
+    loaded = [load_run(r, device=dev) for r in run]
+    names_of_runs = run_names(run)
+    if size is None:
+        meta_size = loaded[0][1].meta.get("image_size")
+        size = int(meta_size[0]) if isinstance(meta_size, (list, tuple)) and meta_size else None
+    ds = _open(data, split, size, n)
+    kw = {} if output is None else {"output": output}
+    res = explain_dataset({nm: m for nm, (m, _) in zip(names_of_runs, loaded, strict=True)}, ds,
+                          {m: dict(kw) for m in names}, store, target=target, batch_size=batch_size,
+                          shard_size=shard_size, dtype=dtype, device=dev, overwrite=overwrite,
+                          progress=not state.quiet,
+                          config={"data": data, "split": split, "size": size, "n": n,
+                                  "run_dirs": {nm: str(r) for nm, r in zip(names_of_runs, run, strict=True)},
+                                  "class_names": {nm: ri.class_names for nm, (_, ri) in zip(names_of_runs, loaded,
+                                                                                             strict=True)}})
+    _echo(f"store {store}: {len(ds)} images in {res.n_shards} shard(s); computed {len(res.computed)}, "
+          f"already there {len(res.skipped)} ({res.world_size} process(es), {res.seconds:.1f}s)")
+
+
+def _options(text: str | None) -> dict[str, dict[str, Any]]:
+    import yaml
+
+    if not text:
+        return {}
+    try:
+        opts = yaml.safe_load(Path(text).read_text(encoding="utf-8") if Path(text).is_file() else text)
+    except (yaml.YAMLError, OSError) as exc:
+        raise ConfigError(f"--options is not valid YAML/JSON: {exc}") from None
+    if not isinstance(opts, dict) or not all(isinstance(v, dict) for v in opts.values()):
+        raise ConfigError("--options must map metric names to keyword arguments, e.g. '{deletion: {steps: 50}}'")
+    return opts
+
+
+@store_app.command("score")
+def store_score(
+    store: Path = typer.Option(..., "--store", help="Store folder written by `medxai store explain`."),
+    metrics: str = typer.Option(DEFAULT_METRICS, "--metrics", help="Comma-separated metric names or aliases."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Score folder (default: STORE/scores)."),
+    options: str | None = typer.Option(None, "--options", help="YAML/JSON (or a file) of per-metric keyword "
+                                       "arguments, e.g. '{deletion: {steps: 50}}'."),
+    data: str | None = typer.Option(None, "--data", help="Dataset spec for metrics that need the images "
+                                    "(default: the store's)."),
+    run: list[Path] | None = typer.Option(None, "--run", help="Run folders for model-based metrics, matched by "
+                                          "folder name (default: the store's)."),
+    n_boot: int = typer.Option(1000, "--n-boot", min=0, help="Bootstrap resamples for the CIs."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap and of per-image noise (ROAD)."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per metric call."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda... (default: this rank's GPU if any)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace scores of another configuration."),
+) -> None:
+    """Score a store's maps shard by shard: scores.csv and summary.json (resumable, torchrun-ready)."""
+    import torch
+
+    from medxai.distributed import MapStore, score_store, setup
+    from medxai.distributed.score import _metric_infos
+
+    info = setup()
+    ms = MapStore.open(store)
+    extra = ms.config.get("info", {})
+    infos = _metric_infos(metrics)
+    dev = torch.device(device) if device else (torch.device("cuda", info.local_rank) if torch.cuda.is_available()
+                                               else torch.device("cpu"))
+    dataset = models = None
+    if any(need in mi.needs for mi in infos for need in ("images", "model", "explainer")):
+        spec = data or extra.get("data")
+        if spec:
+            dataset = _open(spec, extra.get("split", "test"), extra.get("size"), extra.get("n"))
+        from medxai.runs import load_run
+
+        dirs = {Path(r).resolve().name: Path(r) for r in (run or [])}
+        recorded = dict(extra.get("run_dirs") or {})
+        models = {}
+        for name, d in recorded.items():
+            path = dirs.get(name, Path(d))
+            if path.exists():
+                models[name] = load_run(path, device=dev)[0]
+        if not models:
+            raise DataError(store, f"metrics that need the model need the runs {sorted(recorded) or '(none named)'}, "
+                            "and none of their folders exists; pass --run RUN (matched by folder name)")
+    res = score_store(store, [i.name for i in infos], out=out, dataset=dataset, models=models,
+                      options=_options(options), n_boot=n_boot, seed=seed, batch_size=batch_size, device=dev,
+                      overwrite=overwrite, progress=not state.quiet)
+    r = res["run"]
+    _echo(f"scores of {store}: {res['n_images']} images, {len(res['summary'])} summary rows in {r.root}; "
+          f"computed {len(r.computed)} shard(s), already there {len(r.skipped)}")
+    for key, why in res["skipped"].items():
+        _echo(f"skipped for {key}: " + "; ".join(f"{k} ({v})" for k, v in why.items()))
+
+
+@store_app.command("info")
+def store_info(store: Path = typer.Argument(..., help="Store folder.")) -> None:
+    """How far a store is: images, shards done and missing, maps, and its score folders."""
+    from medxai.distributed import MapStore, ScoreStore
+
+    ms = MapStore.open(store)
+    done = ms.done()
+    typer.echo(f"{store}: {ms.n} images, {len(done)}/{ms.n_shards} shard(s) done, dtype {ms.config.get('dtype')}, "
+               f"maps {', '.join(ms.keys)}")
+    for idx in sorted(Path(store).glob("*/index.json")):
+        try:
+            ss = ScoreStore.open(idx.parent)
+        except DataError:
+            continue
+        typer.echo(f"  scores {idx.parent.name}: {len(ss.done())}/{ss.n_shards} shard(s), metrics "
+                   f"{', '.join(ss.config.get('metrics', []))}")

@@ -25,8 +25,7 @@ def _console():
 
 def build_model(cfg: Any, train_data: Any) -> Any:
     """The model of a ``RunConfig`` for a dataset: ``medxai.models.create`` (+ freeze, + ordinal head)."""
-    from medxai.models import create, freeze
-    from medxai.train.losses import OrdinalHead
+    from medxai.models import OrdinalHead, create, freeze
 
     classes = list(getattr(train_data, "class_names", None) or [])
     if not classes:
@@ -104,7 +103,7 @@ def evaluate_command(
 ) -> None:
     """Evaluate a trained run: metrics with bootstrap CIs (eval.json) and predictions.csv."""
     from medxai.evaluate import evaluate_run
-    from medxai.train.checkpoint import read_model_json
+    from medxai.runs import read_model_json
 
     meta = read_model_json(run)
     options = dict((meta.get("data") or {}).get("options") or {})

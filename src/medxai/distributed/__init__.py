@@ -4,7 +4,7 @@ and scores in a chunked, resumable store.
 - ``setup()`` / ``current()`` / ``session()``: the process group torchrun describes (gloo on CPU,
   nccl on GPU); one process when RANK / WORLD_SIZE are not set. ``medxai.train.fit`` calls
   ``setup()`` itself, so ``torchrun --nproc_per_node=N --no-python medxai train ...`` trains
-  with DDP (``medxai.distributed.training``).
+  with DDP (``medxai.train.ddp``).
 - ``explain_dataset(models, dataset, methods, store)``: every rank explains its share of the
   store's shards (``shard_size`` images each) and writes them atomically as safetensors files next
   to a JSON index (``MapStore``); a rerun computes only the shards that are missing.
@@ -12,14 +12,15 @@ and scores in a chunked, resumable store.
   resumable and sharded over ranks, then one rank writes scores.csv and summary.json. Peak
   memory is bounded by the shard size, not the dataset size.
 
-The store and scoring functions are imported lazily (``medxai.train`` imports this package).
+The process-group helpers live in ``medxai._util.dist`` (training uses them too); the store and
+scoring functions are imported lazily, on first use.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from medxai.distributed.env import (
+from medxai._util.dist import (
     DistInfo,
     barrier,
     broadcast_object,

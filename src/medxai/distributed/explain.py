@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from medxai._util.validate import check_images
 from medxai.data.datasets import stack_masks
-from medxai.distributed.env import DistInfo, barrier, broadcast_object, gather_objects, setup
+from medxai._util.dist import DistInfo, barrier, broadcast_object, gather_objects, setup
 from medxai.distributed.store import MapStore, fingerprint
 from medxai.errors import ConfigError, DataError, MedxaiError
 
@@ -187,7 +187,7 @@ def run_shards(store: Any, missing: list[int], info: DistInfo, label: str,
     mine = missing[info.rank::info.world_size]
     bars = None
     if progress and info.is_main:
-        from medxai.cli._app import progress as make_progress
+        from medxai._util.progress import progress as make_progress
 
         bars = make_progress()
         bars.start()

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from medxai._util.io import atomic_write, atomic_write_json
 from medxai._util.seed import derive_seed
 from medxai._util.validate import check_images
-from medxai.distributed.env import DistInfo, barrier, broadcast_object, setup
+from medxai._util.dist import DistInfo, barrier, broadcast_object, setup
 from medxai.distributed.explain import StoreRun, _default_device, _plan, model_digest, run_shards
 from medxai.distributed.store import MapStore, ScoreStore, fingerprint
 from medxai.errors import ConfigError, DataError

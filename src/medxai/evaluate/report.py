@@ -62,7 +62,7 @@ def evaluate_run(run_dir: str | Path, data: Any, *, out: str | Path | None = Non
     """Load the run's model (``medxai.train.load_run``), predict ``data`` and write ``eval.json``
     and ``predictions.csv`` into ``out`` (default: the run directory). Returns the eval dict."""
     from medxai.evaluate.predict import predict
-    from medxai.train.checkpoint import load_run
+    from medxai.runs import load_run
 
     model, info = load_run(run_dir, which=which, device=device)
     ids, y_true, scores = predict(model, data, batch_size=batch_size, device=device, task=info.task,

@@ -11,15 +11,12 @@ MobileNetV2, Inception-v3, ViTs (timm layout; ``vit.capture_attention``), tiny `
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from torch import nn
-
 from medxai.models import cnn, inception, mobilenet, vit  # noqa: F401  (fill the registry)
 from medxai.models._common import IMAGENET_MEAN, IMAGENET_STD, Normalize
 from medxai.models.combined import Combined
 from medxai.models.factory import create, list_models
 from medxai.models.freeze import freeze, parameterised_layers, unfreeze
+from medxai.models.heads import OrdinalHead
 from medxai.models.inception import InceptionV3
 from medxai.models.mobilenet import MobileNetV2
 from medxai.models.registry import REGISTRY
@@ -35,13 +32,13 @@ __all__ = [
     "LoadReport",
     "MobileNetV2",
     "Normalize",
+    "OrdinalHead",
     "VisionTransformer",
     "adapt_input_conv",
     "capture_attention",
     "create",
     "freeze",
     "list_models",
-    "load_run",
     "load_weights",
     "parameterised_layers",
     "read_state_dict",
@@ -49,9 +46,3 @@ __all__ = [
     "unfreeze",
 ]
 
-
-def load_run(path: str | Path) -> nn.Module:
-    """Rebuild the trained model of a run directory (implemented in ``medxai.train.checkpoint``)."""
-    from medxai.train.checkpoint import load_run as _load
-
-    return _load(path)

@@ -36,7 +36,7 @@ class AuditResult:
 
 
 def _load_model(stage: StageResult) -> torch.nn.Module:
-    from medxai.train import load_run
+    from medxai.runs import load_run
 
     model, _ = load_run(stage.dir / "run")
     return model.eval()

@@ -1,7 +1,7 @@
 """Training: one loop (``fit``) driven by objectives (standard, adversarial, corruption...)."""
 
+from medxai.runs import RunInfo, load_run, read_checkpoint, save_checkpoint
 from medxai.train import objectives_robust  # noqa: F401  (registers robust objectives)
-from medxai.train.checkpoint import RunInfo, load_run, read_checkpoint, save_checkpoint
 from medxai.train.config import EarlyStopping, ObjectiveConfig, RunConfig, TrainConfig, load_run_config
 from medxai.train.loop import NonFiniteLossError, TrainResult, fit
 from medxai.train.losses import OrdinalHead, build_loss, masked_bce

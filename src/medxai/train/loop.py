@@ -16,7 +16,7 @@ result is bitwise identical to an uninterrupted run (the data order of epoch e d
 (seed, e), and every RNG state is restored).
 
 Under torchrun (WORLD_SIZE > 1) the same loop trains with DistributedDataParallel
-(``medxai.distributed.training``): each rank takes its share of the epoch's order with a per-rank
+(``medxai.train.ddp``): each rank takes its share of the epoch's order with a per-rank
 ``batch_size``; training sums, validation logits and BatchNorm statistics are combined across
 ranks; rank 0 alone writes the run directory; last.safetensors keeps every rank's RNG state.
 """
@@ -43,11 +43,11 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomS
 from medxai._util.io import atomic_write_json, atomic_write_text
 from medxai._util.seed import derive_seed, seed_everything
 from medxai._util.validate import check_images
-from medxai.distributed import training as _ddp
+from medxai.train import ddp as _ddp
 from medxai.errors import CheckpointError, ConfigError, MedxaiError
 from medxai.evaluate.metrics import classification, higher_is_better, metric_names
 from medxai.evaluate.predict import collate, eval_mode, probabilities
-from medxai.train.checkpoint import (
+from medxai.runs import (
     load_model_state,
     read_checkpoint,
     save_checkpoint,
@@ -431,7 +431,7 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
             stack.callback(lambda: setattr(torch.backends.cudnn, "deterministic", cudnn_prev[1]))
         bars = None
         if progress and dist_info.is_main:
-            from medxai.cli._app import progress as make_progress
+            from medxai._util.progress import progress as make_progress
 
             bars = stack.enter_context(make_progress())
             ep_task = bars.add_task("epochs", total=cfg.epochs, completed=start_epoch)

@@ -1,4 +1,8 @@
-"""Checkpoints: safetensors tensors + JSON metadata, never pickle.
+"""Run directories and checkpoints: safetensors tensors + JSON metadata, never pickle.
+
+One module that training (writes), evaluation, the CLI and the audit (read) all use; it sits
+above ``medxai.models`` (``build_model`` calls ``models.create``) and below everything that
+trains or reads runs.
 
 A checkpoint file holds tensors under prefixes (``model/``, ``optimizer/``, ``scheduler/``,
 ``rng/``, ``objective/``) and, in the safetensors header metadata, ``format`` and one JSON
@@ -231,15 +235,12 @@ def build_model(meta: Mapping[str, Any]) -> nn.Module:
     if not isinstance(cfg, Mapping) or "name" not in cfg:
         raise CheckpointError("model.json has no model config (the model had no medxai_config); "
                               "pass model= to load_run to load the weights into your own module")
-    try:
-        from medxai.models import create
-    except ImportError as exc:  # pragma: no cover - models stage missing
-        raise CheckpointError(f"cannot rebuild the model: medxai.models is unavailable ({exc})") from None
+    from medxai.models import create
     kwargs = dict(cfg)
     head = meta.get("ordinal_head")
     model = create(**kwargs)
     if head:
-        from medxai.train.losses import OrdinalHead
+        from medxai.models.heads import OrdinalHead
 
         model = OrdinalHead(model, head["mode"], int(head["num_classes"]))
     return model

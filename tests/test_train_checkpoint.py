@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 
 from _train_helpers import tiny_net
 from medxai.errors import CheckpointError
-from medxai.train import load_run, read_checkpoint, save_checkpoint
 from medxai.runs import pack, unpack, write_model_json
+from medxai.train import load_run, read_checkpoint, save_checkpoint
 
 
 def test_pack_unpack_round_trip_is_exact():

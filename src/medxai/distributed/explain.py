@@ -19,9 +19,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from medxai._util.dist import DistInfo, barrier, broadcast_object, gather_objects, setup
 from medxai._util.validate import check_images
 from medxai.data.datasets import stack_masks
-from medxai._util.dist import DistInfo, barrier, broadcast_object, gather_objects, setup
 from medxai.distributed.store import MapStore, fingerprint
 from medxai.errors import ConfigError, DataError, MedxaiError
 

@@ -22,10 +22,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from medxai._util.dist import DistInfo, barrier, broadcast_object, setup
 from medxai._util.io import atomic_write, atomic_write_json
 from medxai._util.seed import derive_seed
 from medxai._util.validate import check_images
-from medxai._util.dist import DistInfo, barrier, broadcast_object, setup
 from medxai.distributed.explain import StoreRun, _default_device, _plan, model_digest, run_shards
 from medxai.distributed.store import MapStore, ScoreStore, fingerprint
 from medxai.errors import ConfigError, DataError

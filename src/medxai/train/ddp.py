@@ -25,8 +25,8 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 
-from medxai._util.seed import derive_seed
 from medxai._util.dist import DistInfo, all_finite, broadcast_object, gather_objects, setup, sum_floats
+from medxai._util.seed import derive_seed
 from medxai.errors import ConfigError
 
 __all__ = ["ShardedSampler", "all_finite", "average_buffers", "device_for", "forward_all", "from_main", "gather_rng",

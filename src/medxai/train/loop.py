@@ -43,7 +43,6 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomS
 from medxai._util.io import atomic_write_json, atomic_write_text
 from medxai._util.seed import derive_seed, seed_everything
 from medxai._util.validate import check_images
-from medxai.train import ddp as _ddp
 from medxai.errors import CheckpointError, ConfigError, MedxaiError
 from medxai.evaluate.metrics import classification, higher_is_better, metric_names
 from medxai.evaluate.predict import collate, eval_mode, probabilities
@@ -53,6 +52,7 @@ from medxai.runs import (
     save_checkpoint,
     write_model_json,
 )
+from medxai.train import ddp as _ddp
 from medxai.train.config import TrainConfig, train_config
 from medxai.train.losses import (
     build_loss,

@@ -10,13 +10,8 @@ __all__ = ["app", "main", "state"]
 
 
 def _load_commands() -> None:
-    # Each module registers its commands on `app` at import time.
-    for name in ("data", "train", "attack", "explain", "score", "store", "audit"):
-        try:
-            __import__(f"medxai.cli.{name}")
-        except ModuleNotFoundError as exc:  # a stage not built yet
-            if exc.name != f"medxai.cli.{name}":
-                raise
+    """Import every command module: each registers its commands on ``app`` at import time."""
+    from medxai.cli import attack, audit, data, explain, score, store, train  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

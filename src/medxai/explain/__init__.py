@@ -6,23 +6,30 @@ names in ``__all__``; this package re-exports them.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-
+from medxai.explain import (
+    api,
+    attention,
+    cam,
+    gradient,
+    integrated_gradients,
+    lime,
+    lrp_vit,
+    occlusion,
+    postprocess,
+    rise,
+    visualize,
+)
 from medxai.explain.base import Attribution, preserve_model, resolve_targets, select_output
 from medxai.explain.engine import perturbed_outputs
 from medxai.explain.registry import REGISTRY
 
 __all__ = ["REGISTRY", "Attribution", "perturbed_outputs", "preserve_model", "resolve_targets", "select_output"]
 
-# gradient methods, IG, CAMs, perturbation methods, ViT attention, post-processing, plots, API
-_MODULES = ("gradient", "integrated_gradients", "cam", "occlusion", "lime", "rise", "attention",
-            "postprocess", "visualize", "api")
-
-for _name in _MODULES:
-    if importlib.util.find_spec(f"medxai.explain.{_name}") is None:
-        continue  # a module of a method family not built yet
-    _mod = importlib.import_module(f"medxai.explain.{_name}")
-    for _public in getattr(_mod, "__all__", ()):
+# gradient methods, IG, CAMs, perturbation methods, ViT attention and LRP, post-processing, plots, API
+# (the ``postprocess`` function re-exported here shadows its module's name)
+for _mod in (gradient, integrated_gradients, cam, occlusion, lime, rise, attention, lrp_vit,
+             postprocess, visualize, api):
+    for _public in _mod.__all__:
         globals()[_public] = getattr(_mod, _public)
         __all__.append(_public)
+del _mod, _public

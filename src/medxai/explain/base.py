@@ -102,19 +102,82 @@ def resolve_targets(logits: torch.Tensor, target: int | torch.Tensor | list | No
     return as_targets(target, b, logits.device, default=default, num_classes=k)[:, None]
 
 
+def check_logits(logits: torch.Tensor, b: int) -> None:
+    """The model must return (B, K) logits for a batch of ``b`` images."""
+    if logits.ndim != 2 or logits.shape[0] != b:
+        raise InputError(f"the model must return logits of shape ({b}, K), got {tuple(logits.shape)}")
+
+
+def check_target_range(targets: torch.Tensor, k: int) -> None:
+    """Every target index must be one of the model's ``k`` outputs."""
+    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= k):
+        raise InputError(f"target out of range for {k} outputs: {targets.tolist()}")
+
+
 def gather_scores(out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """out (B, K), targets (B, T) -> (B, T)."""
     return out.gather(1, targets)
 
 
-class Attribution:
-    """Base class of every explainer. Subclasses implement ``_attribute(x, targets, **kw)``.
+class TargetSpec:
+    """What the caller asked for (target, top_k): resolved to (B, T) from clean logits if needed.
 
-    ``_attribute`` receives validated input and a (B, T) target tensor and returns (B, T, ...).
-    ``attribute`` drops the target axis again when a single target per sample was asked for.
+    ``resolve(logits, b)`` is the one check every method's explaining forward goes through:
+    logits (B, K), targets from them (or the fixed / given ones), targets within the K outputs.
     """
 
-    #: registry name, set by the subclass
+    def __init__(self, target: int | torch.Tensor | list | None = None, top_k: int | None = None,
+                 fixed: torch.Tensor | None = None) -> None:
+        self.target, self.top_k, self.fixed = target, top_k, fixed
+
+    @property
+    def multi(self) -> bool:
+        """Whether the caller asked for a target axis (``top_k`` or a (B, T) target)."""
+        return self.top_k is not None or (isinstance(self.target, torch.Tensor) and self.target.ndim == 2)
+
+    @property
+    def needs_logits(self) -> bool:
+        return self.fixed is None and (self.target is None or self.top_k is not None)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.fixed is not None:
+            return self.fixed.to(logits.device).long()
+        return resolve_targets(logits.detach(), self.target, self.top_k)
+
+    def resolve(self, logits: torch.Tensor, b: int) -> torch.Tensor:
+        """Check the logits of a forward at a batch of ``b``, resolve the (B, T) targets from
+        them and check their range."""
+        check_logits(logits, b)
+        targets = self(logits)
+        check_target_range(targets, logits.shape[1])
+        return targets
+
+    def without_logits(self, x: torch.Tensor, model: nn.Module) -> torch.Tensor:
+        """Resolve with a no-grad forward at ``x`` only when the predicted class is needed."""
+        if self.needs_logits:
+            with torch.no_grad():
+                return self(model(x))
+        if self.fixed is not None:
+            return self.fixed.to(x.device).long()
+        # range-checked against the model's outputs by the caller's forward
+        t = self.target
+        if isinstance(t, torch.Tensor) and t.ndim == 2:
+            return t.to(x.device).long()
+        return as_targets(t, x.shape[0], x.device)[:, None]
+
+
+class Attribution:
+    """Base class of every explainer: the template ``attribute`` and one hook.
+
+    ``attribute(x, target, top_k=, **kw)`` checks ``x``, runs ``_explain(x, TargetSpec(target,
+    top_k), **kw)`` inside ``preserve_model`` and drops the target axis again when a single target
+    per sample was asked for. The default ``_explain`` resolves the targets first (one no-grad
+    forward if needed) and calls ``_attribute(x, targets (B, T), **kw)`` -> (B, T, ...); methods
+    that resolve targets from their own explaining forward override ``_explain`` instead
+    (``GradientAttribution``) and check it with ``TargetSpec.resolve``.
+    """
+
+    #: registry name: set by ``@REGISTRY.register`` (its first name)
     name = "base"
     #: whether the method needs gradients (perturbation methods do not)
     needs_grad = True
@@ -132,24 +195,23 @@ class Attribution:
     def targets(self, x: torch.Tensor, target: int | torch.Tensor | list | None = None,
                 top_k: int | None = None) -> torch.Tensor:
         """Resolve targets (B, T) with one forward pass if needed (no gradient)."""
-        needs_forward = target is None or top_k is not None
-        if not needs_forward:
-            b = x.shape[0]
-            if isinstance(target, torch.Tensor) and target.ndim == 2:
-                return target.to(x.device).long()
-            return as_targets(target, b, x.device)[:, None]
-        with torch.no_grad():
-            logits = self.model(x)
-        return resolve_targets(logits, target, top_k)
+        return TargetSpec(target, top_k).without_logits(x, self.model)
 
     def attribute(self, x: torch.Tensor, target: int | torch.Tensor | list | None = None, *,
-                  top_k: int | None = None, **kw) -> torch.Tensor:
+                  top_k: int | None = None, **kw):
         check_images(x)
-        multi = top_k is not None or (isinstance(target, torch.Tensor) and target.ndim == 2)
+        spec = TargetSpec(target, top_k)
         with preserve_model(self.model):
-            t = self.targets(x, target, top_k)
-            out = self._attribute(x, t, **kw)
-        return out if multi else out[:, 0]
+            out = self._explain(x, spec, **kw)
+        if spec.multi:
+            return out
+        if isinstance(out, tuple):
+            return tuple(o[:, 0] for o in out)
+        return out[:, 0]
+
+    def _explain(self, x: torch.Tensor, spec: TargetSpec, **kw):
+        """The hook ``attribute`` calls: (B, T, ...) maps, or a tuple of such."""
+        return self._attribute(x, spec.without_logits(x, self.model), **kw)
 
     def _attribute(self, x: torch.Tensor, targets: torch.Tensor, **kw) -> torch.Tensor:
         raise NotImplementedError

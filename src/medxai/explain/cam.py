@@ -18,12 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from medxai.errors import ConfigError, InputError
-from medxai.explain.base import select_output
+from medxai.explain.base import TargetSpec, select_output
 from medxai.explain.gradient import (
     GradientAttribution,
-    TargetSpec,
-    _check_logits,
-    _check_target_range,
     target_gradients,
 )
 from medxai.explain.registry import REGISTRY
@@ -77,6 +74,7 @@ def capture_activation(layer: nn.Module) -> Iterator[dict]:
 
     For a module called several times, the last call is kept. Hook removed on exit (also on error).
     """
+
     store: dict = {}
 
     def hook(_m: nn.Module, _i: tuple, out: object) -> torch.Tensor:
@@ -148,9 +146,7 @@ class _CAMBase(GradientAttribution):
             logits = self.model(x)
         if "A" not in store:
             raise ConfigError("the CAM layer was not called in the forward pass")
-        _check_logits(logits, x.shape[0])
-        targets = spec(logits)
-        _check_target_range(targets, logits.shape[1])
+        targets = spec.resolve(logits, x.shape[0])
         scores = select_output(logits, self.output).gather(1, targets)
         leaf = store["A"]
         try:
@@ -180,8 +176,6 @@ class GradCAM(_CAMBase):
     ``LayerGradCam(relu_attributions=True)``; per-sample targets are honoured.
     """
 
-    name = "gradcam"
-
     def weights(self, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         return g.flatten(3).mean(-1)
 
@@ -193,7 +187,6 @@ class GradCAMPlusPlus(_CAMBase):
     ``w_k = sum_ij alpha^k_ij relu(g_ij)``, ``M = relu(sum_k w_k A^k)``. Shapes as GradCAM.
     """
 
-    name = "gradcam++"
     eps = 1e-6
 
     def weights(self, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -15,9 +15,12 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from medxai._util.validate import as_targets, check_images
 from medxai.errors import InputError
-from medxai.explain.base import Attribution, preserve_model, resolve_targets, select_output
+from medxai.explain.base import (
+    Attribution,
+    TargetSpec,
+    select_output,
+)
 from medxai.explain.engine import for_chunks, model_batch_for
 from medxai.explain.registry import REGISTRY
 
@@ -25,36 +28,6 @@ __all__ = ["GuidedBackprop", "InputXGradient", "Saliency", "SmoothGrad", "guided
 
 #: default bytes of autograd state (saved activations + inputs + gradients) per model call
 DEFAULT_MEMORY_BUDGET = 2**30
-
-
-class TargetSpec:
-    """What the caller asked for (target, top_k): resolved to (B, T) from clean logits if needed."""
-
-    def __init__(self, target: int | torch.Tensor | list | None = None, top_k: int | None = None,
-                 fixed: torch.Tensor | None = None) -> None:
-        self.target, self.top_k, self.fixed = target, top_k, fixed
-
-    @property
-    def needs_logits(self) -> bool:
-        return self.fixed is None and (self.target is None or self.top_k is not None)
-
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.fixed is not None:
-            return self.fixed.to(logits.device).long()
-        return resolve_targets(logits.detach(), self.target, self.top_k)
-
-    def without_logits(self, x: torch.Tensor, model: nn.Module) -> torch.Tensor:
-        """Resolve with a no-grad forward at ``x`` only when the predicted class is needed."""
-        if self.needs_logits:
-            with torch.no_grad():
-                return self(model(x))
-        if self.fixed is not None:
-            return self.fixed.to(x.device).long()
-        # range-checked against the model's outputs by the caller's forward
-        t = self.target
-        if isinstance(t, torch.Tensor) and t.ndim == 2:
-            return t.to(x.device).long()
-        return as_targets(t, x.shape[0], x.device)[:, None]
 
 
 class GradientAttribution(Attribution):
@@ -67,20 +40,10 @@ class GradientAttribution(Attribution):
     #: chunk their own model calls (IG, SmoothGrad) turn this off
     split_on_oom: bool = True
 
-    def attribute(self, x: torch.Tensor, target: int | torch.Tensor | list | None = None, *,
-                  top_k: int | None = None, **kw):
-        check_images(x)
-        multi = top_k is not None or (isinstance(target, torch.Tensor) and target.ndim == 2)
-        with preserve_model(self.model):
-            if self.split_on_oom:
-                out = self._compute_in_chunks(x, target, top_k, **kw)
-            else:
-                out = self._compute(x, TargetSpec(target, top_k), **kw)
-        if multi:
-            return out
-        if isinstance(out, tuple):
-            return tuple(o[:, 0] for o in out)
-        return out[:, 0]
+    def _explain(self, x: torch.Tensor, spec: TargetSpec, **kw):
+        if self.split_on_oom:
+            return self._compute_in_chunks(x, spec.target, spec.top_k, **kw)
+        return self._compute(x, spec, **kw)
 
     def _attribute(self, x: torch.Tensor, targets: torch.Tensor, **kw):
         return self._compute(x, TargetSpec(fixed=targets), **kw)
@@ -104,22 +67,13 @@ class GradientAttribution(Attribution):
         raise NotImplementedError
 
 
-def _check_logits(logits: torch.Tensor, b: int) -> None:
-    if logits.ndim != 2 or logits.shape[0] != b:
-        raise InputError(f"the model must return logits of shape ({b}, K), got {tuple(logits.shape)}")
-
-
-def _check_target_range(targets: torch.Tensor, k: int) -> None:
-    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= k):
-        raise InputError(f"target out of range for {k} outputs: {targets.tolist()}")
-
-
 def target_gradients(scores: torch.Tensor, wrt: torch.Tensor) -> torch.Tensor:
     """d scores[:, t] / d wrt for every column t of ``scores`` (N, T): (N, T, *wrt.shape[1:]).
 
     One backward per target through the retained graph; samples are independent (eval mode), so
     the gradient of the batch sum is each sample's own gradient.
     """
+
     n_t = scores.shape[1]
     grads = []
     for t in range(n_t):
@@ -136,9 +90,7 @@ def input_gradients(model: nn.Module, x: torch.Tensor, spec: TargetSpec | torch.
     xg = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model(xg)
-        _check_logits(logits, x.shape[0])
-        targets = spec(logits)
-        _check_target_range(targets, logits.shape[1])
+        targets = spec.resolve(logits, x.shape[0])
         scores = select_output(logits, output).gather(1, targets)
         grads = target_gradients(scores, xg)
     return grads.to(x.dtype), targets, scores.detach()
@@ -206,7 +158,6 @@ class Saliency(GradientAttribution):
     Returns (B, C, H, W) (or (B, T, C, H, W)); ``explain`` reduces channels by max of |.| (Simonyan).
     """
 
-    name = "saliency"
     default_reduce = "max_abs"
 
     def __init__(self, model: nn.Module, *, output: str = "logit", absolute: bool = True) -> None:
@@ -221,8 +172,6 @@ class Saliency(GradientAttribution):
 @REGISTRY.register("input_x_gradient")
 class InputXGradient(GradientAttribution):
     """Shrikumar et al. 2016: ``x * d f_c / d x``. (B, [T,] C, H, W); ``explain`` sums channels."""
-
-    name = "input_x_gradient"
     default_reduce = "sum"
 
     def _compute(self, x: torch.Tensor, spec: TargetSpec) -> torch.Tensor:
@@ -249,7 +198,6 @@ class SmoothGrad(GradientAttribution):
     ``internal_batch_size`` images). Returns (B, [T,] C, H, W).
     """
 
-    name = "smoothgrad"
     split_on_oom = False  # chunks its noisy copies itself
 
     def __init__(self, model: nn.Module, *, output: str = "logit", kind: str = "mean", n_samples: int = 25,
@@ -348,6 +296,7 @@ def guided_relus(model: nn.Module) -> Iterator[list[nn.Module]]:
     ReLU the input already holds relu(input), which gives the same mask). Hooks are removed on exit,
     also on error. Functional ReLUs (``F.relu`` inside ``forward``) are not modules and stay plain.
     """
+
     handles = []
 
     def hook(_m: nn.Module, inp: tuple, _out: torch.Tensor) -> torch.Tensor:
@@ -370,7 +319,6 @@ class GuidedBackprop(GradientAttribution):
     ``explain`` reduces channels by max of |.|. Models with functional ReLUs are not guided there.
     """
 
-    name = "guided_backprop"
     default_reduce = "max_abs"
 
     def _compute(self, x: torch.Tensor, spec: TargetSpec) -> torch.Tensor:

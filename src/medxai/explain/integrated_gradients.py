@@ -15,14 +15,11 @@ from torch import nn
 
 from medxai._util.validate import check_images
 from medxai.errors import InputError
-from medxai.explain.base import select_output
+from medxai.explain.base import TargetSpec, select_output
 from medxai.explain.engine import for_chunks
 from medxai.explain.gradient import (
     DEFAULT_MEMORY_BUDGET,
     GradientAttribution,
-    TargetSpec,
-    _check_logits,
-    _check_target_range,
     _ChunkSizer,
     input_gradients,
 )
@@ -104,7 +101,6 @@ class IntegratedGradients(GradientAttribution):
     captum's ``riemann_trapezoid`` is deliberately not offered: its weights sum to (n - 1) / n.
     """
 
-    name = "integrated_gradients"
     default_reduce = "sum"
     split_on_oom = False  # chunks its path points itself
 
@@ -217,9 +213,7 @@ class IntegratedGradients(GradientAttribution):
         if spec.needs_logits or need_gap:
             with torch.no_grad():
                 logits = self.model(x)
-            _check_logits(logits, b)
-            targets = spec(logits)
-            _check_target_range(targets, logits.shape[1])
+            targets = spec.resolve(logits, b)
             fx = select_output(logits, self.output).gather(1, targets)
         else:  # given targets: no forward at x (range checked by the first path chunk)
             targets = spec.without_logits(x, self.model)

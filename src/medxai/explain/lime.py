@@ -90,6 +90,7 @@ def kernel_weights(z: torch.Tensor, n_features: torch.Tensor, kernel_width: floa
     z (B, N, F) binary (columns >= F_b are ignored), n_features (B,) -> (B, N) float64.
     For binary z with k of F_b features on, d = 1 - sqrt(k / F_b) (d = 1 when k = 0, as sklearn).
     """
+
     f = n_features.to(z.device, torch.float64)
     cols = torch.arange(z.shape[-1], device=z.device)
     k = (z.bool() & (cols < n_features.to(z.device)[:, None])[:, None, :]).sum(-1).double()
@@ -194,7 +195,6 @@ class Lime(Attribution):
     prediction and fit score; ``perturbations=`` (N, F) or (B, N, F) binary fixes the matrix.
     """
 
-    name = "lime"
     needs_grad = False
 
     def __init__(self, model: nn.Module, *, segmentation: str | torch.Tensor = "slic",

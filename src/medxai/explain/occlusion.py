@@ -48,6 +48,7 @@ def occlusion_windows(shape: tuple[int, int, int], window: Sequence[int], stride
     ``shape`` (C, H, W); ``window`` and ``stride`` are (c, h, w). The window at grid position
     (i, j, k) covers ``cover[0][i] x cover[1][j] x cover[2][k]``.
     """
+
     covers = []
     for size, win, st, axis in zip(shape, window, stride, "CHW", strict=True):
         if win > size:
@@ -79,7 +80,6 @@ class Occlusion(Attribution):
         channels_last: lay perturbed batches out NHWC (None: on CPU for a model with convolutions, which run faster so).
     """
 
-    name = "occlusion"
     needs_grad = False
 
     def __init__(self, model: nn.Module, *, window: int | Sequence[int] | None = None,

@@ -79,7 +79,6 @@ class RISE(Attribution):
         channels_last: lay perturbed batches out NHWC (None: on CPU for a model with convolutions, which run faster so).
     """
 
-    name = "rise"
     needs_grad = False
 
     def __init__(self, model: nn.Module, *, n_masks: int = 4000, s: int = 8, p: float = 0.5, seed: int = 0,

@@ -52,23 +52,6 @@ def _load_sample(data: str, split: str, n: int, size: int | None):
     return x, labels, ids
 
 
-def _targets(model, x, how: str, labels: list, batch_size: int):
-    import torch
-
-    if how == "pred":
-        with torch.no_grad():
-            logits = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
-        return logits.argmax(-1)
-    if how == "label":
-        if any(isinstance(v, list) for v in labels):
-            raise ConfigError("--target label needs single-label data; use pred or a class index")
-        return torch.tensor([int(v) for v in labels])
-    try:
-        return torch.full((len(x),), int(how), dtype=torch.long)
-    except ValueError:
-        raise ConfigError(f"--target must be pred, label or a class index, got {how!r}") from None
-
-
 @app.command()
 def explain(
     run: list[Path] = typer.Option(..., "--run", help="A training run directory (repeat for several models)."),
@@ -93,6 +76,7 @@ def explain(
     from medxai._util.io import atomic_write_json, save_safetensors
     from medxai.explain import REGISTRY, grid
     from medxai.explain import explain as explain_fn
+    from medxai.explain.targets import explanation_targets
     from medxai.runs import load_run
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
@@ -113,7 +97,7 @@ def explain(
     with progress() as bar:
         task = bar.add_task("explaining", total=len(loaded) * len(names) * len(x))
         for (model, rinfo), rname in zip(loaded, names_of_runs, strict=True):
-            t = _targets(model, x.to(dev), target, labels, batch_size)
+            t = explanation_targets(model, x.to(dev), target, labels, batch_size=batch_size)
             tensors[f"targets/{rname}"] = t.cpu()
             cls_names = rinfo.class_names
             t_names = [cls_names[int(c)] if int(c) < len(cls_names) else str(int(c)) for c in t]

@@ -20,7 +20,6 @@ store_app = typer.Typer(help="Explain and score whole datasets into a chunked, r
                         no_args_is_help=True)
 app.add_typer(store_app, name="store")
 
-DEFAULT_METRICS = "pointing_game,energy_pointing_game,relevance_rank_accuracy,mask_auroc,sparseness,total_variation"
 
 
 def _open(data: str, split: str, size: int | None, n: int | None) -> Any:
@@ -132,7 +131,8 @@ def _options(text: str | None) -> dict[str, dict[str, Any]]:
 @store_app.command("score")
 def store_score(
     store: Path = typer.Option(..., "--store", help="Store folder written by `medxai store explain`."),
-    metrics: str = typer.Option(DEFAULT_METRICS, "--metrics", help="Comma-separated metric names or aliases."),
+    metrics: str | None = typer.Option(None, "--metrics", help="Comma-separated metric names or aliases "
+                                       "(default: medxai.metrics.DEFAULT_METRICS, as `medxai score`)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Score folder (default: STORE/scores)."),
     options: str | None = typer.Option(None, "--options", help="YAML/JSON (or a file) of per-metric keyword "
                                        "arguments, e.g. '{deletion: {steps: 50}}'."),
@@ -150,12 +150,12 @@ def store_score(
     import torch
 
     from medxai.distributed import MapStore, score_store, setup
-    from medxai.distributed.score import _metric_infos
+    from medxai.metrics import DEFAULT_METRICS, metric_infos
 
     info = setup()
     ms = MapStore.open(store)
     extra = ms.config.get("info", {})
-    infos = _metric_infos(metrics)
+    infos = metric_infos(DEFAULT_METRICS if metrics is None else metrics)
     dev = torch.device(device) if device else (torch.device("cuda", info.local_rank) if torch.cuda.is_available()
                                                else torch.device("cpu"))
     dataset = models = None
@@ -183,6 +183,8 @@ def store_score(
           f"computed {len(r.computed)} shard(s), already there {len(r.skipped)}")
     for key, why in res["skipped"].items():
         _echo(f"skipped for {key}: " + "; ".join(f"{k} ({v})" for k, v in why.items()))
+    for key, per in res.get("skipped_samples", {}).items():
+        _echo(f"images without a mask for {key}: " + "; ".join(f"{k} ({len(v)})" for k, v in per.items()))
 
 
 @store_app.command("info")

@@ -24,6 +24,7 @@ from medxai._util.validate import check_images
 from medxai.data.datasets import stack_masks
 from medxai.distributed.store import MapStore, fingerprint
 from medxai.errors import ConfigError, DataError, MedxaiError
+from medxai.explain.targets import check_target_rule, explanation_targets
 
 __all__ = ["DTYPES", "StoreRun", "explain_dataset", "model_digest"]
 
@@ -103,36 +104,6 @@ def _items(dataset: Dataset, start: int, stop: int) -> list[dict[str, Any]]:
     return out
 
 
-def _targets(model: nn.Module, x: torch.Tensor, rule: str | int, labels: list[Any]) -> torch.Tensor:
-    if rule == "pred":
-        with torch.no_grad():
-            return model(x).argmax(-1).cpu()
-    if rule == "label":
-        out = []
-        for v in labels:
-            t = torch.as_tensor(v)
-            if t.numel() != 1:
-                raise ConfigError("target 'label' needs single-label data; use 'pred' or a class index")
-            out.append(int(t.reshape(-1)[0]))
-        return torch.tensor(out, dtype=torch.long)
-    return torch.full((x.shape[0],), int(rule), dtype=torch.long)
-
-
-def _check_rule(target: str | int) -> str | int:
-    if isinstance(target, bool):
-        raise ConfigError(f"target must be 'pred', 'label' or a class index, got {target!r}")
-    if isinstance(target, int):
-        if target < 0:
-            raise ConfigError(f"target class index must be >= 0, got {target}")
-        return target
-    if target in ("pred", "label"):
-        return target
-    try:
-        return _check_rule(int(target))
-    except ValueError:
-        raise ConfigError(f"target must be 'pred', 'label' or a class index, got {target!r}") from None
-
-
 def explain_shard(models: Mapping[str, nn.Module], dataset: Dataset, methods: Mapping[str, Mapping[str, Any]],
                   start: int, stop: int, *, target: str | int, batch_size: int, dtype: torch.dtype,
                   device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -158,7 +129,7 @@ def explain_shard(models: Mapping[str, nn.Module], dataset: Dataset, methods: Ma
         shortcuts.append([it.get("shortcut_mask") for it in items])
         xd = x.to(device)
         for rname, model in models.items():
-            t = _targets(model, xd, target, lab)
+            t = explanation_targets(model, xd, target, lab, batch_size=max(1, len(xd))).cpu()
             parts.setdefault(f"targets/{rname}", []).append(t)
             for m, kw in methods.items():
                 out = explain(model, xd, m, t.to(device), **kw)
@@ -242,7 +213,7 @@ def explain_dataset(models: nn.Module | Mapping[str, nn.Module], dataset: Datase
     info = setup()
     runs = _models(models)
     meths = _methods(methods)
-    rule = _check_rule(target)
+    rule = check_target_rule(target)
     if dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if not isinstance(batch_size, int) or batch_size < 1:

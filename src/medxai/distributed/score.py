@@ -24,7 +24,6 @@ from torch.utils.data import Dataset
 
 from medxai._util.dist import DistInfo, barrier, broadcast_object, setup
 from medxai._util.io import atomic_write, atomic_write_json
-from medxai._util.seed import derive_seed
 from medxai._util.validate import check_images
 from medxai.distributed.explain import StoreRun, _default_device, _plan, model_digest, run_shards
 from medxai.distributed.store import MapStore, ScoreStore, fingerprint
@@ -35,85 +34,48 @@ __all__ = ["CSV_COLUMNS", "score_store"]
 CSV_COLUMNS = ["id", "model", "method", "metric", "value", "category", "higher_is_better"]
 
 
-def _metric_infos(metrics: Sequence[str] | str) -> list[Any]:
-    from medxai.metrics import resolve
-
-    names = [m.strip() for m in metrics.split(",") if m.strip()] if isinstance(metrics, str) else list(metrics)
-    if not names:
-        raise ConfigError("metrics is empty")
-    infos = [resolve(n) for n in names]  # unknown names fail first, listing the known ones
-    return list({i.name: i for i in infos}.values())
-
-
-def _select_masks(masks: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor | None:
-    """(N, K, H, W) -> (N, H, W): the only channel, or the target class's channel."""
-    if masks is None:
-        return None
-    m = masks.bool()
-    if m.shape[1] == 1:
-        return m[:, 0]
-    return m[torch.arange(m.shape[0]), targets.clamp(0, m.shape[1] - 1)]
-
-
 def _score_shard(ms: MapStore, i: int, infos: list[Any], *, dataset: Dataset | None, models: Mapping[str, nn.Module],
                  options: Mapping[str, Mapping[str, Any]], seed: int, batch_size: int,
                  device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     from medxai.explain import explain
-    from medxai.metrics import ScoreContext
+    from medxai.metrics import score_samples
 
     tensors, meta = ms.read(i)
     ids = [str(s) for s in meta.get("ids", [])]
     index = tensors["index"]
-    n_i = index.shape[0]
     need_images = any(need in mi.needs for mi in infos for need in ("images", "model", "explainer"))
     images = None
     if need_images and dataset is not None:
         images = torch.stack([torch.as_tensor(dataset[int(j)]["image"], dtype=torch.float32) for j in index])
         check_images(images, f"images of shard {i}")
-    masks_all = tensors.get("masks")
-    shortcut = tensors.get("shortcut_masks")
     methods = ms.config.get("methods", {})
-    road_seeds = [derive_seed(seed, "road", s) for s in ids]
     out: dict[str, torch.Tensor] = {}
     columns: dict[str, dict[str, Any]] = {}
     skipped: dict[str, dict[str, str]] = {}
+    skipped_samples: dict[str, dict[str, dict[str, str]]] = {}
     for rname in ms.config.get("runs", {}):
         targets = tensors[f"targets/{rname}"].long()
-        masks = _select_masks(masks_all, targets)
-        model = models.get(rname)
         for method, kw in methods.items():
             key = f"{rname}/{method}"
-            maps = tensors[f"maps/{key}"].float()[:, 0]
 
             def explainer(model_, x_, t_, method=method, kw=kw):
                 return explain(model_, x_, method, t_, **kw)
 
-            cols: dict[str, list[torch.Tensor]] = {}
-            for b0 in range(0, n_i, batch_size):
-                sl = slice(b0, min(n_i, b0 + batch_size))
-                opts = {k: dict(v) for k, v in options.items()}
-                opts.setdefault("road", {}).setdefault("seed", road_seeds[sl])
-
-                def dev(t: torch.Tensor | None, sl: slice = sl) -> torch.Tensor | None:
-                    return None if t is None else t[sl].to(device)
-
-                ctx = ScoreContext(maps=dev(maps), images=dev(images), masks=dev(masks),  # type: ignore[arg-type]
-                                   shortcut_masks=None if shortcut is None else dev(shortcut.bool()),
-                                   targets=dev(targets), model=model, explainer=explainer, options=opts)
-                for mi in infos:
-                    reason = mi.available(ctx)
-                    if reason is not None:
-                        if need_images and dataset is None and any(n in mi.needs for n in ("images", "model")):
-                            reason += " (pass the dataset: --data)"
-                        skipped.setdefault(key, {})[mi.name] = reason
-                        continue
-                    for col, vals in mi.compute(ctx).items():
-                        columns[col] = {"metric": mi.name, "category": mi.category,
-                                        "higher_is_better": mi.higher_is_better, "reference": mi.reference}
-                        cols.setdefault(col, []).append(vals.detach().double().cpu().reshape(-1))
-            for col, parts in cols.items():
-                out[f"{key}/{col}"] = torch.cat(parts)
-    return out, {"ids": ids, "columns": columns, "skipped": skipped}
+            res = score_samples(tensors[f"maps/{key}"], infos, ids=ids, images=images, masks=tensors.get("masks"),
+                                shortcut_masks=tensors.get("shortcut_masks"), targets=targets,
+                                model=models.get(rname), explainer=explainer, options=options, seed=seed,
+                                batch_size=batch_size, device=device)
+            for name, reason in res.skipped.items():
+                mi = next(m for m in infos if m.name == name)
+                if need_images and dataset is None and any(n in mi.needs for n in ("images", "model")):
+                    reason += " (pass the dataset: --data)"
+                skipped.setdefault(key, {})[name] = reason
+            if res.skipped_samples:
+                skipped_samples[key] = res.skipped_samples
+            columns.update(res.meta)
+            for col, v in res.columns.items():
+                out[f"{key}/{col}"] = v
+    return out, {"ids": ids, "columns": columns, "skipped": skipped, "skipped_samples": skipped_samples}
 
 
 def _merge(ss: ScoreStore, out: Path, *, n_boot: int, seed: int, extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -125,6 +87,7 @@ def _merge(ss: ScoreStore, out: Path, *, n_boot: int, seed: int, extra: Mapping[
     values: dict[tuple[str, str, str], list[np.ndarray]] = {}
     columns: dict[str, dict[str, Any]] = {}
     skipped: dict[str, dict[str, str]] = {}
+    skipped_samples: dict[str, dict[str, dict[str, str]]] = {}
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
@@ -135,6 +98,9 @@ def _merge(ss: ScoreStore, out: Path, *, n_boot: int, seed: int, extra: Mapping[
                 columns.update(meta.get("columns", {}))
                 for key, why in meta.get("skipped", {}).items():
                     skipped.setdefault(key, {}).update(why)
+                for key, per in meta.get("skipped_samples", {}).items():
+                    for name, by_id in per.items():
+                        skipped_samples.setdefault(key, {}).setdefault(name, {}).update(by_id)
                 for name, t in tensors.items():
                     rname, method, col = name.split("/", 2)
                     info = meta["columns"][col]
@@ -150,7 +116,8 @@ def _merge(ss: ScoreStore, out: Path, *, n_boot: int, seed: int, extra: Mapping[
         v = np.concatenate(parts)
         df = pd.DataFrame({"model": rname, "method": method, "metric": col, "value": v})
         summary.extend(summarize(df, by=("model", "method", "metric"), n_boot=n_boot, seed=seed))
-    result = {**dict(extra), "metrics": columns, "skipped": skipped, "n_images": ss.n, "n_boot": n_boot, "seed": seed,
+    result = {**dict(extra), "metrics": columns, "skipped": skipped,
+              "skipped_samples": skipped_samples, "n_images": ss.n, "n_boot": n_boot, "seed": seed,
               "summary": summary}
     atomic_write_json(out / "summary.json", result)
     return result
@@ -175,7 +142,9 @@ def score_store(store: str | Path, metrics: Sequence[str] | str, *, out: str | P
     info: DistInfo = setup()
     ms = MapStore.open(store)
     ms.require_complete()
-    infos = _metric_infos(metrics)
+    from medxai.metrics import metric_infos
+
+    infos = metric_infos(metrics)
     opts = {k: dict(v) for k, v in (options or {}).items()}
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")

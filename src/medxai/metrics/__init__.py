@@ -62,18 +62,29 @@ from medxai.metrics.registry import (
     nan_reason,
     resolve,
 )
+from medxai.metrics.scoring import (
+    DEFAULT_METRICS,
+    NO_MASK,
+    SampleScores,
+    metric_infos,
+    score_samples,
+    select_masks,
+)
 from medxai.metrics.shortcut import ShortcutScore, shortcut_share
 from medxai.metrics.statistics import bootstrap_ci, compare, summarize
 
 __all__ = [
     "ALIASES",
     "CATEGORIES",
+    "DEFAULT_METRICS",
     "METRICS",
     "NAN_REASONS",
+    "NO_MASK",
     "CurveResult",
     "MetricInfo",
     "RandomisationResult",
     "RoadResult",
+    "SampleScores",
     "ScoreContext",
     "ShortcutScore",
     "bootstrap_ci",
@@ -86,6 +97,7 @@ __all__ = [
     "linear_imputation",
     "mask_auroc",
     "mask_iou",
+    "metric_infos",
     "model_randomisation",
     "nan_reason",
     "noisy_linear_imputation",
@@ -97,6 +109,8 @@ __all__ = [
     "resolve",
     "rise_blur",
     "road",
+    "score_samples",
+    "select_masks",
     "shortcut_share",
     "sparseness",
     "spearman",

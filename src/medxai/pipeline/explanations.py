@@ -19,16 +19,13 @@ CHUNK = 32  # images per explain call: bounds memory whatever the method
 
 def explanation_targets(model: torch.nn.Module, s: EvalSample, policy: str, task: str,
                         top_k: int | None = None) -> torch.Tensor:
-    """Classes explained per image: (N,) the label (single-label tasks, ``policy="label"``) or the
-    model's top prediction (default; always for multilabel); (N, k) the k most probable outputs
-    in descending order (ties: lower index first) when ``top_k`` is given."""
-    if policy == "label" and task != "multilabel" and top_k is None:
-        return s.y.long()
-    from medxai.explain import resolve_targets
+    """Classes explained per image (``medxai.explain.targets``): (N,) the label (single-label tasks,
+    ``policy="label"``) or the model's top prediction (default; always for multilabel); (N, k) the k
+    most probable outputs in descending order (ties: lower index first) when ``top_k`` is given."""
+    from medxai.explain.targets import explanation_targets as targets_by_rule
 
-    with torch.no_grad():
-        logits = torch.cat([model(s.x[i:i + 256]) for i in range(0, len(s), 256)])
-    return resolve_targets(logits, None, top_k) if top_k else logits.argmax(1)
+    rule = "label" if policy == "label" and task != "multilabel" and top_k is None else "pred"
+    return targets_by_rule(model, s.x, rule, s.y, top_k=top_k)
 
 
 def resolve_method(model: torch.nn.Module, name: str, opts: dict[str, Any], output: str) -> tuple[str, dict]:
@@ -87,46 +84,31 @@ def _per_sample(v: torch.Tensor | np.ndarray) -> list[float | None]:
     return [None if not np.isfinite(a) else float(a) for a in arr.reshape(len(arr), -1)[:, 0]]
 
 
-def _select_masks(masks: torch.Tensor | None, targets: torch.Tensor, task: str) -> torch.Tensor | None:
-    """(N, H, W) evidence mask of the explained class: per-class masks are indexed by target."""
-    if masks is None:
-        return None
-    if masks.shape[1] == 1:
-        return masks[:, 0]
-    return masks[torch.arange(len(masks)), targets.long()]
-
-
 def score_stage(d: Path, model: torch.nn.Module, s: EvalSample, ex: StageResult, scfg: ScoreConfig,
-                task: str) -> dict:
-    """Per-sample scores of one (model, method) by every configured metric, plus the shortcut."""
-    from medxai.metrics import METRICS, ScoreContext
+                task: str, seed: int = 0) -> dict:
+    """Per-sample scores of one (model, method) by every configured metric, plus the shortcut.
+
+    Scored by ``medxai.metrics.score_samples`` (as ``medxai score`` and ``medxai store score``);
+    top-k maps score each (image, rank) against that finding's mask, ids ``"id#rank"``.
+    """
+    from medxai.metrics import score_samples
 
     maps, targets = _load_maps(ex)
-    ids, x, has, sc, allm = s.ids, s.x, s.has_mask, s.shortcut_masks, s.masks
-    if targets.ndim == 2:  # top-k: score each (image, rank) against that finding's mask
-        k = targets.shape[1]
-        ids = [f"{i}#{r + 1}" for i in s.ids for r in range(k)]
-        rep = lambda t: None if t is None else t.repeat_interleave(k, dim=0)
-        x, has, sc, allm = rep(x), rep(has), rep(sc), rep(allm)
-        maps, targets = maps.flatten(0, 1), targets.flatten()
-    masks = _select_masks(allm, targets, task)
-    if masks is not None and has is not None:
-        masks = masks & has[:, None, None]  # images without annotation: empty -> NaN
-    ctx = ScoreContext(maps=maps[:, 0], images=x, masks=masks, targets=targets, model=model,
-                       shortcut_masks=None if sc is None else sc[:, 0])
-    out: dict[str, Any] = {"ids": ids, "metrics": {}, "skipped": {}}
-    for name in scfg.metrics:
-        info = METRICS.get(name)
-        reason = info.available(ctx)
-        if reason is not None:
-            out["skipped"][name] = reason
+    names = list(scfg.metrics)
+    if scfg.shortcut and s.shortcut_masks is not None and "shortcut_share" not in names:
+        names.append("shortcut_share")
+    res = score_samples(maps, names, ids=s.ids, images=s.x, masks=s.masks, has_mask=s.has_mask,
+                        shortcut_masks=s.shortcut_masks, targets=targets, model=model, seed=seed)
+    out: dict[str, Any] = {"ids": res.ids, "metrics": {}, "skipped": dict(res.skipped),
+                           "skipped_samples": res.skipped_samples}
+    for col, vals in res.columns.items():
+        mname = res.meta[col]["metric"]
+        if mname == "shortcut_share" and mname not in scfg.metrics:
             continue
-        for col, vals in info.compute(ctx).items():
-            out["metrics"][col] = {"values": _per_sample(vals), "higher_is_better": info.higher_is_better,
-                                   "category": info.category}
-    if scfg.shortcut and ctx.shortcut_masks is not None:
-        sc = METRICS.get("shortcut_share").compute(ctx)
-        share, peak = sc["shortcut_share"].double(), sc["shortcut_max"].double()
+        out["metrics"][col] = {"values": _per_sample(vals), "higher_is_better": res.meta[col]["higher_is_better"],
+                               "category": res.meta[col]["category"]}
+    if scfg.shortcut and "shortcut_share" in res.columns:
+        share, peak = res.columns["shortcut_share"], res.columns["shortcut_max"]
         ok = torch.isfinite(share) & torch.isfinite(peak)
         out["shortcut"] = {"share": float(share[ok].mean()) if ok.any() else None,
                            "peak_rate": float(peak[ok].mean()) if ok.any() else None, "n": int(ok.sum())}

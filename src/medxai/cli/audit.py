@@ -54,9 +54,9 @@ def demo(
     set_: list[str] = typer.Option([], "--set", help="Override a config key: key.sub=value."),
 ) -> None:
     """The embedded default audit: a synthetic pneumonia study with a shortcut, standard vs robust CNN."""
-    import yaml
+    from medxai._util.io import safe_yaml_load
 
-    raw = yaml.safe_load(resources.files("medxai.configs").joinpath("demo.yaml").read_text(encoding="utf-8"))
+    raw = safe_yaml_load(resources.files("medxai.configs").joinpath("demo.yaml").read_text(encoding="utf-8"))
     _run(raw, out, True, force, set_)
 
 

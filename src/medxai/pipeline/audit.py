@@ -3,6 +3,11 @@ scores, sanity checks, shortcut analysis -> report, each a cached stage of the r
 
 A stage's key hashes its own config and the keys of the stages it reads, so a rerun reuses
 everything and changing one explainer recomputes only that explainer's maps and scores.
+
+:func:`run_audit` is the list of steps; each step reads and extends one :class:`_Audit` (the
+config, the run directory's stage runner, the data and the stage results so far). The work a
+stage does when it is not cached is a module-level ``*_stage`` function bound with
+:func:`functools.partial`.
 """
 
 from __future__ import annotations
@@ -10,17 +15,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from medxai._util.io import atomic_write_json
 from medxai._util.seed import seed_everything
 from medxai.pipeline.cache import StageResult, StageRunner, stage_key
-from medxai.pipeline.config import AuditConfig
-from medxai.pipeline.data import build_datasets, eval_sample
+from medxai.pipeline.config import AuditConfig, ModelConfig
+from medxai.pipeline.data import EvalSample, build_datasets, eval_sample
 
 __all__ = ["AuditResult", "run_audit"]
 
@@ -35,6 +40,41 @@ class AuditResult:
     seconds: float = 0.0
 
 
+@dataclass
+class _Audit:
+    """One audit's state: its inputs, and every stage's result once that step has run."""
+
+    cfg: AuditConfig
+    out: Path
+    runner: StageRunner
+    datasets: dict[str, Any]
+    data_desc: dict[str, Any]
+    data_parts: dict[str, Any]  # what the data stage's key hashes; every stage that reads data hashes data_key
+    sample: EvalSample  # the fixed test images every robustness / explanation stage draws from
+    x_sample: EvalSample  # its first n_score / n_show images: explained, scored, shown in the report
+    data_st: StageResult | None = None
+    model_stages: dict[str, StageResult] = field(default_factory=dict)
+    evals: dict[str, dict] = field(default_factory=dict)
+    attacks: dict[str, dict] = field(default_factory=dict)
+    corruptions: dict[str, dict] = field(default_factory=dict)
+    gallery: StageResult | None = None
+    explained: dict[tuple[str, str], StageResult] = field(default_factory=dict)
+    scores: dict[tuple[str, str], StageResult] = field(default_factory=dict)
+    sanity: list[dict] = field(default_factory=list)
+
+    @property
+    def data_key(self) -> str:
+        return stage_key(self.data_parts)
+
+    @property
+    def task(self) -> str:
+        return self.data_desc["task"]
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.data_desc["class_names"]
+
+
 def _load_model(stage: StageResult) -> torch.nn.Module:
     from medxai.runs import load_run
 
@@ -46,158 +86,194 @@ def run_audit(cfg: AuditConfig, out: str | Path, *, synthetic: bool | None = Non
               log: Callable[[str], None] | None = None, progress: Any = None) -> AuditResult:
     """Run (or resume) the whole audit into ``out``; returns the report and findings."""
     t0 = time.perf_counter()
-    out = Path(out)
+    audit = _start(cfg, Path(out), synthetic=synthetic, force=force, log=log)
+    _data(audit)
+    _train_models(audit)
+    _robustness(audit)
+    _explain(audit)
+    _sanity(audit)
+    report, html = _report(audit)
+    return AuditResult(audit.out, html, report, report["findings"], audit.runner.events, time.perf_counter() - t0)
+
+
+# -- steps, in the order run_audit runs them ---------------------------------------------------
+
+def _start(cfg: AuditConfig, out: Path, *, synthetic: bool | None, force: set[str] | None,
+           log: Callable[[str], None] | None) -> _Audit:
+    """Seed, write config.json, build the datasets and draw the fixed evaluation sample."""
     out.mkdir(parents=True, exist_ok=True)
-    say = log or (lambda m: None)
-    runner = StageRunner(out, force=force, log=say)
+    runner = StageRunner(out, force=force, log=log or (lambda m: None))
     seed_everything(cfg.seed)
     atomic_write_json(out / "config.json", cfg.model_dump(mode="json"))
-
-    # -- data ---------------------------------------------------------------------------------
     datasets, data_desc = build_datasets(cfg.data, synthetic=synthetic)
     data_parts = {"data": cfg.data.model_dump(mode="json"), "synthetic": synthetic}
-    data_key = stage_key(data_parts)
-    task, class_names = data_desc["task"], data_desc["class_names"]
     n_eval = max(cfg.attack.n if cfg.attack.enabled else 0, cfg.corruption.n if cfg.corruption.enabled else 0,
                  cfg.explain.n_score, cfg.explain.n_show)
     sample = eval_sample(datasets["test"], n_eval)
-
-    def data_stage(d: Path) -> dict:
-        from medxai.pipeline.figures import data_examples
-
-        data_examples(sample.subset(8), class_names, task, d / "examples.png")
-        return {**data_desc, "examples": "examples.png"}
-
-    data_st = runner.run("data", data_parts, data_stage)
-
-    # -- models -------------------------------------------------------------------------------
-    model_stages: dict[str, StageResult] = {}
-    evals: dict[str, dict] = {}
-    for mc in cfg.models:
-        parts = {"data": data_key, "model": mc.model_dump(mode="json"), "seed": cfg.seed,
-                 "init_from": model_stages[mc.init_from].key if mc.init_from else None}
-
-        def train_stage(d: Path, mc=mc) -> dict:
-            from medxai.models import create, freeze
-            from medxai.train import fit
-
-            in_chans = int(sample.x.shape[1])
-            if mc.init is not None:  # the ViT study's initialisations, from local files
-                from medxai.models.vit_presets import init_vit
-
-                model = create(mc.arch, len(class_names), in_chans=in_chans, **mc.options)
-                init_vit(model, mc.init, mc.pretrained)
-            else:
-                model = create(mc.arch, len(class_names), in_chans=in_chans, pretrained=mc.pretrained, **mc.options)
-            if mc.init_from:
-                src = _load_model(model_stages[mc.init_from])
-                model.load_state_dict(src.state_dict())
-            if mc.freeze is not None:
-                freeze(model, **(mc.freeze if isinstance(mc.freeze, dict) else {"until": mc.freeze}))
-            preset = {}
-            if mc.preset:
-                from medxai.models.vit_presets import vit_preset
-
-                preset = vit_preset(*mc.preset.split("/"))
-            train_cfg = {"seed": cfg.seed, "task": task, **preset, **mc.train}
-            res = fit(model, datasets["train"], datasets["val"], train_cfg, run_dir=d / "run",
-                      meta={"class_names": class_names})
-            return {"arch": mc.arch, "objective": (mc.train.get("objective") or {}).get("name", "standard"),
-                    "epochs_run": res.epochs_run, "best_epoch": res.best_epoch, "seconds": res.train_time_s}
-
-        model_stages[mc.name] = runner.run(f"train/{mc.name}", parts, train_stage)
-
-        def eval_stage(d: Path, mc=mc) -> dict:
-            from medxai.evaluate import classification, predict
-
-            model = _load_model(model_stages[mc.name])
-            ids, y_true, scores = predict(model, datasets["test"], batch_size=128)
-            n_boot = int(cfg.evaluation.get("n_boot", 1000))
-            metrics = classification(y_true, scores, task, class_names=class_names, n_boot=n_boot, seed=cfg.seed)
-            return {"metrics": metrics, "n": len(ids)}
-
-        evals[mc.name] = runner.run(f"evaluate/{mc.name}", {"train": model_stages[mc.name].key,
-                                                             "eval": cfg.evaluation}, eval_stage).result
-
-    # -- robustness ---------------------------------------------------------------------------
-    attacks: dict[str, dict] = {}
-    corruptions: dict[str, dict] = {}
-    for name, st in model_stages.items():
-        if cfg.attack.enabled:
-            def attack_stage(d: Path, st=st) -> dict:
-                from medxai.attacks import evaluate as attack_eval
-
-                model = _load_model(st)
-                s = sample.subset(cfg.attack.n)
-                return attack_eval(model, (s.x, s.y), eps_list=cfg.attack.eps, norm=cfg.attack.norm,
-                                   steps=cfg.attack.steps, task=task)
-
-            attacks[name] = runner.run(f"attack/{name}", {"train": st.key, "attack": cfg.attack.model_dump(),
-                                                          "data": data_key}, attack_stage).result
-        if cfg.corruption.enabled:
-            def corruption_stage(d: Path, st=st) -> dict:
-                from medxai.pipeline.robustness import corruption_table
-
-                return corruption_table(_load_model(st), sample.subset(cfg.corruption.n), task, class_names,
-                                        cfg.corruption.names, cfg.corruption.severities, seed=cfg.seed)
-
-            corruptions[name] = runner.run(f"corrupt/{name}", {"train": st.key, "data": data_key,
-                                                               "corruption": cfg.corruption.model_dump()},
-                                           corruption_stage).result
-    gallery = None
-    if cfg.corruption.enabled and cfg.corruption.gallery:
-        def gallery_stage(d: Path) -> dict:
-            from medxai.corruptions import gallery as corruption_gallery
-
-            corruption_gallery(sample.subset(1).x, d / "gallery.png", cfg.corruption.names,
-                               cfg.corruption.severities, seed=cfg.seed)
-            return {"png": "gallery.png"}
-
-        gallery = runner.run("corrupt/gallery", {"data": data_key, "c": cfg.corruption.model_dump()}, gallery_stage)
-
-    # -- explanations and scores --------------------------------------------------------------
-    explained: dict[tuple[str, str], StageResult] = {}
-    scores: dict[tuple[str, str], StageResult] = {}
-    from medxai.pipeline.explanations import explain_stage, sanity_stage, score_stage
-
     x_sample = sample.subset(max(cfg.explain.n_score, cfg.explain.n_show))
-    for name, st in model_stages.items():
+    return _Audit(cfg, out, runner, datasets, data_desc, data_parts, sample, x_sample)
+
+
+def _data(a: _Audit) -> None:
+    a.data_st = a.runner.run("data", a.data_parts, partial(_data_stage, a))
+
+
+def _train_models(a: _Audit) -> None:
+    """Train each model (in config order: ``init_from`` names an earlier one), then evaluate it."""
+    for mc in a.cfg.models:
+        parts = {"data": a.data_key, "model": mc.model_dump(mode="json"), "seed": a.cfg.seed,
+                 "init_from": a.model_stages[mc.init_from].key if mc.init_from else None}
+        a.model_stages[mc.name] = a.runner.run(f"train/{mc.name}", parts, partial(_train_stage, a, mc))
+        _evaluate(a, mc.name)
+
+
+def _evaluate(a: _Audit, name: str) -> None:
+    parts = {"train": a.model_stages[name].key, "eval": a.cfg.evaluation}
+    a.evals[name] = a.runner.run(f"evaluate/{name}", parts, partial(_eval_stage, a, name)).result
+
+
+def _robustness(a: _Audit) -> None:
+    """Per model: the attack sweep and the corruption table; then the corruption gallery."""
+    cfg = a.cfg
+    for name, st in a.model_stages.items():
+        if cfg.attack.enabled:
+            parts = {"train": st.key, "attack": cfg.attack.model_dump(), "data": a.data_key}
+            a.attacks[name] = a.runner.run(f"attack/{name}", parts, partial(_attack_stage, a, st)).result
+        if cfg.corruption.enabled:
+            parts = {"train": st.key, "data": a.data_key, "corruption": cfg.corruption.model_dump()}
+            a.corruptions[name] = a.runner.run(f"corrupt/{name}", parts, partial(_corruption_stage, a, st)).result
+    if cfg.corruption.enabled and cfg.corruption.gallery:
+        parts = {"data": a.data_key, "c": cfg.corruption.model_dump()}
+        a.gallery = a.runner.run("corrupt/gallery", parts, partial(_gallery_stage, a))
+
+
+def _explain(a: _Audit) -> None:
+    """Per model and method: the maps, then their scores (a score stage hashes its maps' key)."""
+    from medxai.pipeline.explanations import explain_stage, score_stage
+
+    cfg, task, x_sample = a.cfg, a.task, a.x_sample
+    for name, st in a.model_stages.items():
         for method in cfg.explain.methods:
             opts = cfg.explain.options.get(method, {})
-            parts = {"train": st.key, "data": data_key, "method": method, "options": opts,
+            parts = {"train": st.key, "data": a.data_key, "method": method, "options": opts,
                      "output": cfg.explain.output, "target": cfg.explain.target, "n": len(x_sample)}
-            explained[(name, method)] = ex = runner.run(
-                f"explain/{name}/{method}", parts,
-                lambda d, st=st, method=method, opts=opts: explain_stage(
-                    d, _load_model(st), x_sample, method, opts, cfg.explain, task))
-            scores[(name, method)] = runner.run(
+            ex = a.runner.run(f"explain/{name}/{method}", parts,
+                              _on_model(explain_stage, st, x_sample, method, opts, cfg.explain, task))
+            a.explained[(name, method)] = ex
+            a.scores[(name, method)] = a.runner.run(
                 f"score/{name}/{method}", {"explain": ex.key, "score": cfg.score.model_dump()},
-                lambda d, st=st, ex=ex: score_stage(d, _load_model(st), x_sample, ex, cfg.score, task))
-    sanity: list[dict] = []
-    if cfg.score.sanity:
-        for name, st in model_stages.items():
-            for method in cfg.score.sanity_methods or cfg.explain.methods[:1]:
-                opts = cfg.explain.options.get(method, {})
-                res = runner.run(f"sanity/{name}/{method}",
-                                 {"train": st.key, "data": data_key, "method": method, "opts": opts,
-                                  "n": cfg.score.sanity_n, "output": cfg.explain.output,
-                                  "granularity": cfg.score.sanity_granularity},
-                                 lambda d, st=st, method=method, opts=opts: sanity_stage(
-                                     d, _load_model(st), sample.subset(cfg.score.sanity_n), method, opts,
-                                     cfg.explain, task, seed=cfg.seed, granularity=cfg.score.sanity_granularity))
-                sanity.append({"model": name, "method": method, **res.result})
+                _on_model(score_stage, st, x_sample, ex, cfg.score, task))
 
-    # -- report -------------------------------------------------------------------------------
+
+def _sanity(a: _Audit) -> None:
+    """The model-randomisation check, per model, for ``score.sanity_methods`` (default: the first method)."""
+    from medxai.pipeline.explanations import sanity_stage
+
+    cfg = a.cfg
+    if not cfg.score.sanity:
+        return
+    for name, st in a.model_stages.items():
+        for method in cfg.score.sanity_methods or cfg.explain.methods[:1]:
+            opts = cfg.explain.options.get(method, {})
+            parts = {"train": st.key, "data": a.data_key, "method": method, "opts": opts,
+                     "n": cfg.score.sanity_n, "output": cfg.explain.output,
+                     "granularity": cfg.score.sanity_granularity}
+            fn = _on_model(sanity_stage, st, a.sample.subset(cfg.score.sanity_n), method, opts,
+                         cfg.explain, a.task, seed=cfg.seed, granularity=cfg.score.sanity_granularity)
+            res = a.runner.run(f"sanity/{name}/{method}", parts, fn)
+            a.sanity.append({"model": name, "method": method, **res.result})
+
+
+def _report(a: _Audit) -> tuple[dict, Path]:
+    """Write report.json from the stages' results, then render report.html from it."""
     from medxai.pipeline.report_data import assemble_report
-
-    report = assemble_report(cfg, out, data_st, model_stages, evals, attacks, corruptions, gallery,
-                             explained, scores, sanity, sample=x_sample, class_names=class_names, task=task)
-    atomic_write_json(out / "report.json", report)
     from medxai.report import build_report
 
-    html = build_report(out)
-    return AuditResult(out, html, report, report["findings"], runner.events, time.perf_counter() - t0)
+    report = assemble_report(a.cfg, a.out, a.data_st, a.model_stages, a.evals, a.attacks, a.corruptions,
+                             a.gallery, a.explained, a.scores, a.sanity, sample=a.x_sample,
+                             class_names=a.class_names, task=a.task)
+    atomic_write_json(a.out / "report.json", report)
+    return report, build_report(a.out)
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().numpy()
+# -- the work of each stage when it is not cached (``d`` is the stage's fresh folder) ----------
+
+def _on_model(stage_fn: Callable[..., dict], st: StageResult, *args: Any, **kwargs: Any) -> Callable[[Path], dict]:
+    """``stage_fn(d, model, *args, **kwargs)`` with ``st``'s model loaded only if the stage runs."""
+    return lambda d: stage_fn(d, _load_model(st), *args, **kwargs)
+
+
+def _data_stage(a: _Audit, d: Path) -> dict:
+    from medxai.pipeline.figures import data_examples
+
+    data_examples(a.sample.subset(8), a.class_names, a.task, d / "examples.png")
+    return {**a.data_desc, "examples": "examples.png"}
+
+
+def _train_stage(a: _Audit, mc: ModelConfig, d: Path) -> dict:
+    from medxai.train import fit
+
+    model = _build_model(a, mc)
+    preset = {}
+    if mc.preset:
+        from medxai.models.vit_presets import vit_preset
+
+        preset = vit_preset(*mc.preset.split("/"))
+    train_cfg = {"seed": a.cfg.seed, "task": a.task, **preset, **mc.train}
+    res = fit(model, a.datasets["train"], a.datasets["val"], train_cfg, run_dir=d / "run",
+              meta={"class_names": a.class_names})
+    return {"arch": mc.arch, "objective": (mc.train.get("objective") or {}).get("name", "standard"),
+            "epochs_run": res.epochs_run, "best_epoch": res.best_epoch, "seconds": res.train_time_s}
+
+
+def _build_model(a: _Audit, mc: ModelConfig) -> torch.nn.Module:
+    """A fresh model for ``mc``: created (or ViT-initialised), warm-started from ``init_from``, frozen."""
+    from medxai.models import create, freeze
+
+    n_classes, in_chans = len(a.class_names), int(a.sample.x.shape[1])
+    if mc.init is not None:  # the ViT study's initialisations, from local files
+        from medxai.models.vit_presets import init_vit
+
+        model = create(mc.arch, n_classes, in_chans=in_chans, **mc.options)
+        init_vit(model, mc.init, mc.pretrained)
+    else:
+        model = create(mc.arch, n_classes, in_chans=in_chans, pretrained=mc.pretrained, **mc.options)
+    if mc.init_from:
+        model.load_state_dict(_load_model(a.model_stages[mc.init_from]).state_dict())
+    if mc.freeze is not None:
+        freeze(model, **(mc.freeze if isinstance(mc.freeze, dict) else {"until": mc.freeze}))
+    return model
+
+
+def _eval_stage(a: _Audit, name: str, d: Path) -> dict:
+    from medxai.evaluate import classification, predict
+
+    model = _load_model(a.model_stages[name])
+    ids, y_true, scores = predict(model, a.datasets["test"], batch_size=128)
+    n_boot = int(a.cfg.evaluation.get("n_boot", 1000))
+    metrics = classification(y_true, scores, a.task, class_names=a.class_names, n_boot=n_boot, seed=a.cfg.seed)
+    return {"metrics": metrics, "n": len(ids)}
+
+
+def _attack_stage(a: _Audit, st: StageResult, d: Path) -> dict:
+    from medxai.attacks import evaluate as attack_eval
+
+    c = a.cfg.attack
+    s = a.sample.subset(c.n)
+    return attack_eval(_load_model(st), (s.x, s.y), eps_list=c.eps, norm=c.norm, steps=c.steps, task=a.task)
+
+
+def _corruption_stage(a: _Audit, st: StageResult, d: Path) -> dict:
+    from medxai.pipeline.robustness import corruption_table
+
+    c = a.cfg.corruption
+    return corruption_table(_load_model(st), a.sample.subset(c.n), a.task, a.class_names, c.names, c.severities,
+                            seed=a.cfg.seed)
+
+
+def _gallery_stage(a: _Audit, d: Path) -> dict:
+    from medxai.corruptions import gallery as corruption_gallery
+
+    c = a.cfg.corruption
+    corruption_gallery(a.sample.subset(1).x, d / "gallery.png", c.names, c.severities, seed=a.cfg.seed)
+    return {"png": "gallery.png"}

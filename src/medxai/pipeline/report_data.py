@@ -69,12 +69,7 @@ def assemble_report(cfg: AuditConfig, out: Path, data_st: StageResult, model_sta
                     gallery: StageResult | None, explained: dict[tuple[str, str], StageResult],
                     scores: dict[tuple[str, str], StageResult], sanity: list[dict], *, sample: EvalSample,
                     class_names: list[str], task: str) -> dict:
-    from safetensors.torch import load_file
-
-    from medxai.metrics import compare, nan_reason, summarize
-    from medxai.pipeline.figures import explanation_grid, heat_png, image_png
-
-    rel = lambda p: str(Path(p).relative_to(out))
+    """report.json: data, models, robustness, explanations, scores, sanity, shortcut, then findings."""
     models = list(model_stages)
     methods = list(cfg.explain.methods)
     report: dict[str, Any] = {
@@ -83,26 +78,61 @@ def assemble_report(cfg: AuditConfig, out: Path, data_st: StageResult, model_sta
         "config": cfg.model_dump(mode="json"),
         "data": {k: data_st.result[k] for k in ("description", "class_names", "splits", "task")},
         "models": {n: _model_section(model_stages[n], evals[n], class_names) for n in models},
-        "robustness": {}, "assets": {"data_examples": rel(data_st.dir / data_st.result["examples"])},
+        "robustness": _robustness_section(cfg, attacks, corruptions),
+        "assets": {"data_examples": _rel(out, data_st.dir / data_st.result["examples"])},
     }
-    # robustness
+    if gallery is not None:
+        report["assets"]["gallery"] = _rel(out, gallery.dir / gallery.result["png"])
+    report["explanations"] = _explanation_section(cfg, out, explained, sample, models, methods, class_names, task)
+    report["assets"]["explanation_grid"] = report["explanations"].pop("grid")
+    rows, meta = _score_rows(scores)
+    by_key = {(r["model"], r["method"], r["metric"]): {} for r in rows}
+    for r in rows:
+        by_key[(r["model"], r["method"], r["metric"])][r["id"]] = r["value"]
+    report["scores"] = {"summary": _score_summary(cfg, rows, meta),
+                        "comparisons": _comparisons(cfg, by_key, meta, models, methods)}
+    report["sanity"] = sanity
+    sc_rows = [{"model": mo, "method": me, **st.result["shortcut"]}
+               for (mo, me), st in scores.items() if st.result.get("shortcut")]
+    if sc_rows:
+        report["shortcut"] = {"description": "Share of positive attribution on the laterality marker and how often "
+                              "the map's maximum lies on it, over test images that carry the marker.",
+                              "rows": sc_rows}
+    report["findings"] = findings(report, by_key, models, methods, task, cfg)
+    return report
+
+
+def _rel(out: Path, p: str | Path) -> str:
+    return str(Path(p).relative_to(out))
+
+
+def _robustness_section(cfg: AuditConfig, attacks: dict[str, dict], corruptions: dict[str, dict]) -> dict:
+    """The attack sweep (success rate, robust accuracy per budget) and corruption drops, per model."""
+    section: dict[str, Any] = {}
     if attacks:
         eps = next(iter(attacks.values()))["eps"]
-        report["robustness"]["attack"] = {
+        section["attack"] = {
             "norm": cfg.attack.norm, "steps": cfg.attack.steps, "eps": eps,
             "eps_labels": [_fmt_eps(e, cfg.attack.norm) for e in eps],
             "models": {n: {"success_rate": a["success_rate"], "robust_accuracy": a["robust_accuracy"]}
                        for n, a in attacks.items()}}
     if corruptions:
         first = next(iter(corruptions.values()))
-        report["robustness"]["corruption"] = {
+        section["corruption"] = {
             "metric": first["metric"], "severities": first["severities"],
             "models": {n: {"clean": c["clean"], "mean_drop": c["mean_drop"], "drops": c["drops"]}
                        for n, c in corruptions.items()}}
-    if gallery is not None:
-        report["assets"]["gallery"] = rel(gallery.dir / gallery.result["png"])
+    return section
 
-    # explanations: overlays on one colour scale per method across models
+
+def _explanation_section(cfg: AuditConfig, out: Path, explained: dict[tuple[str, str], StageResult],
+                         sample: EvalSample, models: list[str], methods: list[str], class_names: list[str],
+                         task: str) -> dict:
+    """Image and overlay PNGs (one colour scale per method across models) and the grid (under ``grid``)."""
+    from safetensors.torch import load_file
+
+    from medxai.pipeline.figures import explanation_grid, heat_png, image_png
+
     maps = {k: load_file(str(st.dir / "maps.safetensors"))["maps"] for k, st in explained.items()}
     maps = {k: m[:, 0] if m.ndim == 5 else m for k, m in maps.items()}  # top-k: show the most probable
     n_show = min(cfg.explain.n_show, len(sample))
@@ -116,22 +146,23 @@ def assemble_report(cfg: AuditConfig, out: Path, data_st: StageResult, model_sta
     for i in range(n_show):
         p = assets / f"img{i}.png"
         image_png(sample.x[i], p)
-        images.append({"id": sample.ids[i], "label": labels[i], "png": rel(p)})
+        images.append({"id": sample.ids[i], "label": labels[i], "png": _rel(out, p)})
     overlays = {}
     for (mo, me), m in maps.items():
         paths = []
         for i in range(n_show):
             p = assets / f"{mo}--{me}--{i}.png".replace("/", "_")
             heat_png(m[i, 0], scales[me], p)
-            paths.append(rel(p))
+            paths.append(_rel(out, p))
         overlays[f"{mo}|{me}"] = paths
     grid = assets / "explanation_grid.png"
     explanation_grid(sample.x[:n_show], {k: v[:n_show] for k, v in maps.items()}, models, methods, scales, grid, labels)
-    report["assets"]["explanation_grid"] = rel(grid)
-    report["explanations"] = {"methods": methods, "models": models, "output": cfg.explain.output,
-                              "images": images, "overlays": overlays, "scales": scales}
+    return {"methods": methods, "models": models, "output": cfg.explain.output, "images": images,
+            "overlays": overlays, "scales": scales, "grid": _rel(out, grid)}
 
-    # scores: per-sample values -> summaries with CIs and paired comparisons
+
+def _score_rows(scores: dict[tuple[str, str], StageResult]) -> tuple[list[dict], dict[str, bool]]:
+    """Long-format per-sample values (None -> NaN) and each metric's ``higher_is_better``."""
     rows = []
     meta: dict[str, bool] = {}
     for (mo, me), st in scores.items():
@@ -140,21 +171,31 @@ def assemble_report(cfg: AuditConfig, out: Path, data_st: StageResult, model_sta
             for sid, v in zip(st.result["ids"], info["values"], strict=True):
                 rows.append({"model": mo, "method": me, "metric": metric, "id": sid,
                              "value": float("nan") if v is None else float(v)})
-    summary = []
-    if rows:
-        import pandas as pd
+    return rows, meta
 
-        df = pd.DataFrame(rows)
-        summ = summarize(df, by=("model", "method", "metric"), n_boot=cfg.score.n_boot, seed=cfg.seed)
-        for s in summ:
-            s["higher_is_better"] = meta.get(s["metric"], True)
-            s["nan_reason"] = nan_reason(s["metric"]) if s["n_nan"] else None
-            summary.append(s)
-    report["scores"] = {"summary": summary, "comparisons": []}
+
+def _score_summary(cfg: AuditConfig, rows: list[dict], meta: dict[str, bool]) -> list[dict]:
+    """Per model, method and metric: the mean with a bootstrap CI and why values are NaN."""
+    from medxai.metrics import nan_reason, summarize
+
+    if not rows:
+        return []
+    import pandas as pd
+
+    summary = summarize(pd.DataFrame(rows), by=("model", "method", "metric"), n_boot=cfg.score.n_boot, seed=cfg.seed)
+    for s in summary:
+        s["higher_is_better"] = meta.get(s["metric"], True)
+        s["nan_reason"] = nan_reason(s["metric"]) if s["n_nan"] else None
+    return list(summary)
+
+
+def _comparisons(cfg: AuditConfig, by_key: dict, meta: dict[str, bool], models: list[str],
+                 methods: list[str]) -> list[dict]:
+    """Paired comparisons on shared images, for ``score.compare`` (default: second model vs first)."""
+    from medxai.metrics import compare
+
+    out = []
     pairs = cfg.score.compare or ([[models[1], models[0]]] if len(models) >= 2 else [])
-    by_key = {(r["model"], r["method"], r["metric"]): {} for r in rows}
-    for r in rows:
-        by_key[(r["model"], r["method"], r["metric"])][r["id"]] = r["value"]
     for a, b in pairs:
         for me in methods:
             for metric in meta:
@@ -164,21 +205,8 @@ def assemble_report(cfg: AuditConfig, out: Path, data_st: StageResult, model_sta
                 ids = [i for i in va if i in vb]
                 c = compare(np.array([va[i] for i in ids]), np.array([vb[i] for i in ids]),
                             n_boot=cfg.score.n_boot, seed=cfg.seed)
-                report["scores"]["comparisons"].append({"metric": metric, "method": me, "a": a, "b": b, **c})
-
-    # sanity checks and shortcut
-    report["sanity"] = sanity
-    sc_rows = []
-    for (mo, me), st in scores.items():
-        s = st.result.get("shortcut")
-        if s:
-            sc_rows.append({"model": mo, "method": me, **s})
-    if sc_rows:
-        report["shortcut"] = {"description": "Share of positive attribution on the laterality marker and how often "
-                              "the map's maximum lies on it, over test images that carry the marker.",
-                              "rows": sc_rows}
-    report["findings"] = findings(report, by_key, models, methods, task, cfg)
-    return report
+                out.append({"metric": metric, "method": me, "a": a, "b": b, **c})
+    return out
 
 
 def _label(y: torch.Tensor, class_names: list[str], task: str) -> str:

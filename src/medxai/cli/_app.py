@@ -9,7 +9,7 @@ import typer
 
 from medxai._util.progress import progress, set_quiet
 
-__all__ = ["app", "progress", "run_names", "state"]
+__all__ = ["app", "parse_options", "progress", "run_names", "state"]
 
 
 @dataclass
@@ -50,3 +50,31 @@ def run_names(runs: list[Path]) -> list[str]:
             name, k = f"{base}-{k}", k + 1
         names.append(name)
     return names
+
+
+def _file_or_text(text: str) -> str:
+    """The file's content when ``text`` names an existing file, else ``text`` itself."""
+    try:
+        is_file = "\n" not in text and Path(text).is_file()
+    except OSError:  # a name too long to be a path: it is YAML text
+        is_file = False
+    return Path(text).read_text(encoding="utf-8") if is_file else text
+
+
+def parse_options(text: str | None, flag: str = "--options") -> dict[str, dict]:
+    """Per-metric keyword arguments from YAML/JSON text or a file, through ``safe_yaml_load``
+    (alias bombs refused): ``{metric: {kwarg: value}}``. Called before any other file is read."""
+    import yaml
+
+    from medxai._util.io import safe_yaml_load
+    from medxai.errors import ConfigError
+
+    if not text:
+        return {}
+    try:
+        opts = safe_yaml_load(_file_or_text(text))
+    except (yaml.YAMLError, OSError) as exc:
+        raise ConfigError(f"{flag} is not valid YAML/JSON: {' '.join(str(exc).split())}") from None
+    if not isinstance(opts, dict) or not all(isinstance(v, dict) for v in opts.values()):
+        raise ConfigError(f"{flag} must map metric names to keyword arguments, e.g. '{{deletion: {{steps: 50}}}}'")
+    return opts

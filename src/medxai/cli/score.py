@@ -17,28 +17,10 @@ The scoring itself is ``medxai.metrics.score_maps`` (``score_samples`` per map),
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 
-from medxai.cli._app import app, progress, state
-from medxai.errors import ConfigError
-
-
-def _options(text: str | None) -> dict[str, dict[str, Any]]:
-    import yaml
-
-    from medxai._util.io import safe_yaml_load
-
-    if not text:
-        return {}
-    try:
-        opts = safe_yaml_load(Path(text).read_text(encoding="utf-8") if Path(text).is_file() else text)
-    except (yaml.YAMLError, OSError) as exc:
-        raise ConfigError(f"--options is not valid YAML/JSON: {exc}") from None
-    if not isinstance(opts, dict) or not all(isinstance(v, dict) for v in opts.values()):
-        raise ConfigError("--options must map metric names to keyword arguments, e.g. '{deletion: {steps: 50}}'")
-    return opts
+from medxai.cli._app import app, parse_options, progress, state
 
 
 @app.command()
@@ -61,8 +43,8 @@ def score(
     from medxai.metrics import DEFAULT_METRICS, metric_infos
     from medxai.metrics.maps_folder import score_maps
 
+    opts = parse_options(options)
     infos = metric_infos(DEFAULT_METRICS if metrics is None else metrics)  # unknown names fail before anything is read
-    opts = _options(options)
     with progress() as bar:
         task = bar.add_task("scoring", total=None)
         df, summary = score_maps(maps, [i.name for i in infos], data=data, runs=run, options=opts, n_boot=n_boot,

@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from medxai.cli._app import app, run_names, state
+from medxai.cli._app import app, parse_options, run_names, state
 from medxai.errors import ConfigError, DataError
 
 store_app = typer.Typer(help="Explain and score whole datasets into a chunked, resumable store (torchrun-ready).",
@@ -114,20 +114,6 @@ def store_explain(
           f"already there {len(res.skipped)} ({res.world_size} process(es), {res.seconds:.1f}s)")
 
 
-def _options(text: str | None) -> dict[str, dict[str, Any]]:
-    import yaml
-
-    if not text:
-        return {}
-    try:
-        opts = yaml.safe_load(Path(text).read_text(encoding="utf-8") if Path(text).is_file() else text)
-    except (yaml.YAMLError, OSError) as exc:
-        raise ConfigError(f"--options is not valid YAML/JSON: {exc}") from None
-    if not isinstance(opts, dict) or not all(isinstance(v, dict) for v in opts.values()):
-        raise ConfigError("--options must map metric names to keyword arguments, e.g. '{deletion: {steps: 50}}'")
-    return opts
-
-
 @store_app.command("score")
 def store_score(
     store: Path = typer.Option(..., "--store", help="Store folder written by `medxai store explain`."),
@@ -152,6 +138,7 @@ def store_score(
     from medxai.distributed import MapStore, score_store, setup
     from medxai.metrics import DEFAULT_METRICS, metric_infos
 
+    opts = parse_options(options)  # before any file is read
     info = setup()
     ms = MapStore.open(store)
     extra = ms.config.get("info", {})
@@ -176,7 +163,7 @@ def store_score(
             raise DataError(store, f"metrics that need the model need the runs {sorted(recorded) or '(none named)'}, "
                             "and none of their folders exists; pass --run RUN (matched by folder name)")
     res = score_store(store, [i.name for i in infos], out=out, dataset=dataset, models=models,
-                      options=_options(options), n_boot=n_boot, seed=seed, batch_size=batch_size, device=dev,
+                      options=opts, n_boot=n_boot, seed=seed, batch_size=batch_size, device=dev,
                       overwrite=overwrite, progress=not state.quiet)
     r = res["run"]
     _echo(f"scores of {store}: {res['n_images']} images, {len(res['summary'])} summary rows in {r.root}; "

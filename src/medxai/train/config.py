@@ -3,7 +3,7 @@
 ``TrainConfig`` is what ``fit`` needs (optimizer, schedule, loss, loop options).
 ``RunConfig`` is the YAML file of ``medxai train``: a run name, the model, the data and a
 ``train`` section. ``apply_overrides`` applies ``--set key.sub=value`` pairs (values parsed by
-``yaml.safe_load``, so ``1e-3``, ``true`` and ``null`` work).
+``safe_yaml_load``, so ``1e-3``, ``true`` and ``null`` work).
 """
 
 from __future__ import annotations
@@ -215,7 +215,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
 
 
 def load_run_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
-    """Read a ``medxai train`` YAML file (``yaml.safe_load``), apply overrides, validate."""
+    """Read a ``medxai train`` YAML file (``safe_yaml_load``), apply overrides, validate."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")

@@ -53,15 +53,15 @@ def explanation_targets(model: nn.Module, x: torch.Tensor, rule: str | int,
     """(N,) long targets of ``x`` by ``rule`` (see the module), or (N, k) with ``top_k`` (``"pred"`` only).
 
     Predictions are taken without gradients in batches of ``batch_size``; the result is on the
-    device of ``x`` for ``"pred"``, on the CPU otherwise.
+    device of ``x``.
     """
     rule = check_target_rule(rule)
     if top_k is not None and rule != "pred":
         raise ConfigError(f"top_k explains the k most probable outputs; it needs target 'pred', got {rule!r}")
     if rule == "label":
-        return _labels(labels)
+        return _labels(labels).to(x.device)
     if isinstance(rule, int):
-        return torch.full((x.shape[0],), rule, dtype=torch.long)
+        return torch.full((x.shape[0],), rule, dtype=torch.long, device=x.device)
     with torch.no_grad():
         logits = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
     if top_k is not None:

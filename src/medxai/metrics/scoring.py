@@ -33,13 +33,13 @@ DEFAULT_METRICS: tuple[str, ...] = ("pointing_game", "energy_pointing_game", "re
 NO_MASK = "no lesion mask for this image (or its explained class)"
 
 
-def metric_infos(metrics: Sequence[str] | str) -> list[MetricInfo]:
-    """Registry entries of ``metrics`` (names or aliases, a list or comma-separated), deduplicated
-    in order; unknown names fail first, listing the known ones."""
+def metric_infos(metrics: Sequence[str | MetricInfo] | str) -> list[MetricInfo]:
+    """Registry entries of ``metrics`` (names, aliases or entries; a list or comma-separated),
+    deduplicated in order; unknown names fail first, listing the known ones."""
     names = [m.strip() for m in metrics.split(",") if m.strip()] if isinstance(metrics, str) else list(metrics)
     if not names:
         raise ConfigError("metrics is empty")
-    infos = [resolve(n) for n in names]
+    infos = [n if isinstance(n, MetricInfo) else resolve(n) for n in names]
     return list({i.name: i for i in infos}.values())
 
 
@@ -109,9 +109,7 @@ def score_samples(maps: torch.Tensor, metrics: Sequence[str] | str | Sequence[Me
     keyword arguments; ROAD's noise is seeded per sample id from ``seed`` unless the options set
     it. batch_size: samples per metric call (default: all). Scores never depend on the batching.
     """
-    infos = metric_infos(metrics) if isinstance(metrics, str) else \
-        [m if isinstance(m, MetricInfo) else resolve(m) for m in metrics]
-    infos = list({i.name: i for i in infos}.values())
+    infos = metric_infos(metrics)
     ids = [str(i) for i in ids]
     maps = maps.float()
     per_image = {"images": images, "masks": masks, "has_mask": has_mask, "shortcut_masks": shortcut_masks}

@@ -188,6 +188,122 @@ def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
     return factor
 
 
+def _better_fn(name: str, mode: str) -> Callable[[float, float | None, float], bool]:
+    """``better(v, best, delta)``: whether ``v`` improves on ``best`` for metric ``name``."""
+    maximize = higher_is_better(name) if mode == "auto" else mode == "max"
+
+    def better(v: float, best: float | None, delta: float = 0.0) -> bool:
+        if v is None or not math.isfinite(v):
+            return False
+        if best is None:
+            return True
+        return v > best + delta if maximize else v < best - delta
+
+    return better
+
+
+# ----------------------------------------------------------------------------- run state
+@dataclass
+class _Run:
+    """What one ``fit`` call works on: the fixed parts ``_prepare`` builds, then the loop state."""
+
+    cfg: TrainConfig
+    model: nn.Module
+    train_data: Dataset
+    val_data: Dataset | None
+    task: str
+    head: Any
+    monitor: str
+    known: set[str]
+    es_monitor: str | None
+    device: torch.device
+    dist_info: _ddp.DistInfo
+    run_dir: Path | None
+    num_classes: int
+    class_names: list[str]
+    in_shape: list[int]
+    gen: torch.Generator
+    loader: DataLoader
+    val_loader: DataLoader | None
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    plain_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    objective: Any
+    ctx: StepContext = field(init=False)
+    # loop state (what last.safetensors keeps, and what resume restores)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    start_epoch: int = 0
+    global_step: int = 0
+    best_value: float | None = None
+    best_epoch: int | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+    es_best: float | None = None
+    es_bad: int = 0
+    stopped: bool = False
+    time_before: float = 0.0
+    log_lines: list[str] = field(default_factory=list)
+    have_last: bool = False  # last.safetensors holds a good state (named by NonFiniteLossError)
+    epoch: int = 0  # the epoch and step being trained, from 0
+    step: int = 0
+    t_start: float = 0.0
+    first_val: tuple[torch.Tensor, torch.Tensor] | None = None
+    bars: Any = None  # progress display (rank 0 with progress=True), its two task ids
+    ep_task: Any = None
+    st_task: Any = None
+
+    @property
+    def out_dir(self) -> Path | None:
+        """Where to write: rank 0 alone writes the run directory."""
+        return self.run_dir if self.dist_info.is_main else None
+
+    @property
+    def last_path(self) -> Path | None:
+        return self.run_dir / "last.safetensors" if self.run_dir else None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.loader)
+
+    @property
+    def warm_steps(self) -> int:
+        return round(self.cfg.warmup_epochs * self.steps_per_epoch)
+
+    def kept_checkpoint(self) -> Path | None:
+        return self.last_path if self.have_last else None
+
+    def note(self, msg: str) -> None:
+        """Log ``msg`` and rewrite train.log."""
+        log.info(msg)
+        self.log_lines.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}")
+        if self.out_dir is not None:
+            atomic_write_text(self.out_dir / "train.log", "\n".join(self.log_lines) + "\n")
+
+    def autocast(self) -> Any:
+        if self.cfg.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def backward_step(self, loss: torch.Tensor) -> None:
+        """``StepContext.backward_step``: stop (every rank) before a non-finite update."""
+        value = float(loss.detach())
+        if self.dist_info.enabled and not _ddp.all_finite(value):  # stop every rank together
+            value = value if not math.isfinite(value) else float("nan")
+        if not math.isfinite(value):
+            raise NonFiniteLossError(self.epoch + 1, self.step + 1, value, self.kept_checkpoint())
+        loss.backward()
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def write_metrics(self) -> None:
+        if self.out_dir is not None:
+            atomic_write_text(self.out_dir / "metrics.jsonl", "".join(_jsonline(r) + "\n" for r in self.history))
+
+
 # ----------------------------------------------------------------------------- fit
 def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
         config: TrainConfig | Mapping[str, Any] | None = None, *, run_dir: str | Path | None = None,
@@ -204,6 +320,31 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
     """
     cfg = train_config(config)
     run_dir = Path(run_dir) if run_dir is not None else None
+    run = _prepare(model, train_data, val_data, cfg, run_dir, resume)
+    model_meta = _model_meta(run, meta)
+    if resume:
+        _resume(run)
+    else:
+        seed_everything(_ddp.rank_seed(cfg.seed, run.dist_info))
+    _write_run_files(run, model_meta, resume, full_config)
+    run.t_start = time.perf_counter()
+    with ExitStack() as stack:
+        _enter_modes(run, stack, progress)
+        run.optimizer.zero_grad(set_to_none=True)
+        for epoch in range(run.start_epoch, cfg.epochs):
+            if run.stopped:
+                break
+            _run_epoch(run, epoch)
+            if run.stopped:
+                run.note(f"early stopping: {run.es_monitor} did not improve for {run.es_bad} epoch(s)")
+                break
+    return _finish(run)
+
+
+# ----------------------------------------------------------------------------- set-up steps
+def _check_task(cfg: TrainConfig, model: nn.Module, train_data: Dataset, val_data: Dataset | None,
+                run_dir: Path | None, resume: bool) -> tuple[str, Any, str, set[str], str | None]:
+    """Validate the config against model and data: (task, ordinal head, monitor, known names, es monitor)."""
     if resume and run_dir is None:
         raise ConfigError("resume=True needs run_dir (where last.safetensors is)")
     task = cfg.task or getattr(train_data, "task", None)
@@ -228,31 +369,11 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
     es_monitor = (es.monitor or monitor) if es else None
     if es_monitor and val_data is None and es_monitor.startswith("val_"):
         raise ConfigError(f"train.early_stopping.monitor={es_monitor!r} needs validation data")
+    return task, head, monitor, known, es_monitor
 
-    def better_fn(name: str, mode: str) -> Callable[[float, float | None, float], bool]:
-        maximize = higher_is_better(name) if mode == "auto" else mode == "max"
 
-        def better(v: float, best: float | None, delta: float = 0.0) -> bool:
-            if v is None or not math.isfinite(v):
-                return False
-            if best is None:
-                return True
-            return v > best + delta if maximize else v < best - delta
-
-        return better
-
-    is_better = better_fn(monitor, cfg.mode)
-    es_better = better_fn(es_monitor, es.mode) if es else None
-
-    device = _resolve_device(cfg.device)
-    dist_info = _ddp.setup()  # torchrun: DDP over WORLD_SIZE processes; else one process, as before
-    device = _ddp.device_for(device, dist_info)
-    out_dir = run_dir if dist_info.is_main else None  # rank 0 alone writes the run directory
-    model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-
-    # probe one item: number of outputs, input shape (eval mode, no grad: no state changes)
+def _probe(model: nn.Module, train_data: Dataset, task: str, device: torch.device) -> tuple[int, list[str], list[int]]:
+    """Run one item through the model (eval mode, no grad): (num_classes, class_names, input shape)."""
     if len(train_data) == 0:  # type: ignore[arg-type]
         raise ConfigError("the training dataset is empty")
     probe = collate([train_data[0]])
@@ -268,9 +389,12 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
     if len(class_names) != num_classes:
         raise ConfigError(f"the dataset has {len(class_names)} classes {class_names} but the model outputs "
                           f"{num_classes} logits")
-    in_shape = list(probe["image"].shape[1:])
+    return num_classes, class_names, list(probe["image"].shape[1:])
 
-    # data
+
+def _loaders(cfg: TrainConfig, train_data: Dataset, val_data: Dataset | None, task: str, num_classes: int,
+             dist_info: _ddp.DistInfo) -> tuple[torch.Generator, DataLoader, DataLoader | None, Any]:
+    """(order generator, train loader, val loader, class weights for the loss or None)."""
     gen = torch.Generator()
     weights = None
     if cfg.balance != "none":
@@ -288,265 +412,280 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
         sampler = _ddp.ShardedSampler(train_data, dist_info, generator=gen, weights=getattr(sampler, "weights", None))
     loader = DataLoader(train_data, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
                         collate_fn=collate, generator=gen, worker_init_fn=_worker_init, drop_last=cfg.drop_last)
-    steps_per_epoch = len(loader)
-    if steps_per_epoch == 0:
+    if len(loader) == 0:
         raise ConfigError(f"train.batch_size={cfg.batch_size} with drop_last leaves no batch "
                           f"({len(train_data)} samples)")
     val_loader = None if val_data is None else DataLoader(
         _ddp.shard_of(val_data, dist_info), batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False,
         num_workers=cfg.num_workers, collate_fn=collate)
+    return gen, loader, val_loader, weights
 
-    # optimisation
+
+def _prepare(model: nn.Module, train_data: Dataset, val_data: Dataset | None, cfg: TrainConfig,
+             run_dir: Path | None, resume: bool) -> _Run:
+    """Check the config, place the model, build loaders, optimizer, schedules, losses and objective."""
+    task, head, monitor, known, es_monitor = _check_task(cfg, model, train_data, val_data, run_dir, resume)
+    device = _resolve_device(cfg.device)
+    dist_info = _ddp.setup()  # torchrun: DDP over WORLD_SIZE processes; else one process, as before
+    device = _ddp.device_for(device, dist_info)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    num_classes, class_names, in_shape = _probe(model, train_data, task, device)
+    gen, loader, val_loader, weights = _loaders(cfg, train_data, val_data, task, num_classes, dist_info)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("the model has no trainable parameter (everything frozen?)")
     optimizer = _make_optimizer(cfg, params)
-    warm_steps = round(cfg.warmup_epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, len(loader)))
     plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.plateau_factor,
                                                           patience=cfg.plateau_patience)
                if cfg.scheduler == "plateau" else None)
-    loss_fn = build_loss(task, num_classes, class_weights=weights, label_smoothing=cfg.label_smoothing)
-    plain_loss = build_loss(task, num_classes)
-    objective = create_objective(cfg.objective.name, **cfg.objective.params())
+    run = _Run(cfg=cfg, model=model, train_data=train_data, val_data=val_data, task=task, head=head,
+               monitor=monitor, known=known, es_monitor=es_monitor, device=device, dist_info=dist_info,
+               run_dir=run_dir, num_classes=num_classes, class_names=class_names, in_shape=in_shape, gen=gen,
+               loader=loader, val_loader=val_loader, params=params, optimizer=optimizer, sched=sched,
+               plateau=plateau,
+               loss_fn=build_loss(task, num_classes, class_weights=weights, label_smoothing=cfg.label_smoothing),
+               plain_loss=build_loss(task, num_classes),
+               objective=create_objective(cfg.objective.name, **cfg.objective.params()))
+    run.ctx = StepContext(model=_ddp.wrap(model, dist_info, device), optimizer=optimizer, loss_fn=run.loss_fn,
+                          backward_step=run.backward_step, autocast=run.autocast, epoch=0, step=0, task=task)
+    return run
 
-    def autocast():
-        if cfg.precision == "bf16":
-            return torch.autocast(device.type, dtype=torch.bfloat16)
-        return nullcontext()
 
-    where = {"epoch": 0, "step": 0}
-    last_path = run_dir / "last.safetensors" if run_dir else None
-    have_last = [False]
+def _model_meta(run: _Run, meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The content of model.json."""
+    mcfg = getattr(run.model, "medxai_config", None)
+    return {"model": mcfg, "ordinal_head": run.head, "task": run.task,
+            "class_names": run.class_names, "num_classes": run.num_classes, "in_chans": run.in_shape[0],
+            "input_shape": run.in_shape, "image_size": run.in_shape[1:],
+            "normalize": (mcfg or {}).get("normalize"),
+            "preprocessing": getattr(run.train_data, "preprocessing", None), **dict(meta or {})}
 
-    def backward_step(loss: torch.Tensor) -> None:
-        value = float(loss.detach())
-        if dist_info.enabled and not _ddp.all_finite(value):  # stop every rank together
-            value = value if not math.isfinite(value) else float("nan")
-        if not math.isfinite(value):
-            raise NonFiniteLossError(where["epoch"] + 1, where["step"] + 1, value,
-                                     last_path if have_last[0] else None)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
 
-    ctx = StepContext(model=_ddp.wrap(model, dist_info, device), optimizer=optimizer, loss_fn=loss_fn,
-                      backward_step=backward_step, autocast=autocast, epoch=0, step=0, task=task)
+def _resume(run: _Run) -> None:
+    """Restore weights, optimizer, schedules, loop state, RNG states and the log from last.safetensors."""
+    last_path, run_dir = run.last_path, run.run_dir
+    assert last_path is not None and run_dir is not None  # _check_task made sure
+    ck = read_checkpoint(last_path)
+    tr = ck.get("train") or {}
+    try:
+        load_model_state(run.model, ck.model_state, where=str(last_path))
+        run.optimizer.load_state_dict(ck.get("optimizer"))
+        sch = ck.get("scheduler") or {}
+        run.sched.load_state_dict(sch["lambda"])
+        if run.plateau is not None and sch.get("plateau") is not None:
+            run.plateau.load_state_dict(sch["plateau"])
+        run.start_epoch, run.global_step = int(tr["epoch"]), int(tr["global_step"])
+        run.best_value, run.best_epoch = tr.get("best_value"), tr.get("best_epoch")
+        run.es_best, run.es_bad = tr.get("es_best"), int(tr.get("es_bad", 0))
+        run.stopped = bool(tr.get("stopped_early", False))
+        run.time_before = float(tr.get("train_time_s", 0.0))
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{last_path}: cannot resume from this checkpoint ({exc})") from None
+    run.ctx.state.update(ck.get("objective") or {})
+    run.history = list(ck.get("history") or [])
+    _set_rng_state(ck.get("rng") or {})
+    _ddp.restore_rank_rng(ck.get("rng_ranks"), run.dist_info, _set_rng_state, run.cfg.seed, run.start_epoch)
+    if (run_dir / "best.safetensors").is_file():
+        run.best_state = read_checkpoint(run_dir / "best.safetensors").model_state
+    old_log = run_dir / "train.log"
+    if old_log.is_file():
+        run.log_lines = old_log.read_text(encoding="utf-8").splitlines()
+    run.have_last = True
+    run.note(f"resumed from {last_path.name} after epoch {run.start_epoch} (step {run.global_step})")
 
-    # state
-    history: list[dict[str, Any]] = []
-    start_epoch, global_step = 0, 0
-    best_value: float | None = None
-    best_epoch: int | None = None
-    best_state: dict[str, torch.Tensor] | None = None
-    es_best: float | None = None
-    es_bad = 0
-    stopped = False
-    time_before = 0.0
-    log_lines: list[str] = []
 
-    def note(msg: str) -> None:
-        log.info(msg)
-        log_lines.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}")
-        if out_dir is not None:
-            atomic_write_text(out_dir / "train.log", "\n".join(log_lines) + "\n")
+def _write_run_files(run: _Run, model_meta: Mapping[str, Any], resume: bool,
+                     full_config: Mapping[str, Any] | None) -> None:
+    """config.yaml, model.json, metrics.jsonl (and the first log line) in the run directory (rank 0)."""
+    out_dir, cfg = run.out_dir, run.cfg
+    if out_dir is None:
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    resolved = cfg.model_copy(update={"task": run.task}).model_dump(mode="json")
+    if full_config is not None:
+        resolved = {**dict(full_config), "train": resolved}
+    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    write_model_json(out_dir, model_meta)
+    run.write_metrics()
+    if not resume:
+        run.note(f"training {type(run.model).__name__} on {len(run.train_data)} samples ({run.task}, "  # type: ignore[arg-type]
+                 f"{run.num_classes} classes), {run.steps_per_epoch} steps/epoch, device {run.device}, "
+                 f"objective {cfg.objective.name}")
 
-    model_meta = {"model": getattr(model, "medxai_config", None), "ordinal_head": head, "task": task,
-                  "class_names": class_names, "num_classes": num_classes, "in_chans": in_shape[0],
-                  "input_shape": in_shape, "image_size": in_shape[1:],
-                  "normalize": (getattr(model, "medxai_config", None) or {}).get("normalize"),
-                  "preprocessing": getattr(train_data, "preprocessing", None), **dict(meta or {})}
 
-    if resume:
-        ck = read_checkpoint(last_path)  # type: ignore[arg-type]
-        tr = ck.get("train") or {}
+def _enter_modes(run: _Run, stack: ExitStack, progress: bool) -> None:
+    """Deterministic algorithms (restored on exit) and the progress display, on ``stack``."""
+    if run.cfg.deterministic:
+        det_prev = (torch.are_deterministic_algorithms_enabled(),
+                    torch.is_deterministic_algorithms_warn_only_enabled())
+        cudnn_prev = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+        stack.callback(lambda: torch.use_deterministic_algorithms(det_prev[0], warn_only=det_prev[1]))
+        stack.callback(lambda: setattr(torch.backends.cudnn, "benchmark", cudnn_prev[0]))
+        stack.callback(lambda: setattr(torch.backends.cudnn, "deterministic", cudnn_prev[1]))
+    if progress and run.dist_info.is_main:
+        from medxai._util.progress import progress as make_progress
+
+        run.bars = stack.enter_context(make_progress())
+        run.ep_task = run.bars.add_task("epochs", total=run.cfg.epochs, completed=run.start_epoch)
+        run.st_task = run.bars.add_task("train", total=run.steps_per_epoch)
+
+
+# ----------------------------------------------------------------------------- epoch steps
+def _run_epoch(run: _Run, epoch: int) -> None:
+    """Train one epoch, validate, record, checkpoint and log it."""
+    t0 = time.perf_counter()
+    run.epoch = epoch
+    rec, lr_used = _train_epoch(run, epoch)
+    val_batch = _validate(run, rec)
+    for k, v in (run.objective.on_epoch_end(run.ctx, val_batch) or {}).items():
+        rec.setdefault(k, float(v))
+    rec["lr"] = lr_used  # the rate of the epoch's last update
+    rec["time_s"] = time.perf_counter() - t0
+    rec = _ddp.from_main(rec, run.dist_info)  # every rank takes rank 0's record: one set of decisions
+    value = _record(run, epoch, rec)
+    _save(run, epoch)
+    shown = f"{run.monitor} {value:.4f}" if isinstance(value, float) and math.isfinite(value) else ""
+    run.note(f"epoch {epoch + 1}/{run.cfg.epochs} train_loss {rec['train_loss']:.4f} "
+             + (f"val_loss {rec['val_loss']:.4f} " if "val_loss" in rec else "") + shown
+             + f" lr {rec['lr']:.3g} ({rec['time_s']:.1f}s)" + (" best" if run.best_epoch == epoch + 1 else ""))
+    if run.bars is not None:
+        run.bars.update(run.ep_task, advance=1, description=f"epochs ({shown})")
+
+
+def _train_epoch(run: _Run, epoch: int) -> tuple[dict[str, Any], float]:
+    """One pass over the training order: (the epoch's record so far, lr of its last update)."""
+    cfg, device, bars = run.cfg, run.device, run.bars
+    run.model.train()
+    run.gen.manual_seed(derive_seed(cfg.seed, "train-order", epoch))
+    tot_loss, tot_n, correct, counted = 0.0, 0, 0, 0
+    extra_sum: dict[str, float] = {}
+    if bars is not None:
+        bars.reset(run.st_task, total=run.steps_per_epoch, description=f"epoch {epoch + 1}/{cfg.epochs}")
+    for step, batch in enumerate(run.loader):
+        run.epoch, run.step = epoch, step
+        run.ctx.epoch, run.ctx.step = epoch, step
+        x = check_images(batch["image"], "training batch").to(device, non_blocking=True)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = batch["label"].to(device, non_blocking=True)
         try:
-            load_model_state(model, ck.model_state, where=str(last_path))
-            optimizer.load_state_dict(ck.get("optimizer"))
-            sch = ck.get("scheduler") or {}
-            sched.load_state_dict(sch["lambda"])
-            if plateau is not None and sch.get("plateau") is not None:
-                plateau.load_state_dict(sch["plateau"])
-            start_epoch, global_step = int(tr["epoch"]), int(tr["global_step"])
-            best_value, best_epoch = tr.get("best_value"), tr.get("best_epoch")
-            es_best, es_bad = tr.get("es_best"), int(tr.get("es_bad", 0))
-            stopped = bool(tr.get("stopped_early", False))
-            time_before = float(tr.get("train_time_s", 0.0))
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"{last_path}: cannot resume from this checkpoint ({exc})") from None
-        ctx.state.update(ck.get("objective") or {})
-        history = list(ck.get("history") or [])
-        _set_rng_state(ck.get("rng") or {})
-        _ddp.restore_rank_rng(ck.get("rng_ranks"), dist_info, _set_rng_state, cfg.seed, start_epoch)
-        if (run_dir / "best.safetensors").is_file():
-            best_state = read_checkpoint(run_dir / "best.safetensors").model_state
-        old_log = run_dir / "train.log"
-        if old_log.is_file():
-            log_lines = old_log.read_text(encoding="utf-8").splitlines()
-        have_last[0] = True
-        note(f"resumed from {last_path.name} after epoch {start_epoch} (step {global_step})")
-    else:
-        seed_everything(_ddp.rank_seed(cfg.seed, dist_info))
-    if out_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        resolved = cfg.model_copy(update={"task": task}).model_dump(mode="json")
-        if full_config is not None:
-            resolved = {**dict(full_config), "train": resolved}
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-        write_model_json(run_dir, model_meta)
-        atomic_write_text(run_dir / "metrics.jsonl", "".join(_jsonline(r) + "\n" for r in history))
-        if not resume:
-            note(f"training {type(model).__name__} on {len(train_data)} samples ({task}, {num_classes} classes), "
-                 f"{steps_per_epoch} steps/epoch, device {device}, objective {cfg.objective.name}")
+            out = run.objective.train_step(run.ctx, x, y)
+        except NonFiniteLossError as exc:
+            run.note(str(exc))
+            raise
+        if not math.isfinite(out.loss):
+            exc = NonFiniteLossError(epoch + 1, step + 1, out.loss, run.kept_checkpoint())
+            run.note(str(exc))
+            raise exc
+        b = x.shape[0]
+        tot_loss += out.loss * b
+        tot_n += b
+        for k, v in out.extra.items():
+            extra_sum[k] = extra_sum.get(k, 0.0) + float(v) * b
+        if out.logits is not None and run.task != "multilabel":
+            correct += int((out.logits.argmax(1) == y).sum())
+            counted += b
+        lr_used = run.optimizer.param_groups[0]["lr"]
+        if run.plateau is None or run.global_step < run.warm_steps:
+            run.sched.step()
+        run.global_step += 1
+        if bars is not None:
+            bars.update(run.st_task, advance=1, description=f"epoch {epoch + 1}/{cfg.epochs} "
+                        f"loss {tot_loss / tot_n:.4f}")
+    if run.dist_info.enabled:  # the sums of every shard; one set of BatchNorm statistics
+        tot_loss, tot_n, correct, counted, extra_sum = _ddp.sum_epoch(run.dist_info, tot_loss, tot_n, correct,
+                                                                      counted, extra_sum)
+        _ddp.average_buffers(run.model, run.dist_info)
+    rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss": tot_loss / max(tot_n, 1)}
+    if counted:
+        rec["train_accuracy"] = correct / counted
+    rec.update({k: v / max(tot_n, 1) for k, v in extra_sum.items() if k not in rec})
+    return rec, lr_used
 
-    def save_last() -> None:
-        rng_ranks = _ddp.gather_rng(_rng_state(), dist_info)  # every rank takes part
-        if out_dir is None:
-            return
-        train_state = {"epoch": epoch + 1, "global_step": global_step, "best_value": best_value,
-                       "best_epoch": best_epoch, "es_best": es_best, "es_bad": es_bad, "stopped_early": stopped,
-                       "train_time_s": time_before + (time.perf_counter() - t_start),
-                       "config": cfg.model_dump(mode="json")}
-        save_checkpoint(last_path, model,  # type: ignore[arg-type]
-                        states={"optimizer": optimizer.state_dict(),
-                                "scheduler": {"lambda": sched.state_dict(),
-                                              "plateau": plateau.state_dict() if plateau else None},
-                                "rng": _rng_state(), "objective": _packable(ctx.state),
-                                **({"rng_ranks": rng_ranks} if rng_ranks else {})},
-                        meta={"train": train_state, "history": history})
-        have_last[0] = True
 
-    det_prev = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    cudnn_prev = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
-    t_start = time.perf_counter()
-    epoch = start_epoch - 1
-    with ExitStack() as stack:
-        if cfg.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
-            stack.callback(lambda: torch.use_deterministic_algorithms(det_prev[0], warn_only=det_prev[1]))
-            stack.callback(lambda: setattr(torch.backends.cudnn, "benchmark", cudnn_prev[0]))
-            stack.callback(lambda: setattr(torch.backends.cudnn, "deterministic", cudnn_prev[1]))
-        bars = None
-        if progress and dist_info.is_main:
-            from medxai._util.progress import progress as make_progress
+def _validate(run: _Run, rec: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Add val_loss and val metrics to ``rec``; return the first validation batch (None: no val data)."""
+    if run.val_loader is None or run.val_data is None:
+        return None
+    val_data = run.val_data
+    _, yv, logits = _ddp.forward_all(run.model, run.val_loader, run.dist_info, len(val_data),  # type: ignore[arg-type]
+                                     device=run.device, autocast=run.autocast, channels_last=run.cfg.channels_last)
+    rec["val_loss"] = float(run.plain_loss(logits, yv))
+    scores = probabilities(logits, run.task).numpy()
+    ev = classification(yv.numpy(), scores, run.task, run.class_names, n_boot=0)
+    rec.update({f"val_{k}": v for k, v in ev["metrics"].items()})
+    if run.first_val is None:
+        first = collate([val_data[i] for i in range(min(len(val_data), run.cfg.batch_size))])  # type: ignore
+        run.first_val = (first["image"].to(run.device), first["label"].to(run.device))
+    return run.first_val
 
-            bars = stack.enter_context(make_progress())
-            ep_task = bars.add_task("epochs", total=cfg.epochs, completed=start_epoch)
-            st_task = bars.add_task("train", total=steps_per_epoch)
-        optimizer.zero_grad(set_to_none=True)
-        first_val: tuple[torch.Tensor, torch.Tensor] | None = None
-        for epoch in range(start_epoch, cfg.epochs):
-            if stopped:
-                break
-            t0 = time.perf_counter()
-            model.train()
-            gen.manual_seed(derive_seed(cfg.seed, "train-order", epoch))
-            tot_loss, tot_n, correct, counted = 0.0, 0, 0, 0
-            extra_sum: dict[str, float] = {}
-            if bars is not None:
-                bars.reset(st_task, total=steps_per_epoch, description=f"epoch {epoch + 1}/{cfg.epochs}")
-            for step, batch in enumerate(loader):
-                where["epoch"], where["step"] = epoch, step
-                ctx.epoch, ctx.step = epoch, step
-                x = check_images(batch["image"], "training batch").to(device, non_blocking=True)
-                if cfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                y = batch["label"].to(device, non_blocking=True)
-                try:
-                    out = objective.train_step(ctx, x, y)
-                except NonFiniteLossError as exc:
-                    note(str(exc))
-                    raise
-                if not math.isfinite(out.loss):
-                    exc = NonFiniteLossError(epoch + 1, step + 1, out.loss, last_path if have_last[0] else None)
-                    note(str(exc))
-                    raise exc
-                b = x.shape[0]
-                tot_loss += out.loss * b
-                tot_n += b
-                for k, v in out.extra.items():
-                    extra_sum[k] = extra_sum.get(k, 0.0) + float(v) * b
-                if out.logits is not None and task != "multilabel":
-                    correct += int((out.logits.argmax(1) == y).sum())
-                    counted += b
-                lr_used = optimizer.param_groups[0]["lr"]
-                if plateau is None or global_step < warm_steps:
-                    sched.step()
-                global_step += 1
-                if bars is not None:
-                    bars.update(st_task, advance=1, description=f"epoch {epoch + 1}/{cfg.epochs} "
-                                f"loss {tot_loss / tot_n:.4f}")
-            if dist_info.enabled:  # the sums of every shard; one set of BatchNorm statistics
-                tot_loss, tot_n, correct, counted, extra_sum = _ddp.sum_epoch(dist_info, tot_loss, tot_n, correct,
-                                                                              counted, extra_sum)
-                _ddp.average_buffers(model, dist_info)
-            rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss": tot_loss / max(tot_n, 1)}
-            if counted:
-                rec["train_accuracy"] = correct / counted
-            rec.update({k: v / max(tot_n, 1) for k, v in extra_sum.items() if k not in rec})
-            val_batch = None
-            if val_loader is not None:
-                _, yv, logits = _ddp.forward_all(model, val_loader, dist_info, len(val_data), device=device,
-                                                 autocast=autocast, channels_last=cfg.channels_last)
-                rec["val_loss"] = float(plain_loss(logits, yv))
-                scores = probabilities(logits, task).numpy()
-                ev = classification(yv.numpy(), scores, task, class_names, n_boot=0)
-                rec.update({f"val_{k}": v for k, v in ev["metrics"].items()})
-                if first_val is None:
-                    first = collate([val_data[i] for i in range(min(len(val_data), cfg.batch_size))])  # type: ignore
-                    first_val = (first["image"].to(device), first["label"].to(device))
-                val_batch = first_val
-            for k, v in (objective.on_epoch_end(ctx, val_batch) or {}).items():
-                rec.setdefault(k, float(v))
-            rec["lr"] = lr_used  # the rate of the epoch's last update
-            rec["time_s"] = time.perf_counter() - t0
-            rec = _ddp.from_main(rec, dist_info)  # every rank takes rank 0's record: one set of decisions
-            if monitor not in rec:
-                raise ConfigError(f"train.monitor={monitor!r} is not a logged value; known: "
-                                  f"{', '.join(sorted(set(rec) | known - {'epoch', 'lr', 'time_s'}))}")
-            history.append(rec)
-            value = rec[monitor]
-            if is_better(value, best_value):
-                best_value, best_epoch = float(value), epoch + 1
-                best_state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
-                if out_dir is not None:
-                    save_checkpoint(out_dir / "best.safetensors", model,
-                                    meta={"train": {"epoch": epoch + 1, "monitor": monitor, "value": best_value}})
-            if es is not None:
-                ev_value = rec.get(es_monitor)  # type: ignore[arg-type]
-                if es_better(ev_value, es_best, es.min_delta):  # type: ignore[misc]
-                    es_best, es_bad = float(ev_value), 0
-                else:
-                    es_bad += 1
-                    if es_bad >= es.patience:
-                        stopped = True
-            if plateau is not None and global_step >= warm_steps:
-                plateau.step(rec.get("val_loss", rec["train_loss"]))
-            save_last()
-            if out_dir is not None:
-                atomic_write_text(out_dir / "metrics.jsonl", "".join(_jsonline(r) + "\n" for r in history))
-            shown = f"{monitor} {value:.4f}" if isinstance(value, float) and math.isfinite(value) else ""
-            note(f"epoch {epoch + 1}/{cfg.epochs} train_loss {rec['train_loss']:.4f} "
-                 + (f"val_loss {rec['val_loss']:.4f} " if "val_loss" in rec else "") + shown
-                 + f" lr {rec['lr']:.3g} ({rec['time_s']:.1f}s)" + (" best" if best_epoch == epoch + 1 else ""))
-            if bars is not None:
-                bars.update(ep_task, advance=1, description=f"epochs ({shown})")
-            if stopped:
-                note(f"early stopping: {es_monitor} did not improve for {es_bad} epoch(s)")
-                break
 
-    train_time = time_before + (time.perf_counter() - t_start)
-    if cfg.restore_best and best_state is not None:
-        load_model_state(model, best_state, where="best weights")
-    if out_dir is not None:
-        atomic_write_json(out_dir / "summary.json", {
-            "epochs_run": len(history), "best_epoch": best_epoch, "best_value": best_value, "monitor": monitor,
-            "stopped_early": stopped, "train_time_s": train_time, "restored_best": bool(cfg.restore_best
-                                                                                      and best_state is not None)})
-        note(f"done: {len(history)} epoch(s), best {monitor} {best_value} at epoch {best_epoch}, {train_time:.1f}s")
-    return TrainResult(model=model, history=history, monitor=monitor, best_epoch=best_epoch, best_value=best_value,
-                       epochs_run=len(history), stopped_early=stopped, train_time_s=train_time, run_dir=run_dir,
-                       task=task, class_names=class_names)
+def _record(run: _Run, epoch: int, rec: dict[str, Any]) -> Any:
+    """Append ``rec`` to the history; update best weights, early stopping and the plateau schedule.
+    Returns the monitored value."""
+    monitor, es = run.monitor, run.cfg.early_stopping
+    if monitor not in rec:
+        raise ConfigError(f"train.monitor={monitor!r} is not a logged value; known: "
+                          f"{', '.join(sorted(set(rec) | run.known - {'epoch', 'lr', 'time_s'}))}")
+    run.history.append(rec)
+    value = rec[monitor]
+    if _better_fn(monitor, run.cfg.mode)(value, run.best_value):
+        run.best_value, run.best_epoch = float(value), epoch + 1
+        run.best_state = {k: v.detach().to("cpu").clone() for k, v in run.model.state_dict().items()}
+        if run.out_dir is not None:
+            save_checkpoint(run.out_dir / "best.safetensors", run.model,
+                            meta={"train": {"epoch": epoch + 1, "monitor": monitor, "value": run.best_value}})
+    if es is not None:
+        ev_value = rec.get(run.es_monitor)  # type: ignore[arg-type]
+        if _better_fn(run.es_monitor, es.mode)(ev_value, run.es_best, es.min_delta):  # type: ignore[arg-type]
+            run.es_best, run.es_bad = float(ev_value), 0  # type: ignore[arg-type]
+        else:
+            run.es_bad += 1
+            if run.es_bad >= es.patience:
+                run.stopped = True
+    if run.plateau is not None and run.global_step >= run.warm_steps:
+        run.plateau.step(rec.get("val_loss", rec["train_loss"]))
+    return value
+
+
+def _save(run: _Run, epoch: int) -> None:
+    """Write last.safetensors (every rank's RNG state; rank 0 writes) and metrics.jsonl."""
+    rng_ranks = _ddp.gather_rng(_rng_state(), run.dist_info)  # every rank takes part
+    if run.out_dir is None:
+        return
+    train_state = {"epoch": epoch + 1, "global_step": run.global_step, "best_value": run.best_value,
+                   "best_epoch": run.best_epoch, "es_best": run.es_best, "es_bad": run.es_bad,
+                   "stopped_early": run.stopped, "train_time_s": run.time_before + (time.perf_counter() - run.t_start),
+                   "config": run.cfg.model_dump(mode="json")}
+    save_checkpoint(run.last_path, run.model,  # type: ignore[arg-type]
+                    states={"optimizer": run.optimizer.state_dict(),
+                            "scheduler": {"lambda": run.sched.state_dict(),
+                                          "plateau": run.plateau.state_dict() if run.plateau else None},
+                            "rng": _rng_state(), "objective": _packable(run.ctx.state),
+                            **({"rng_ranks": rng_ranks} if rng_ranks else {})},
+                    meta={"train": train_state, "history": run.history})
+    run.have_last = True
+    run.write_metrics()
+
+
+def _finish(run: _Run) -> TrainResult:
+    """Restore the best weights (``restore_best``), write summary.json, return the result."""
+    cfg, monitor = run.cfg, run.monitor
+    train_time = run.time_before + (time.perf_counter() - run.t_start)
+    restored = bool(cfg.restore_best and run.best_state is not None)
+    if restored:
+        load_model_state(run.model, run.best_state, where="best weights")  # type: ignore[arg-type]
+    if run.out_dir is not None:
+        atomic_write_json(run.out_dir / "summary.json", {
+            "epochs_run": len(run.history), "best_epoch": run.best_epoch, "best_value": run.best_value,
+            "monitor": monitor, "stopped_early": run.stopped, "train_time_s": train_time, "restored_best": restored})
+        run.note(f"done: {len(run.history)} epoch(s), best {monitor} {run.best_value} at epoch {run.best_epoch}, "
+                 f"{train_time:.1f}s")
+    return TrainResult(model=run.model, history=run.history, monitor=monitor, best_epoch=run.best_epoch,
+                       best_value=run.best_value, epochs_run=len(run.history), stopped_early=run.stopped,
+                       train_time_s=train_time, run_dir=run.run_dir, task=run.task, class_names=run.class_names)

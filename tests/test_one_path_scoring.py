@@ -130,3 +130,11 @@ def test_one_target_policy():
         explanation_targets(model, x, "label", [[0, 1, 0], [1, 0, 0]])
     with pytest.raises(ConfigError, match="top_k"):
         explanation_targets(model, x, "label", [0, 1], top_k=2)
+
+
+def test_the_audit_scores_the_same_default_metrics_as_the_commands():
+    from medxai.metrics import DEFAULT_METRICS
+    from medxai.pipeline.config import ScoreConfig
+
+    assert ScoreConfig().metrics == list(DEFAULT_METRICS)
+    assert "mask_auroc" in DEFAULT_METRICS  # the audit's own list left it out

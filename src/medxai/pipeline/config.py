@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from medxai._util.io import safe_yaml_load
 from medxai.errors import ConfigError
+from medxai.metrics.scoring import DEFAULT_METRICS
 
 
 class _Strict(BaseModel):
@@ -111,8 +112,7 @@ class ExplainConfig(_Strict):
 
 
 class ScoreConfig(_Strict):
-    metrics: list[str] = Field(default_factory=lambda: [
-        "pointing_game", "energy_pointing_game", "relevance_rank_accuracy", "sparseness", "total_variation"])
+    metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))  # as medxai score / store score
     shortcut: bool = True
     sanity: bool = True
     sanity_methods: list[str] | None = None

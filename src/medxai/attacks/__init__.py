@@ -10,7 +10,7 @@
 """
 
 from medxai.attacks.apgd import APGD, attack_list, dlr_loss
-from medxai.attacks.budget import parse_eps, parse_eps_list
+from medxai.attacks.budget import format_eps, parse_eps, parse_eps_list
 from medxai.attacks.evaluate import METRICS, evaluate
 from medxai.attacks.pgd import FGSM, PGD, attack_mode
 from medxai.attacks.steps import STEPS, AttackStep, L2Step, LinfStep
@@ -28,6 +28,7 @@ __all__ = [
     "attack_mode",
     "dlr_loss",
     "evaluate",
+    "format_eps",
     "parse_eps",
     "parse_eps_list",
 ]

@@ -1,4 +1,5 @@
-"""Attack budgets written as people write them: ``8/255``, ``0.5``, ``"0.2/255,0.4/255"``."""
+"""Attack budgets written as people write them: ``8/255``, ``0.5``, ``"0.2/255,0.4/255"``, read
+(``parse_eps``) and printed (``format_eps``, the one label of the CLI, the plots and the report)."""
 
 from __future__ import annotations
 
@@ -35,3 +36,16 @@ def parse_eps_list(value: str | list | tuple) -> list[float]:
     if not items:
         raise ConfigError("the eps list is empty")
     return [parse_eps(v) for v in items]
+
+
+def format_eps(eps: float, norm: str = "linf") -> str:
+    """The label of a budget: Linf as intensity levels ``k/255`` where k has at most two decimals
+    (``0.25/255``, ``8/255``), else 4 significant digits; L2 (any other norm) a plain number
+    (``0.5``: an L2 radius is not a grey level)."""
+    if eps == 0:
+        return "0"
+    if norm == "linf":
+        k = eps * 255
+        if abs(k - round(k, 2)) < 1e-6:
+            return f"{round(k, 2):g}/255"
+    return f"{eps:.4g}"

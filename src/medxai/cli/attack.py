@@ -14,17 +14,8 @@ from typing import Any
 
 import typer
 
-from medxai._util.plot import plain_text
 from medxai.cli._app import app, progress, run_names, state
 from medxai.errors import ConfigError
-
-#: The numbers ``medxai corrupt`` reports per task; the first is the headline (heat map, mCE).
-CORRUPTION_METRICS = {
-    "binary": ("balanced_accuracy", "accuracy", "auc"),
-    "multiclass": ("balanced_accuracy", "accuracy", "auc_macro"),
-    "ordinal": ("kappa_quadratic", "balanced_accuracy", "accuracy"),
-    "multilabel": ("auc_macro", "accuracy_macro"),
-}
 
 
 def _load_runs(runs: list[Path], device: Any) -> list[tuple[str, Any, Any]]:
@@ -69,37 +60,6 @@ def _device(device: str | None):
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def _fmt_eps(e: float) -> str:
-    v = e * 255
-    return "0" if e == 0 else (f"{v:.3g}/255" if abs(v - round(v, 3)) < 1e-9 else f"{e:.3g}")
-
-
-@plain_text
-def plot_success(results: dict[str, dict], path: Path, metric: str = "success_rate") -> Path:
-    """Success rate (or another per-eps metric) vs eps, one line per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from medxai._util.io import atomic_write
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for name, r in results.items():
-        ax.plot([e * 255 for e in r["eps"]], r[metric], marker="o", label=name)
-    ax.set_xlabel(f"eps (x 1/255, {next(iter(results.values()))['norm']})")
-    ax.set_ylabel(metric.replace("_", " "))
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
-    finally:
-        plt.close(fig)
-    return path
-
-
 @app.command("attack")
 def attack_command(
     run: list[Path] = typer.Option(..., "--run", help="A training run directory (repeat for several models)."),
@@ -121,7 +81,8 @@ def attack_command(
 ) -> None:
     """Success rate, robust accuracy and prediction-change rate vs eps for one or more models (eps 0 added)."""
     from medxai._util.io import atomic_write_json
-    from medxai.attacks import evaluate, parse_eps, parse_eps_list
+    from medxai.attacks import evaluate, format_eps, parse_eps, parse_eps_list
+    from medxai.attacks.plots import plot_success
 
     eps_list = sorted(set([0.0, *parse_eps_list(eps)]))
     if norm not in ("linf", "l2"):
@@ -142,99 +103,15 @@ def attack_command(
             bar.advance(task)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "attack.json", {"format": "medxai-attack-1", "data": data, "split": split, "n": len(x),
-                                            "eps": eps_list, "eps_labels": [_fmt_eps(e) for e in eps_list],
+                                            "eps": eps_list, "eps_labels": [format_eps(e, norm) for e in eps_list],
                                             "norm": norm, "steps": steps, "runs": results})
     plot_success(results, out / "attack.png")
     if not state.quiet:
         for name, r in results.items():
-            pairs = ", ".join(f"{_fmt_eps(e)}: {s:.1%}" for e, s in zip(r["eps"], r["success_rate"], strict=True))
+            pairs = ", ".join(f"{format_eps(e, norm)}: {v:.1%}"
+                              for e, v in zip(r["eps"], r["success_rate"], strict=True))
             typer.echo(f"{name}: clean accuracy {r['clean_accuracy']:.1%}; success rate {pairs}")
         typer.echo(f"wrote {out / 'attack.json'} and {out / 'attack.png'}")
-
-
-def corruption_table(model: Any, x: Any, y: Any, task: str, class_names: list[str], names: list[str],
-                     severities: list[int], *, seed: int = 0, batch_size: int = 64, on_step: Any = None) -> dict:
-    """Per corruption and level: the task's metrics, their drop from clean, and the mean corruption
-    error (mean over corruptions and levels of 1 - headline metric)."""
-    import numpy as np
-    import torch
-
-    from medxai.corruptions import apply, max_severity
-    from medxai.evaluate.metrics import classification
-    from medxai.evaluate.predict import probabilities
-
-    metrics = CORRUPTION_METRICS[task]
-    dev = next(model.parameters()).device
-    y_np = y.numpy()
-
-    def score(xc: torch.Tensor) -> dict[str, float]:
-        with torch.no_grad():
-            logits = torch.cat([model(xc[i:i + batch_size].to(dev)).float().cpu()
-                                for i in range(0, len(xc), batch_size)])
-        m = classification(y_np, probabilities(logits, task).numpy(), task, class_names=class_names, n_boot=0)
-        return {k: float(m["metrics"][k]) for k in metrics}
-
-    clean = score(x)
-    table: dict[str, dict] = {}
-    for name in names:
-        levels = [s for s in severities if s <= max_severity(name)]
-        rows = {}
-        for s in levels:
-            xc = torch.cat([apply(x[i:i + batch_size], name, s, seed=seed + i) for i in range(0, len(x), batch_size)])
-            vals = score(xc)
-            rows[str(s)] = {"metrics": vals, "drop": {k: clean[k] - v for k, v in vals.items()}}
-            if on_step is not None:
-                on_step()
-        table[name] = rows
-    head = metrics[0]
-    errors = [1 - r["metrics"][head] for rows in table.values() for r in rows.values()]
-    drops = [r["drop"][head] for rows in table.values() for r in rows.values()]
-    return {"task": task, "metrics": list(metrics), "headline": head, "clean": clean, "corruptions": table,
-            "mean_corruption_error": float(np.mean(errors)) if errors else None,
-            "mean_drop": float(np.mean(drops)) if drops else None}
-
-
-@plain_text
-def plot_drops(results: dict[str, dict], path: Path) -> Path:
-    """Heat map per run: rows corruptions, columns levels, cell = drop in the headline metric."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from medxai._util.io import atomic_write
-
-    first = next(iter(results.values()))
-    names = list(first["corruptions"])
-    levels = sorted({int(s) for rows in first["corruptions"].values() for s in rows})
-    mats = []
-    for r in results.values():
-        m = np.full((len(names), len(levels)), np.nan)
-        for i, c in enumerate(names):
-            for j, s in enumerate(levels):
-                cell = r["corruptions"].get(c, {}).get(str(s))
-                if cell is not None:
-                    m[i, j] = cell["drop"][r["headline"]]
-        mats.append(m)
-    vmax = max(float(np.nanmax(np.abs(m))) if np.isfinite(m).any() else 0.0 for m in mats) or 1.0
-    fig, axes = plt.subplots(1, len(mats), figsize=(1.0 + 0.75 * len(levels) * len(mats), 0.6 + 0.32 * len(names)),
-                             squeeze=False)
-    for ax, (run_name, r), m in zip(axes[0], results.items(), mats, strict=True):
-        im = ax.imshow(m, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
-        ax.set_xticks(range(len(levels)), [str(s) for s in levels], fontsize=7)
-        ax.set_yticks(range(len(names)), names, fontsize=7)
-        ax.set_title(f"{run_name}: drop in {r['headline']}", fontsize=8)
-        for i in range(len(names)):
-            for j in range(len(levels)):
-                if np.isfinite(m[i, j]):
-                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6)
-    fig.colorbar(im, ax=list(axes[0]), shrink=0.8)
-    try:
-        atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120, bbox_inches="tight"))
-    finally:
-        plt.close(fig)
-    return path
 
 
 @app.command("corrupt")
@@ -255,7 +132,16 @@ def corrupt_command(
 ) -> None:
     """Metrics per corruption and level (drop from clean, mean corruption error), or a gallery PNG."""
     from medxai._util.io import atomic_write_json
-    from medxai.corruptions import REGISTRY, example_fundus, gallery, list_corruptions
+    from medxai.corruptions import (
+        REGISTRY,
+        corruption_table,
+        example_fundus,
+        gallery,
+        list_corruptions,
+        max_severity,
+        plot_drops,
+        relative_ce,
+    )
 
     chosen = [c.strip() for c in names.split(",") if c.strip()] if names else list_corruptions()
     for c in chosen:
@@ -280,8 +166,6 @@ def corrupt_command(
     x, y = _load_sample(data, split, n, size)
     _check_size(x, loaded)
     results: dict[str, dict] = {}
-    from medxai.corruptions import max_severity
-
     steps = sum(len([s for s in levels if s <= max_severity(c)]) for c in chosen) * len(loaded)
     if steps == 0:
         raise ConfigError(f"none of {chosen} has a level in {levels} (levels: 1-4 for the fundus faults, 1-5 else)")
@@ -292,16 +176,8 @@ def corrupt_command(
                                  batch_size=batch_size, on_step=lambda: bar.advance(task))
             r["run_dir"] = str(info.run_dir)
             results[name] = r
-    base = next(iter(results.values()))
-    for r in results.values():  # ImageNet-C's relative CE: errors over the first run's, per corruption
-        ce = {}
-        for c, rows in r["corruptions"].items():
-            e = sum(1 - v["metrics"][r["headline"]] for v in rows.values())
-            e0 = sum(1 - v["metrics"][base["headline"]] for v in base["corruptions"][c].values())
-            ce[c] = e / e0 if e0 > 0 else None
-        r["ce_vs_first_run"] = ce
-        vals = [v for v in ce.values() if v is not None]
-        r["mce_vs_first_run"] = sum(vals) / len(vals) if vals else None
+    for name, rel in relative_ce(results).items():  # ImageNet-C's relative CE against the first run
+        results[name].update(rel)
     atomic_write_json(out / "corruption.json", {"format": "medxai-corruption-1", "data": data, "split": split,
                                                 "n": len(x), "severities": levels, "seed": seed, "runs": results})
     plot_drops(results, out / "corruption.png")

@@ -12,19 +12,26 @@ from medxai.corruptions import blur, digital, fundus, noise, photometric  # noqa
 from medxai.corruptions.base import REGISTRY, Corruption, apply, list_corruptions, max_severity, size_scale
 from medxai.corruptions.fundus import field_of_view
 from medxai.corruptions.gallery import example_fundus, gallery
+from medxai.corruptions.plots import plot_drops
+from medxai.corruptions.table import CORRUPTION_METRICS, corruption_table, headline, relative_ce
 
 #: The fundus study's four camera faults.
 FUNDUS_FAULTS = ("motion_blur", "light_leakage", "underexposure", "overexposure")
 
 __all__ = [
+    "CORRUPTION_METRICS",
     "FUNDUS_FAULTS",
     "REGISTRY",
     "Corruption",
     "apply",
+    "corruption_table",
     "example_fundus",
     "field_of_view",
     "gallery",
+    "headline",
     "list_corruptions",
     "max_severity",
+    "plot_drops",
+    "relative_ce",
     "size_scale",
 ]

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medxai.attacks import format_eps
 from medxai.pipeline.cache import StageResult
 from medxai.pipeline.config import AuditConfig
 from medxai.pipeline.data import EvalSample
@@ -39,16 +40,6 @@ def _model_section(st: StageResult, ev: dict, class_names: list[str]) -> dict:
     if conf is not None and not isinstance(conf, dict) and len(conf) == len(class_names):
         out["confusion"] = {"labels": class_names, "matrix": conf}
     return out
-
-
-def _fmt_eps(e: float, norm: str = "linf") -> str:
-    """Linf budgets read as intensity levels (2/255); L2 budgets are plain numbers."""
-    if e == 0:
-        return "0"
-    if norm != "linf":
-        return f"{e:.3g}"
-    k = e * 255
-    return f"{k:.3g}/255" if abs(k - round(k, 1)) < 1e-9 else f"{e:.3g}"
 
 
 def _paired_ratio(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, float]:
@@ -113,7 +104,7 @@ def _robustness_section(cfg: AuditConfig, attacks: dict[str, dict], corruptions:
         eps = next(iter(attacks.values()))["eps"]
         section["attack"] = {
             "norm": cfg.attack.norm, "steps": cfg.attack.steps, "eps": eps,
-            "eps_labels": [_fmt_eps(e, cfg.attack.norm) for e in eps],
+            "eps_labels": [format_eps(e, cfg.attack.norm) for e in eps],
             "models": {n: {"success_rate": a["success_rate"], "robust_accuracy": a["robust_accuracy"]}
                        for n, a in attacks.items()}}
     if corruptions:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from medxai._util.progress import progress, set_quiet
 
-__all__ = ["app", "parse_options", "progress", "run_names", "state"]
+__all__ = ["app", "first_items", "parse_metric_options", "progress", "run_names", "state"]
 
 
 @dataclass
@@ -61,7 +62,7 @@ def _file_or_text(text: str) -> str:
     return Path(text).read_text(encoding="utf-8") if is_file else text
 
 
-def parse_options(text: str | None, flag: str = "--options") -> dict[str, dict]:
+def parse_metric_options(text: str | None, flag: str = "--options") -> dict[str, dict]:
     """Per-metric keyword arguments from YAML/JSON text or a file, through ``safe_yaml_load``
     (alias bombs refused): ``{metric: {kwarg: value}}``. Called before any other file is read."""
     import yaml
@@ -78,3 +79,18 @@ def parse_options(text: str | None, flag: str = "--options") -> dict[str, dict]:
     if not isinstance(opts, dict) or not all(isinstance(v, dict) for v in opts.values()):
         raise ConfigError(f"{flag} must map metric names to keyword arguments, e.g. '{{deletion: {{steps: 50}}}}'")
     return opts
+
+
+def first_items(data: str, split: str, n: int, size: int | None) -> tuple[Any, list[dict]]:
+    """The first ``n`` items of a dataset split: (x (N, C, H, W) float32, the items); empty refused."""
+    import torch
+
+    from medxai.data import open_dataset
+    from medxai.errors import ConfigError
+
+    ds = open_dataset(data, split=split, **({} if size is None else {"size": size}))
+    n = min(n, len(ds))
+    if n < 1:
+        raise ConfigError(f"dataset {data!r} split {split!r} is empty")
+    items = [ds[i] for i in range(n)]
+    return torch.stack([torch.as_tensor(it["image"], dtype=torch.float32) for it in items]), items

@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from medxai.cli._app import app, progress, run_names, state
+from medxai.cli._app import app, first_items, progress, run_names, state
 from medxai.errors import ConfigError
 
 
@@ -31,27 +31,6 @@ def _check_size(x: Any, loaded: list) -> None:
         if trained and tuple(x.shape[-2:]) != trained:
             raise ConfigError(f"run {name} was trained on {trained} images but the data are {tuple(x.shape[-2:])}; "
                               "pass --size to resize")
-
-
-def _load_sample(data: str, split: str, n: int, size: int | None):
-    """The first n items of a dataset split as tensors (x (N, C, H, W), y)."""
-    import torch
-
-    try:
-        from medxai.data import open_dataset
-    except ImportError as exc:
-        raise ConfigError(f"cannot open datasets: medxai.data.open_dataset is unavailable ({exc})") from None
-    kw: dict[str, Any] = {"split": split}
-    if size is not None:
-        kw["size"] = size
-    ds = open_dataset(data, **kw)
-    n = min(n, len(ds))
-    if n < 1:
-        raise ConfigError(f"dataset {data!r} split {split!r} is empty")
-    items = [ds[i] for i in range(n)]
-    x = torch.stack([torch.as_tensor(it["image"], dtype=torch.float32) for it in items])
-    y = torch.stack([torch.as_tensor(it["label"]) for it in items])
-    return x, y
 
 
 def _device(device: str | None):
@@ -80,6 +59,8 @@ def attack_command(
     out: Path = typer.Option(Path("."), "--out", "-o", help="Output folder for attack.json and attack.png."),
 ) -> None:
     """Success rate, robust accuracy and prediction-change rate vs eps for one or more models (eps 0 added)."""
+    import torch
+
     from medxai._util.io import atomic_write_json
     from medxai.attacks import evaluate, format_eps, parse_eps, parse_eps_list
     from medxai.attacks.plots import plot_success
@@ -89,7 +70,8 @@ def attack_command(
         raise ConfigError(f"--norm must be linf or l2, got {norm!r}")
     dev = _device(device)
     loaded = _load_runs(run, dev)
-    x, y = _load_sample(data, split, n, size)
+    x, items = first_items(data, split, n, size)
+    y = torch.stack([torch.as_tensor(it["label"]) for it in items])
     _check_size(x, loaded)
     results: dict[str, dict] = {}
     with progress() as bar:
@@ -131,6 +113,8 @@ def corrupt_command(
     out: Path = typer.Option(Path("."), "--out", "-o", help="Output folder."),
 ) -> None:
     """Metrics per corruption and level (drop from clean, mean corruption error), or a gallery PNG."""
+    import torch
+
     from medxai._util.io import atomic_write_json
     from medxai.corruptions import (
         REGISTRY,
@@ -154,7 +138,7 @@ def corrupt_command(
         raise ConfigError(f"--severities must be integers >= 1, got {severities!r}")
     out.mkdir(parents=True, exist_ok=True)
     if gallery_only:
-        x = _load_sample(data, split, 1, size)[0] if data else example_fundus(256)
+        x = first_items(data, split, 1, size)[0] if data else example_fundus(256)
         p = gallery(x, out / "gallery.png", names=chosen, severities=levels, seed=seed)
         if not state.quiet:
             typer.echo(f"wrote {p}")
@@ -163,7 +147,8 @@ def corrupt_command(
         raise ConfigError("medxai corrupt needs --run and --data (or --gallery)")
     dev = _device(device)
     loaded = _load_runs(run, dev)
-    x, y = _load_sample(data, split, n, size)
+    x, items = first_items(data, split, n, size)
+    y = torch.stack([torch.as_tensor(it["label"]) for it in items])
     _check_size(x, loaded)
     results: dict[str, dict] = {}
     steps = sum(len([s for s in levels if s <= max_severity(c)]) for c in chosen) * len(loaded)

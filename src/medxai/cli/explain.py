@@ -17,7 +17,7 @@ from pathlib import Path
 
 import typer
 
-from medxai.cli._app import app, progress, run_names, state
+from medxai.cli._app import app, first_items, progress, run_names, state
 from medxai.errors import ConfigError
 
 
@@ -29,27 +29,6 @@ def _method_output(method: str, output: str | None) -> str:
         return output
     p = inspect.signature(REGISTRY.get(method).__init__).parameters.get("output")
     return str(p.default) if p is not None and p.default is not inspect.Parameter.empty else "logit"
-
-
-def _load_sample(data: str, split: str, n: int, size: int | None):
-    import torch
-
-    try:
-        from medxai.data import open_dataset
-    except ImportError as exc:  # the data stage not installed
-        raise ConfigError(f"cannot open datasets: medxai.data.open_dataset is unavailable ({exc})") from None
-    kw = {"split": split}
-    if size is not None:
-        kw["size"] = size
-    ds = open_dataset(data, **kw)
-    n = min(n, len(ds))
-    if n < 1:
-        raise ConfigError(f"dataset {data!r} split {split!r} is empty")
-    items = [ds[i] for i in range(n)]
-    x = torch.stack([torch.as_tensor(it["image"], dtype=torch.float32) for it in items])
-    labels = [torch.as_tensor(it["label"]).tolist() for it in items]
-    ids = [str(it.get("id", i)) for i, it in enumerate(items)]
-    return x, labels, ids
 
 
 @app.command()
@@ -90,7 +69,9 @@ def explain(
     if size is None:
         meta_size = loaded[0][1].meta.get("image_size")
         size = int(meta_size[0]) if isinstance(meta_size, (list, tuple)) and meta_size else None
-    x, labels, ids = _load_sample(data, split, n, size)
+    x, items = first_items(data, split, n, size)
+    labels = [torch.as_tensor(it["label"]).tolist() for it in items]
+    ids = [str(it.get("id", i)) for i, it in enumerate(items)]
     maps: dict[tuple[str, str], torch.Tensor] = {}
     info: dict = {"ids": ids, "labels": labels, "data": data, "split": split, "runs": {}, "maps": {}}
     tensors: dict[str, torch.Tensor] = {"images": x}

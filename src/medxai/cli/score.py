@@ -20,7 +20,7 @@ from pathlib import Path
 
 import typer
 
-from medxai.cli._app import app, parse_options, progress, state
+from medxai.cli._app import app, parse_metric_options, progress, state
 
 
 @app.command()
@@ -43,7 +43,7 @@ def score(
     from medxai.metrics import DEFAULT_METRICS, metric_infos
     from medxai.metrics.maps_folder import score_maps
 
-    opts = parse_options(options)
+    opts = parse_metric_options(options)
     infos = metric_infos(DEFAULT_METRICS if metrics is None else metrics)  # unknown names fail before anything is read
     with progress() as bar:
         task = bar.add_task("scoring", total=None)

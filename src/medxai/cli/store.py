@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from medxai.cli._app import app, parse_options, run_names, state
+from medxai.cli._app import app, parse_metric_options, run_names, state
 from medxai.errors import ConfigError, DataError
 
 store_app = typer.Typer(help="Explain and score whole datasets into a chunked, resumable store (torchrun-ready).",
@@ -138,7 +138,7 @@ def store_score(
     from medxai.distributed import MapStore, score_store, setup
     from medxai.metrics import DEFAULT_METRICS, metric_infos
 
-    opts = parse_options(options)  # before any file is read
+    opts = parse_metric_options(options)  # before any file is read
     info = setup()
     ms = MapStore.open(store)
     extra = ms.config.get("info", {})

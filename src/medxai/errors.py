@@ -31,3 +31,7 @@ class InputError(MedxaiError, ValueError):
 
 class CheckpointError(MedxaiError, ValueError):
     """A checkpoint cannot be read safely or does not fit the model."""
+
+
+class ModelError(MedxaiError, ValueError):
+    """A model file or model card cannot be loaded safely, or does not fit its card or the data."""

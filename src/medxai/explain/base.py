@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from medxai._util.validate import as_targets, check_images
-from medxai.errors import InputError
+from medxai.errors import InputError, ModelError
+from medxai.models import hooks_unavailable
 
 OUTPUTS = ("logit", "softmax", "sigmoid")
 
@@ -181,6 +182,8 @@ class Attribution:
     name = "base"
     #: whether the method needs gradients (perturbation methods do not)
     needs_grad = True
+    #: whether the method puts forward hooks on the model's layers (CAMs, guided backprop)
+    needs_hooks = False
 
     def __init__(self, model: nn.Module, *, output: str = "logit") -> None:
         if output not in OUTPUTS:
@@ -200,6 +203,8 @@ class Attribution:
     def attribute(self, x: torch.Tensor, target: int | torch.Tensor | list | None = None, *,
                   top_k: int | None = None, **kw):
         check_images(x)
+        if self.needs_hooks and (why := hooks_unavailable(self.model)):
+            raise ModelError(f"{self.name} is unavailable for this model: {why}")
         spec = TargetSpec(target, top_k)
         with preserve_model(self.model):
             out = self._explain(x, spec, **kw)

@@ -109,6 +109,7 @@ def tokens_to_grid(t: torch.Tensor, n_prefix: int | None = None) -> torch.Tensor
 class _CAMBase(GradientAttribution):
     """Owns the layer, the hook, targets and upsampling; subclasses weight the channels."""
 
+    needs_hooks = True
     default_reduce = None  # one channel already
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None, *, output: str = "logit",

@@ -319,6 +319,7 @@ class GuidedBackprop(GradientAttribution):
     ``explain`` reduces channels by max of |.|. Models with functional ReLUs are not guided there.
     """
 
+    needs_hooks = True
     default_reduce = "max_abs"
 
     def _compute(self, x: torch.Tensor, spec: TargetSpec) -> torch.Tensor:

@@ -12,7 +12,7 @@ MobileNetV2, Inception-v3, ViTs (timm layout; ``vit.capture_attention``), tiny `
 from __future__ import annotations
 
 from medxai.models import cnn, inception, mobilenet, vit  # noqa: F401  (fill the registry)
-from medxai.models._common import IMAGENET_MEAN, IMAGENET_STD, Normalize
+from medxai.models._common import IMAGENET_MEAN, IMAGENET_STD, Normalize, hooks_unavailable
 from medxai.models.combined import Combined
 from medxai.models.factory import create, list_models
 from medxai.models.freeze import freeze, parameterised_layers, unfreeze
@@ -38,6 +38,7 @@ __all__ = [
     "capture_attention",
     "create",
     "freeze",
+    "hooks_unavailable",
     "list_models",
     "load_weights",
     "parameterised_layers",

@@ -88,6 +88,14 @@ def resolve_normalize(normalize: NormalizeSpec, in_chans: int) -> tuple[nn.Modul
     return Normalize(mean, std), [mean, std]
 
 
+def hooks_unavailable(model: nn.Module) -> str | None:
+    """Why forward hooks cannot be put on ``model``'s layers (None: they can): TorchScript modules
+    refuse ``register_forward_hook``."""
+    if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
+        return "TorchScript modules do not support forward hooks (export the model with torch.export or ONNX instead)"
+    return None
+
+
 def no_inplace(model: nn.Module) -> nn.Module:
     """Switch off in-place activations (hooks and explanations need the layer outputs intact)."""
     for m in model.modules():

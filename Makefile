@@ -25,7 +25,7 @@ test: lint
 
 # ruff, then the import layers of pyproject.toml's [tool.importlinter] (an upward import fails)
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/lint-imports
 
 # every comparison at full size (~20 min on 2 cores): benchmarks/results/*.json and docs/benchmarks.md

@@ -10,7 +10,7 @@ import typer
 
 from medxai._util.progress import progress, set_quiet
 
-__all__ = ["app", "first_items", "parse_metric_options", "progress", "run_names", "state"]
+__all__ = ["Models", "app", "card_names", "first_items", "parse_metric_options", "progress", "run_names", "state"]
 
 
 @dataclass
@@ -53,6 +53,57 @@ def run_names(runs: list[Path]) -> list[str]:
     return names
 
 
+def card_names(cards: list[Path], taken: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Model names for cards: the card file's stem, made unique with -2, -3 ... (also against ``taken``)."""
+    names: list[str] = list(taken)
+    for c in cards:
+        base = "".join(ch if ch.isalnum() or ch in "_+-." else "_" for ch in c.stem).lstrip(".")[:60] or "model"
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}-{k}", k + 1
+        names.append(name)
+    return names[len(taken):]
+
+
+@dataclass
+class Models:
+    """The models of a command: ``--run`` directories, then ``--model`` cards (read, not yet loaded)."""
+
+    runs: list[Path]
+    cards: list[Any]  # medxai.cards.ModelCard
+    names: list[str]
+
+    @classmethod
+    def from_options(cls, runs: list[Path] | None, cards: list[Path] | None) -> Models:
+        from medxai.cards import read_card
+        from medxai.errors import ConfigError
+
+        runs, card_paths = list(runs or []), list(cards or [])
+        if not runs and not card_paths:
+            raise ConfigError("give a model: --run RUN_DIR (trained by medxai) or --model CARD.yaml (an outside model)")
+        names = run_names(runs)
+        return cls(runs, [read_card(c) for c in card_paths], names + card_names(card_paths, names))
+
+    def size(self) -> int | None:
+        """The first model's input size (a run's training size, a card's input size)."""
+        from medxai.runs import read_model_json
+
+        if self.runs:
+            meta_size = read_model_json(self.runs[0]).get("image_size")
+            return int(meta_size[0]) if isinstance(meta_size, (list, tuple)) and meta_size else None
+        return int(self.cards[0].input.size[0])
+
+    def load(self, device: Any, class_names: list[str] | None = None) -> list[tuple[str, Any, Any]]:
+        """``[(name, model, RunInfo)]`` on ``device``; cards' outputs put in ``class_names``' order by name."""
+        from medxai.cards import load_card
+        from medxai.runs import load_run
+
+        loaded = [(n, *load_run(r, device=device)) for n, r in zip(self.names, self.runs, strict=False)]
+        card_names_ = self.names[len(self.runs):]
+        return loaded + [(n, *load_card(c, device=device, class_order=class_names))
+                         for n, c in zip(card_names_, self.cards, strict=True)]
+
+
 def _file_or_text(text: str) -> str:
     """The file's content when ``text`` names an existing file, else ``text`` itself."""
     try:
@@ -81,16 +132,29 @@ def parse_metric_options(text: str | None, flag: str = "--options") -> dict[str,
     return opts
 
 
-def first_items(data: str, split: str, n: int, size: int | None) -> tuple[Any, list[dict]]:
-    """The first ``n`` items of a dataset split: (x (N, C, H, W) float32, the items); empty refused."""
+def first_items(data: str, split: str, n: int, size: int | None,
+                models: Models | None = None) -> tuple[Any, list[dict], list[str]]:
+    """The first ``n`` items of a dataset split: (x (N, C, H, W) float32, the items, the dataset's
+    class names, which the labels index); an empty split is refused. With ``models`` that hold
+    cards, the data's classes must be the cards' (by name) and are read in the cards' order
+    (a binary task's positive class second)."""
     import torch
 
+    from medxai.cards import data_class_order
     from medxai.data import open_dataset
     from medxai.errors import ConfigError
 
-    ds = open_dataset(data, split=split, **({} if size is None else {"size": size}))
+    opts: dict[str, Any] = {} if size is None else {"size": size}
+    if models is not None and models.cards:
+        opts["channels"] = models.cards[0].input.channels
+    ds = open_dataset(data, split=split, **opts)
+    cards = dict(zip(models.names[len(models.runs):], models.cards, strict=True)) if models else {}
+    order = data_class_order(cards, list(ds.class_names), ds.task)
+    if order is not None:
+        ds = open_dataset(data, split=split, classes=order, **opts)
     n = min(n, len(ds))
     if n < 1:
         raise ConfigError(f"dataset {data!r} split {split!r} is empty")
     items = [ds[i] for i in range(n)]
-    return torch.stack([torch.as_tensor(it["image"], dtype=torch.float32) for it in items]), items
+    x = torch.stack([torch.as_tensor(it["image"], dtype=torch.float32) for it in items])
+    return x, items, list(ds.class_names)

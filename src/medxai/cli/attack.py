@@ -14,22 +14,18 @@ from typing import Any
 
 import typer
 
-from medxai.cli._app import app, first_items, progress, run_names, state
+from medxai.cli._app import Models, app, first_items, progress, state
 from medxai.errors import ConfigError
 
-
-def _load_runs(runs: list[Path], device: Any) -> list[tuple[str, Any, Any]]:
-    from medxai.runs import load_run
-
-    return [(name, *load_run(r, device=device)) for name, r in zip(run_names(runs), runs, strict=True)]
+_MODEL_HELP = "An outside model's card YAML (repeat for several), wherever --run is accepted."
 
 
 def _check_size(x: Any, loaded: list) -> None:
-    """Refuse images whose size differs from a run's training size (say --size instead of guessing)."""
+    """Refuse images whose size differs from a model's input size (say --size instead of guessing)."""
     for name, _, info in loaded:
         trained = tuple(int(v) for v in (info.meta.get("image_size") or ()))
         if trained and tuple(x.shape[-2:]) != trained:
-            raise ConfigError(f"run {name} was trained on {trained} images but the data are {tuple(x.shape[-2:])}; "
+            raise ConfigError(f"model {name} takes {trained} images but the data are {tuple(x.shape[-2:])}; "
                               "pass --size to resize")
 
 
@@ -41,7 +37,8 @@ def _device(device: str | None):
 
 @app.command("attack")
 def attack_command(
-    run: list[Path] = typer.Option(..., "--run", help="A training run directory (repeat for several models)."),
+    run: list[Path] = typer.Option([], "--run", help="A training run directory (repeat for several models)."),
+    model: list[Path] = typer.Option([], "--model", "-m", help=_MODEL_HELP),
     data: str = typer.Option(..., "--data", help="Dataset spec for medxai.data.open_dataset."),
     eps: str = typer.Option("0.2/255,0.4/255,0.6/255", "--eps", help="Comma-separated budgets, e.g. 0.2/255,0.4/255."),
     norm: str = typer.Option("linf", "--norm", help="linf or l2."),
@@ -69,8 +66,9 @@ def attack_command(
     if norm not in ("linf", "l2"):
         raise ConfigError(f"--norm must be linf or l2, got {norm!r}")
     dev = _device(device)
-    loaded = _load_runs(run, dev)
-    x, items = first_items(data, split, n, size)
+    models = Models.from_options(run, model)
+    x, items, class_names = first_items(data, split, n, size if size or not models.cards else models.size(), models)
+    loaded = models.load(dev, class_names)
     y = torch.stack([torch.as_tensor(it["label"]) for it in items])
     _check_size(x, loaded)
     results: dict[str, dict] = {}
@@ -99,6 +97,7 @@ def attack_command(
 @app.command("corrupt")
 def corrupt_command(
     run: list[Path] = typer.Option([], "--run", help="A training run directory (repeat for several models)."),
+    model: list[Path] = typer.Option([], "--model", "-m", help=_MODEL_HELP),
     data: str | None = typer.Option(None, "--data", help="Dataset spec for medxai.data.open_dataset."),
     names: str | None = typer.Option(None, "--names", help="Comma-separated corruptions (default: all)."),
     severities: str = typer.Option("1,2,3,4,5", "--severities", help="Levels (capped at each corruption's maximum)."),
@@ -143,11 +142,12 @@ def corrupt_command(
         if not state.quiet:
             typer.echo(f"wrote {p}")
         return
-    if not run or data is None:
-        raise ConfigError("medxai corrupt needs --run and --data (or --gallery)")
+    if not (run or model) or data is None:
+        raise ConfigError("medxai corrupt needs --run (or --model) and --data (or --gallery)")
     dev = _device(device)
-    loaded = _load_runs(run, dev)
-    x, items = first_items(data, split, n, size)
+    models = Models.from_options(run, model)
+    x, items, class_names = first_items(data, split, n, size if size or not models.cards else models.size(), models)
+    loaded = models.load(dev, class_names)
     y = torch.stack([torch.as_tensor(it["label"]) for it in items])
     _check_size(x, loaded)
     results: dict[str, dict] = {}

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from medxai.cli._app import app, state
+from medxai.cli._app import app, card_names, state
 
 
 def _console() -> Console:
@@ -35,16 +35,46 @@ def _run(cfg_source, out: Path, synthetic: bool | None, force: list[str], overri
     con.print(f"\nreport: {res.report_html}  ({time.perf_counter() - t0:.0f} s)", markup=False)
 
 
+def _raw_config(config: Path | None, models: list[Path], data: str | None, split: str | None) -> dict:
+    """The config mapping: ``--config`` (or the defaults), plus ``--model`` cards and ``--data``."""
+    from medxai.pipeline.config import read_config_dict
+
+    raw = read_config_dict(config) if config else {"name": "audit"}
+    if models:
+        listed = list(raw.get("models") or [])
+        names = card_names(models, [str(m.get("name")) for m in listed if isinstance(m, dict)])
+        raw["models"] = listed + [{"name": n, "card": str(p)} for n, p in zip(names, models, strict=True)]
+    if data is not None or split is not None:
+        section = dict(raw.get("data") or {})
+        if data is not None:
+            section.update(spec=data, use="real")
+        if split is not None:
+            section["split"] = split
+        raw["data"] = section
+    return raw
+
+
 @app.command()
 def audit(
-    config: Path = typer.Option(..., "--config", "-c", help="Study YAML (see examples/)."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="Study YAML (see examples/)."),
+    model: list[Path] = typer.Option([], "--model", "-m", help="An outside model's card YAML (repeat for several); "
+                                     "audited as it is, without training."),
+    data: str | None = typer.Option(None, "--data", help="Dataset spec (folder or YAML) to audit on."),
+    split: str | None = typer.Option(None, "--split", help="The split audited (default: test)."),
     out: Path = typer.Option(Path("runs/audit"), "--out", "-o", help="Run directory."),
     synthetic: bool = typer.Option(False, "--synthetic", help="Run on the study's synthetic stand-in."),
     force: list[str] = typer.Option([], "--force", help="Recompute a stage (train, explain/robust/ig, all...)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key: key.sub=value."),
 ) -> None:
-    """Audit models end to end: train, evaluate, attack, corrupt, explain, score, report."""
-    _run(config, out, True if synthetic else None, force, set_)
+    """Audit models end to end: train (or load outside models' cards), evaluate, attack, corrupt,
+    explain, score, report."""
+    from medxai.errors import ConfigError
+
+    if config is None and not model:
+        raise ConfigError("medxai audit needs --config STUDY.yaml or --model CARD.yaml (with --data DATA)")
+    if model and config is None and data is None and not synthetic:
+        raise ConfigError("medxai audit --model needs --data DATA (the dataset to audit the model on)")
+    _run(_raw_config(config, model, data, split), out, True if synthetic else None, force, set_)
 
 
 @app.command()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import typer
 
-from medxai.cli._app import app, first_items, progress, run_names, state
+from medxai.cli._app import Models, app, first_items, progress, state
 from medxai.errors import ConfigError
 
 
@@ -33,7 +33,8 @@ def _method_output(method: str, output: str | None) -> str:
 
 @app.command()
 def explain(
-    run: list[Path] = typer.Option(..., "--run", help="A training run directory (repeat for several models)."),
+    run: list[Path] = typer.Option([], "--run", help="A training run directory (repeat for several models)."),
+    model: list[Path] = typer.Option([], "--model", "-m", help="An outside model's card YAML (repeat for several)."),
     data: str = typer.Option(..., "--data", help="Dataset spec for medxai.data.open_dataset (path or YAML)."),
     methods: str = typer.Option("saliency,ig,gradcam,lime", "--methods", help="Comma-separated method names."),
     n: int = typer.Option(16, "--n", min=1, help="Number of images (the first n of the split)."),
@@ -56,7 +57,6 @@ def explain(
     from medxai.explain import REGISTRY, grid
     from medxai.explain import explain as explain_fn
     from medxai.explain.targets import explanation_targets
-    from medxai.runs import load_run
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     if not names:
@@ -64,12 +64,11 @@ def explain(
     for m in names:
         REGISTRY.get(m)  # unknown names fail before any work, listing the known ones
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    loaded = [load_run(r, device=dev) for r in run]
-    names_of_runs = run_names(run)
-    if size is None:
-        meta_size = loaded[0][1].meta.get("image_size")
-        size = int(meta_size[0]) if isinstance(meta_size, (list, tuple)) and meta_size else None
-    x, items = first_items(data, split, n, size)
+    models = Models.from_options(run, model)
+    x, items, class_names = first_items(data, split, n, models.size() if size is None else size, models)
+    named = models.load(dev, class_names)
+    loaded = [(m, info) for _, m, info in named]
+    names_of_runs = [name for name, _, _ in named]
     labels = [torch.as_tensor(it["label"]).tolist() for it in items]
     ids = [str(it.get("id", i)) for i, it in enumerate(items)]
     maps: dict[tuple[str, str], torch.Tensor] = {}

@@ -30,6 +30,8 @@ def score(
     data: str | None = typer.Option(None, "--data", help="Dataset spec with the masks (default: maps.json's)."),
     run: list[Path] | None = typer.Option(None, "--run", help="Run folder for model-based metrics, matched to the "
                                           "maps' runs by folder name (default: the folders in maps.json)."),
+    model: list[Path] | None = typer.Option(None, "--model", "-m", help="An outside model's card YAML, matched to "
+                                            "the maps' models by the card's file name (default: maps.json's)."),
     metrics: str | None = typer.Option(None, "--metrics", help="Comma-separated metric names or aliases (e.g. "
                                        "pointing_game,energy,deletion,road; default: medxai.metrics.DEFAULT_METRICS)."),
     options: str | None = typer.Option(None, "--options", help="YAML/JSON (or a file) of per-metric keyword "
@@ -47,8 +49,9 @@ def score(
     infos = metric_infos(DEFAULT_METRICS if metrics is None else metrics)  # unknown names fail before anything is read
     with progress() as bar:
         task = bar.add_task("scoring", total=None)
-        df, summary = score_maps(maps, [i.name for i in infos], data=data, runs=run, options=opts, n_boot=n_boot,
-                                 seed=seed, device=device, on_step=lambda n: bar.update(task, total=n, advance=1))
+        df, summary = score_maps(maps, [i.name for i in infos], data=data, runs=run, cards=model, options=opts,
+                                 n_boot=n_boot, seed=seed, device=device,
+                                 on_step=lambda n: bar.update(task, total=n, advance=1))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "scores.csv", df.to_csv(index=False))
     atomic_write_json(out / "summary.json", summary)

@@ -91,7 +91,8 @@ def train_command(
 
 @app.command("evaluate")
 def evaluate_command(
-    run: Path = typer.Option(..., "--run", help="Run directory written by medxai train."),
+    run: Path | None = typer.Option(None, "--run", help="Run directory written by medxai train."),
+    model: Path | None = typer.Option(None, "--model", "-m", help="Or an outside model's card YAML."),
     data: str = typer.Option(..., "--data", help="Dataset spec (folder or spec string) to evaluate on."),
     split: str = typer.Option("test", "--split", help="Split of the dataset."),
     out: Path = typer.Option(None, "--out", help="Where eval.json and predictions.csv go (default: the run)."),
@@ -101,17 +102,33 @@ def evaluate_command(
     batch_size: int = typer.Option(64, "--batch-size"),
     device: str = typer.Option(None, "--device", help="cpu, cuda... (default: cpu)."),
 ) -> None:
-    """Evaluate a trained run: metrics with bootstrap CIs (eval.json) and predictions.csv."""
-    from medxai.evaluate import evaluate_run
+    """Evaluate a trained run or an outside model: metrics with bootstrap CIs (eval.json) and predictions.csv."""
+    from medxai.evaluate import evaluate_model, evaluate_run
     from medxai.runs import read_model_json
 
-    meta = read_model_json(run)
-    options = dict((meta.get("data") or {}).get("options") or {})
-    dataset = _open(data, split, options)
-    res = evaluate_run(run, dataset, out=out, which=which, batch_size=batch_size, device=device,
-                       n_boot=n_boot, seed=seed)
+    if (run is None) == (model is None):
+        raise ConfigError("medxai evaluate needs one model: --run RUN_DIR or --model CARD.yaml")
+    if run is not None:
+        meta = read_model_json(run)
+        dataset = _open(data, split, dict((meta.get("data") or {}).get("options") or {}))
+        res = evaluate_run(run, dataset, out=out, which=which, batch_size=batch_size, device=device,
+                           n_boot=n_boot, seed=seed)
+    else:
+        from medxai.cards import data_class_order, load_card, read_card
+
+        card = read_card(model)
+        opts = {"size": card.input.size[0], "channels": card.input.channels}
+        dataset = _open(data, split, opts)
+        order = data_class_order({model.stem: card}, list(dataset.class_names), dataset.task)
+        if order is not None:
+            dataset = _open(data, split, {**opts, "classes": order})
+        net, info = load_card(card, device=device, class_order=list(dataset.class_names))
+        out = out or model.parent
+        res = evaluate_model(net, info, dataset, out=out, batch_size=batch_size, device=device, n_boot=n_boot,
+                             seed=seed)
     con = _console()
-    con.print(f"{res['task']} evaluation of {run} on {data} [{split}], n={res['n']}:")
+    con.print(f"{res['task']} evaluation of {run or model} on {data} [{split}], n={res['n']}"
+              + (f", positive class {res['positive_class']}" if res.get("positive_class") else "") + ":")
     for key, value in res["metrics"].items():
         ci = res["ci"].get(key)
         shown = "nan" if value is None or value != value else f"{value:.4f}"
@@ -121,4 +138,4 @@ def evaluate_command(
     for kind, items in res["skipped"].items():
         for item in items:
             con.print(f"  skipped {kind} of {item['label']}: {item['reason']}")
-    con.print(f"wrote {(out or run) / 'eval.json'} and predictions.csv")
+    con.print(f"wrote {Path(out or run) / 'eval.json'} and predictions.csv")

@@ -186,6 +186,7 @@ def load_spec(spec: str | os.PathLike | dict[str, Any] | DatasetSpec, overrides:
         path = Path(spec).expanduser()
         if not _exists(path):
             raise DataError(path, "dataset path not found")
+        path = path.absolute()  # a relative root below would otherwise be joined to itself (ds/ds)
         suffix = path.suffix.lower()
         if path.is_file() and suffix in (".yaml", ".yml"):
             data, base = _read_yaml(path), path.parent

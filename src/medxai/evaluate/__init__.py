@@ -8,12 +8,13 @@ from medxai.evaluate.metrics import (
     metric_names,
 )
 from medxai.evaluate.predict import collate, predict, probabilities
-from medxai.evaluate.report import evaluate_run, predictions_csv
+from medxai.evaluate.report import evaluate_model, evaluate_run, predictions_csv
 
 __all__ = [
     "ECE_BINS",
     "classification",
     "collate",
+    "evaluate_model",
     "evaluate_run",
     "expected_calibration_error",
     "higher_is_better",

@@ -59,19 +59,32 @@ def _describe(data: Any) -> Any:
 def evaluate_run(run_dir: str | Path, data: Any, *, out: str | Path | None = None, which: str = "best",
                  batch_size: int = 64, device: str | None = None, n_boot: int = 1000, seed: int = 0,
                  num_workers: int = 0) -> dict[str, Any]:
-    """Load the run's model (``medxai.train.load_run``), predict ``data`` and write ``eval.json``
+    """Load the run's model (``medxai.runs.load_run``), predict ``data`` and write ``eval.json``
     and ``predictions.csv`` into ``out`` (default: the run directory). Returns the eval dict."""
-    from medxai.evaluate.predict import predict
     from medxai.runs import load_run
 
     model, info = load_run(run_dir, which=which, device=device)
+    result = evaluate_model(model, info, data, out=Path(out) if out is not None else Path(run_dir),
+                            batch_size=batch_size, device=device, n_boot=n_boot, seed=seed, num_workers=num_workers)
+    return result
+
+
+def evaluate_model(model: Any, info: Any, data: Any, *, out: str | Path, batch_size: int = 64,
+                   device: str | None = None, n_boot: int = 1000, seed: int = 0,
+                   num_workers: int = 0) -> dict[str, Any]:
+    """Predict ``data`` with a loaded model (``info``: its ``RunInfo``: task, class names, files) and
+    write ``eval.json`` and ``predictions.csv`` into ``out``. Returns the eval dict."""
+    from medxai.evaluate.predict import predict
+
     ids, y_true, scores = predict(model, data, batch_size=batch_size, device=device, task=info.task,
                                   num_workers=num_workers)
     result = classification(y_true, scores, info.task, info.class_names, n_boot=n_boot, seed=seed)
-    result["run"] = str(Path(run_dir))
+    result["run"] = str(info.run_dir)
     result["checkpoint"] = info.checkpoint.name
     result["data"] = _describe(data)
-    out = Path(out) if out is not None else Path(run_dir)
+    if info.task == "binary":  # the second class in medxai's order (a card's positive class is put there)
+        result["positive_class"] = info.class_names[1]
+    out = Path(out)
     atomic_write_json(out / "eval.json", result)
     atomic_write_text(out / "predictions.csv", predictions_csv(ids, y_true, scores, info.class_names, info.task))
     return result

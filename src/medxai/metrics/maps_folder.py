@@ -75,8 +75,20 @@ def _annotations(spec: str | None, split: str, ids: list[str], size: tuple[int, 
     return {"masks": stack("mask", False), "shortcut_masks": stack("shortcut_mask", True)}
 
 
+def _load_model(path: Path, device: torch.device, class_names: list[str] | None) -> Any:
+    """A run directory's model, or an outside model from its card (``.yaml``), outputs in ``class_names``' order."""
+    if path.is_file() and path.suffix.lower() in (".yaml", ".yml"):
+        from medxai.cards import load_card
+
+        return load_card(path, device=device, class_order=class_names)[0]
+    from medxai.runs import load_run
+
+    return load_run(path, device=device)[0]
+
+
 def score_maps(maps: Path, metrics: Sequence[str] | str, *, data: str | None = None,
-               runs: Sequence[Path] | None = None, options: Mapping[str, Mapping[str, Any]] | None = None,
+               runs: Sequence[Path] | None = None, cards: Sequence[Path] | None = None,
+               options: Mapping[str, Mapping[str, Any]] | None = None,
                n_boot: int = 1000, seed: int = 0, device: str | torch.device | None = None,
                on_step: Callable[[int], None] | None = None) -> tuple[Any, dict[str, Any]]:
     """Score every map of a ``medxai explain`` folder: (the long scores table, the summary).
@@ -104,16 +116,16 @@ def score_maps(maps: Path, metrics: Sequence[str] | str, *, data: str | None = N
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     need_model = any("model" in i.needs for i in infos)
     run_dirs = {Path(r).resolve().name: Path(r) for r in (runs or [])}
+    run_dirs.update({Path(c).stem: Path(c) for c in (cards or [])})
     models: dict[str, Any] = {}
 
     def model_for(rname: str) -> Any:
         if not need_model:
             return None
         if rname not in models:
-            from medxai.runs import load_run
-
             path = run_dirs.get(rname) or (Path(info["runs"][rname]["dir"]) if rname in info.get("runs", {}) else None)
-            models[rname] = load_run(path, device=dev)[0] if path is not None and path.exists() else None
+            classes = info.get("runs", {}).get(rname, {}).get("class_names")
+            models[rname] = _load_model(path, dev, classes) if path is not None and path.exists() else None
         return models[rname]
 
     rows: list[dict[str, Any]] = []

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,6 +26,9 @@ from medxai._util.seed import seed_everything
 from medxai.pipeline.cache import StageResult, StageRunner, stage_key
 from medxai.pipeline.config import AuditConfig, ModelConfig
 from medxai.pipeline.data import EvalSample, build_datasets, eval_sample
+
+if TYPE_CHECKING:
+    from medxai.cards import ModelCard
 
 __all__ = ["AuditResult", "run_audit"]
 
@@ -61,6 +64,23 @@ class _Audit:
     explained: dict[tuple[str, str], StageResult] = field(default_factory=dict)
     scores: dict[tuple[str, str], StageResult] = field(default_factory=dict)
     sanity: list[dict] = field(default_factory=list)
+    cards: dict[str, ModelCard] = field(default_factory=dict)  # the outside models, audited as they are
+    unavailable: dict[tuple[str, str], str] = field(default_factory=dict)  # (model, method) -> why not
+    loaded: dict[str, torch.nn.Module] = field(default_factory=dict)
+
+    def model(self, name: str) -> torch.nn.Module:
+        """Model ``name`` in eval mode, loaded once: a trained run's best checkpoint, or a card's file
+        with its outputs in the data's class order."""
+        if name not in self.loaded:
+            if name in self.cards:
+                from medxai.cards import load_card
+
+                self.loaded[name] = load_card(self.cards[name], class_order=self.class_names)[0]
+            else:
+                from medxai.runs import load_run
+
+                self.loaded[name] = load_run(self.model_stages[name].dir / "run")[0].eval()
+        return self.loaded[name]
 
     @property
     def data_key(self) -> str:
@@ -75,20 +95,19 @@ class _Audit:
         return self.data_desc["class_names"]
 
 
-def _load_model(stage: StageResult) -> torch.nn.Module:
-    from medxai.runs import load_run
-
-    model, _ = load_run(stage.dir / "run")
-    return model.eval()
-
-
 def run_audit(cfg: AuditConfig, out: str | Path, *, synthetic: bool | None = None, force: set[str] | None = None,
-              log: Callable[[str], None] | None = None, progress: Any = None) -> AuditResult:
-    """Run (or resume) the whole audit into ``out``; returns the report and findings."""
+              log: Callable[[str], None] | None = None, progress: Any = None,
+              given: dict[str, Any] | None = None, dataset: Any = None) -> AuditResult:
+    """Run (or resume) the whole audit into ``out``; returns the report and findings.
+
+    ``given``: the models of ``cfg`` marked ``given`` (``nn.Module`` objects taking [0, 1] images and
+    returning logits in the data's class order, or ``ModelCard`` objects); ``dataset``: a dataset object
+    audited as the split ``cfg.data.split`` instead of ``cfg.data`` (``medxai.audit`` passes both).
+    """
     t0 = time.perf_counter()
-    audit = _start(cfg, Path(out), synthetic=synthetic, force=force, log=log)
+    audit = _start(cfg, Path(out), synthetic=synthetic, force=force, log=log, given=given or {}, dataset=dataset)
     _data(audit)
-    _train_models(audit)
+    _models(audit)
     _robustness(audit)
     _explain(audit)
     _sanity(audit)
@@ -99,31 +118,88 @@ def run_audit(cfg: AuditConfig, out: str | Path, *, synthetic: bool | None = Non
 # -- steps, in the order run_audit runs them ---------------------------------------------------
 
 def _start(cfg: AuditConfig, out: Path, *, synthetic: bool | None, force: set[str] | None,
-           log: Callable[[str], None] | None) -> _Audit:
-    """Seed, write config.json, build the datasets and draw the fixed evaluation sample."""
+           log: Callable[[str], None] | None, given: dict[str, Any], dataset: Any) -> _Audit:
+    """Read the cards, build the datasets (checked against the cards by class name, size and
+    channels before any model runs), write config.json and draw the fixed evaluation sample."""
+    from medxai.pipeline.outside import given_data, read_cards, split_given
+
+    cards, modules = split_given(cfg, given)
+    cards = {**read_cards(cfg), **cards}
+    if dataset is not None:
+        datasets, data_desc, data_parts = given_data(cfg, cards, dataset)
+    else:
+        datasets, data_desc, fit = _open_data(cfg, cards, synthetic)
+        data_parts = {"data": cfg.data.model_dump(mode="json"), "synthetic": synthetic, **({"fit": fit} if fit else {})}
     out.mkdir(parents=True, exist_ok=True)
     runner = StageRunner(out, force=force, log=log or (lambda m: None))
     seed_everything(cfg.seed)
     atomic_write_json(out / "config.json", cfg.model_dump(mode="json"))
-    datasets, data_desc = build_datasets(cfg.data, synthetic=synthetic)
-    data_parts = {"data": cfg.data.model_dump(mode="json"), "synthetic": synthetic}
     n_eval = max(cfg.attack.n if cfg.attack.enabled else 0, cfg.corruption.n if cfg.corruption.enabled else 0,
                  cfg.explain.n_score, cfg.explain.n_show)
-    sample = eval_sample(datasets["test"], n_eval)
+    sample = eval_sample(datasets[cfg.data.split], n_eval)
+    _check_channels(cards, sample)
     x_sample = sample.subset(max(cfg.explain.n_score, cfg.explain.n_show))
-    return _Audit(cfg, out, runner, datasets, data_desc, data_parts, sample, x_sample)
+    return _Audit(cfg, out, runner, datasets, data_desc, data_parts, sample, x_sample, cards=cards,
+                  loaded={n: m.eval() for n, m in modules.items()})
+
+
+def _open_data(cfg: AuditConfig, cards: dict[str, ModelCard],
+               synthetic: bool | None) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The datasets (only the audited split when no model is trained), fitted to the cards: their
+    size and channels, and classes in the order that puts a binary card's positive class second."""
+    from medxai.cards import data_class_order
+    from medxai.errors import ModelError
+    from medxai.pipeline.outside import data_options, describe_resize
+
+    splits = ("train", "val", cfg.data.split) if cfg.models_trained() else (cfg.data.split,)
+    splits = tuple(dict.fromkeys(splits))
+    opts = data_options(cfg, cards)
+    datasets, desc = build_datasets(cfg.data, synthetic=synthetic, splits=splits, **opts)
+    order = data_class_order(cards, desc["class_names"], desc["task"])
+    if order is not None:
+        if desc["source"] == "synthetic":
+            raise ModelError(f"the synthetic study's positive class is {desc['class_names'][1]!r}, the cards' "
+                             f"is {order[1]!r}")
+        datasets, desc = build_datasets(cfg.data, synthetic=synthetic, splits=splits, classes=order, **opts)
+    desc["description"] += describe_resize(opts) if desc["source"] == "real" else ""
+    if desc["task"] == "binary":
+        desc["positive_class"] = desc["class_names"][1]
+    return datasets, desc, {**opts, "classes": order} if cards else {}
+
+
+def _check_channels(cards: dict[str, ModelCard], sample: EvalSample) -> None:
+    from medxai.errors import ModelError
+
+    for name, card in cards.items():
+        if sample.x.shape[1] != card.input.channels or list(sample.x.shape[-2:]) != card.input.size:
+            raise ModelError(f"model {name!r}: the card expects ({card.input.channels}, {card.input.size[0]}, "
+                             f"{card.input.size[1]}) images, the data gives {tuple(sample.x.shape[1:])}")
 
 
 def _data(a: _Audit) -> None:
     a.data_st = a.runner.run("data", a.data_parts, partial(_data_stage, a))
 
 
-def _train_models(a: _Audit) -> None:
-    """Train each model (in config order: ``init_from`` names an earlier one), then evaluate it."""
+def _models(a: _Audit) -> None:
+    """Train each model (in config order: ``init_from`` names an earlier one) or load its card,
+    then evaluate it."""
+    from medxai.cards import file_sha256
+
     for mc in a.cfg.models:
-        parts = {"data": a.data_key, "model": mc.model_dump(mode="json"), "seed": a.cfg.seed,
-                 "init_from": a.model_stages[mc.init_from].key if mc.init_from else None}
-        a.model_stages[mc.name] = a.runner.run(f"train/{mc.name}", parts, partial(_train_stage, a, mc))
+        if mc.name in a.cards:
+            card = a.cards[mc.name]
+            parts = {"card": card.model_dump(mode="json"), "sha256": file_sha256(card.path),
+                     "classes": a.class_names}
+            a.model_stages[mc.name] = a.runner.run(f"model/{mc.name}", parts, partial(_card_stage, a, mc.name))
+        elif mc.given:  # a module handed over in Python: keyed by its weights
+            from medxai.pipeline.outside import module_fingerprint
+
+            parts = {"module": module_fingerprint(a.loaded[mc.name]), "classes": a.class_names}
+            a.model_stages[mc.name] = a.runner.run(f"model/{mc.name}", parts, partial(_module_stage, a, mc.name))
+        else:
+            parts = {"data": a.data_key, "model": mc.model_dump(mode="json"), "seed": a.cfg.seed,
+                     "init_from": a.model_stages[mc.init_from].key if mc.init_from else None}
+            a.model_stages[mc.name] = a.runner.run(f"train/{mc.name}", parts, partial(_train_stage, a, mc))
         _evaluate(a, mc.name)
 
 
@@ -138,10 +214,10 @@ def _robustness(a: _Audit) -> None:
     for name, st in a.model_stages.items():
         if cfg.attack.enabled:
             parts = {"train": st.key, "attack": cfg.attack.model_dump(), "data": a.data_key}
-            a.attacks[name] = a.runner.run(f"attack/{name}", parts, partial(_attack_stage, a, st)).result
+            a.attacks[name] = a.runner.run(f"attack/{name}", parts, partial(_attack_stage, a, name)).result
         if cfg.corruption.enabled:
             parts = {"train": st.key, "data": a.data_key, "corruption": cfg.corruption.model_dump()}
-            a.corruptions[name] = a.runner.run(f"corrupt/{name}", parts, partial(_corruption_stage, a, st)).result
+            a.corruptions[name] = a.runner.run(f"corrupt/{name}", parts, partial(_corruption_stage, a, name)).result
     if cfg.corruption.enabled and cfg.corruption.gallery:
         parts = {"data": a.data_key, "c": cfg.corruption.model_dump()}
         a.gallery = a.runner.run("corrupt/gallery", parts, partial(_gallery_stage, a))
@@ -154,15 +230,17 @@ def _explain(a: _Audit) -> None:
     cfg, task, x_sample = a.cfg, a.task, a.x_sample
     for name, st in a.model_stages.items():
         for method in cfg.explain.methods:
+            if _unavailable(a, name, method):
+                continue
             opts = cfg.explain.options.get(method, {})
             parts = {"train": st.key, "data": a.data_key, "method": method, "options": opts,
                      "output": cfg.explain.output, "target": cfg.explain.target, "n": len(x_sample)}
             ex = a.runner.run(f"explain/{name}/{method}", parts,
-                              _on_model(explain_stage, st, x_sample, method, opts, cfg.explain, task))
+                              _on_model(a, name, explain_stage, x_sample, method, opts, cfg.explain, task))
             a.explained[(name, method)] = ex
             a.scores[(name, method)] = a.runner.run(
                 f"score/{name}/{method}", {"explain": ex.key, "score": cfg.score.model_dump()},
-                _on_model(score_stage, st, x_sample, ex, cfg.score, task))
+                _on_model(a, name, score_stage, x_sample, ex, cfg.score, task))
 
 
 def _sanity(a: _Audit) -> None:
@@ -174,11 +252,13 @@ def _sanity(a: _Audit) -> None:
         return
     for name, st in a.model_stages.items():
         for method in cfg.score.sanity_methods or cfg.explain.methods[:1]:
+            if _unavailable(a, name, method):
+                continue
             opts = cfg.explain.options.get(method, {})
             parts = {"train": st.key, "data": a.data_key, "method": method, "opts": opts,
                      "n": cfg.score.sanity_n, "output": cfg.explain.output,
                      "granularity": cfg.score.sanity_granularity}
-            fn = _on_model(sanity_stage, st, a.sample.subset(cfg.score.sanity_n), method, opts,
+            fn = _on_model(a, name, sanity_stage, a.sample.subset(cfg.score.sanity_n), method, opts,
                          cfg.explain, a.task, seed=cfg.seed, granularity=cfg.score.sanity_granularity)
             res = a.runner.run(f"sanity/{name}/{method}", parts, fn)
             a.sanity.append({"model": name, "method": method, **res.result})
@@ -191,16 +271,27 @@ def _report(a: _Audit) -> tuple[dict, Path]:
 
     report = assemble_report(a.cfg, a.out, a.data_st, a.model_stages, a.evals, a.attacks, a.corruptions,
                              a.gallery, a.explained, a.scores, a.sanity, sample=a.x_sample,
-                             class_names=a.class_names, task=a.task)
+                             class_names=a.class_names, task=a.task, unavailable=a.unavailable)
     atomic_write_json(a.out / "report.json", report)
     return report, build_report(a.out)
 
 
 # -- the work of each stage when it is not cached (``d`` is the stage's fresh folder) ----------
 
-def _on_model(stage_fn: Callable[..., dict], st: StageResult, *args: Any, **kwargs: Any) -> Callable[[Path], dict]:
-    """``stage_fn(d, model, *args, **kwargs)`` with ``st``'s model loaded only if the stage runs."""
-    return lambda d: stage_fn(d, _load_model(st), *args, **kwargs)
+def _unavailable(a: _Audit, name: str, method: str) -> bool:
+    """Record and skip a method that cannot run on this model's format (layer hooks on TorchScript)."""
+    from medxai.explain import REGISTRY
+
+    why = a.model_stages[name].result.get("hooks_unavailable")
+    if why and getattr(REGISTRY.get(method), "needs_hooks", False):
+        a.unavailable[(name, method)] = f"{method} hooks the model's layers: {why}"
+        return True
+    return False
+
+
+def _on_model(a: _Audit, name: str, stage_fn: Callable[..., dict], *args: Any, **kwargs: Any) -> Callable[[Path], dict]:
+    """``stage_fn(d, model, *args, **kwargs)`` with model ``name`` loaded only if the stage runs."""
+    return lambda d: stage_fn(d, a.model(name), *args, **kwargs)
 
 
 def _data_stage(a: _Audit, d: Path) -> dict:
@@ -226,6 +317,23 @@ def _train_stage(a: _Audit, mc: ModelConfig, d: Path) -> dict:
             "epochs_run": res.epochs_run, "best_epoch": res.best_epoch, "seconds": res.train_time_s}
 
 
+def _card_stage(a: _Audit, name: str, d: Path) -> dict:
+    """Load an outside model (every check of its card runs here) and record what was loaded."""
+    from medxai.cards import load_card
+
+    model, info = load_card(a.cards[name], class_order=a.class_names)
+    a.loaded[name] = model
+    return {"source": "card", "arch": f"{info.meta['format']} file", "objective": None, **info.meta}
+
+
+def _module_stage(a: _Audit, name: str, d: Path) -> dict:
+    from medxai.models import hooks_unavailable
+
+    model = a.loaded[name]
+    return {"source": "python", "arch": f"{type(model).__name__} (given in Python)", "objective": None,
+            "hooks_unavailable": hooks_unavailable(model)}
+
+
 def _build_model(a: _Audit, mc: ModelConfig) -> torch.nn.Module:
     """A fresh model for ``mc``: created (or ViT-initialised), warm-started from ``init_from``, frozen."""
     from medxai.models import create, freeze
@@ -239,7 +347,7 @@ def _build_model(a: _Audit, mc: ModelConfig) -> torch.nn.Module:
     else:
         model = create(mc.arch, n_classes, in_chans=in_chans, pretrained=mc.pretrained, **mc.options)
     if mc.init_from:
-        model.load_state_dict(_load_model(a.model_stages[mc.init_from]).state_dict())
+        model.load_state_dict(a.model(mc.init_from).state_dict())
     if mc.freeze is not None:
         freeze(model, **(mc.freeze if isinstance(mc.freeze, dict) else {"until": mc.freeze}))
     return model
@@ -248,26 +356,25 @@ def _build_model(a: _Audit, mc: ModelConfig) -> torch.nn.Module:
 def _eval_stage(a: _Audit, name: str, d: Path) -> dict:
     from medxai.evaluate import classification, predict
 
-    model = _load_model(a.model_stages[name])
-    ids, y_true, scores = predict(model, a.datasets["test"], batch_size=128)
+    ids, y_true, scores = predict(a.model(name), a.datasets[a.cfg.data.split], batch_size=128)
     n_boot = int(a.cfg.evaluation.get("n_boot", 1000))
     metrics = classification(y_true, scores, a.task, class_names=a.class_names, n_boot=n_boot, seed=a.cfg.seed)
     return {"metrics": metrics, "n": len(ids)}
 
 
-def _attack_stage(a: _Audit, st: StageResult, d: Path) -> dict:
+def _attack_stage(a: _Audit, name: str, d: Path) -> dict:
     from medxai.attacks import evaluate as attack_eval
 
     c = a.cfg.attack
     s = a.sample.subset(c.n)
-    return attack_eval(_load_model(st), (s.x, s.y), eps_list=c.eps, norm=c.norm, steps=c.steps, task=a.task)
+    return attack_eval(a.model(name), (s.x, s.y), eps_list=c.eps, norm=c.norm, steps=c.steps, task=a.task)
 
 
-def _corruption_stage(a: _Audit, st: StageResult, d: Path) -> dict:
+def _corruption_stage(a: _Audit, name: str, d: Path) -> dict:
     from medxai.pipeline.robustness import corruption_table
 
     c = a.cfg.corruption
-    return corruption_table(_load_model(st), a.sample.subset(c.n), a.task, a.class_names, c.names, c.severities,
+    return corruption_table(a.model(name), a.sample.subset(c.n), a.task, a.class_names, c.names, c.severities,
                             seed=a.cfg.seed)
 
 

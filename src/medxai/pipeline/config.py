@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medxai._util.io import safe_yaml_load
 from medxai.errors import ConfigError
@@ -52,10 +52,23 @@ class DataConfig(_Strict):
     size: int | None = None  # image size for real data (shorter side resize + centre crop)
     preprocess: Literal["none", "graham", "clahe"] = "none"  # fundus (Graham 2015) / X-ray contrast
     use: Literal["auto", "real", "synthetic"] = "auto"
+    split: str = "test"  # the split evaluated, attacked, explained and scored
+
+    @field_validator("split")
+    @classmethod
+    def _split(cls, v: str) -> str:
+        from medxai.data.layouts import canonical_split
+
+        try:
+            return str(canonical_split(v))
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class ModelConfig(_Strict):
     name: str
+    card: str | None = None  # an outside model's card (medxai.cards): audited as it is, not trained
+    given: bool = False  # a module or card handed to medxai.audit() in Python: audited as it is
     arch: str = "small-cnn"
     pretrained: str | None = None  # a local checkpoint (torchvision / timm / MONAI / DINO / MAE layouts)
     init: Literal["random", "supervised", "dino", "mae"] | None = None  # ViT study: with pretrained = weights
@@ -69,6 +82,20 @@ class ModelConfig(_Strict):
     @classmethod
     def _name(cls, v: str) -> str:
         return safe_name(v, "model name")
+
+    @model_validator(mode="after")
+    def _card_alone(self) -> ModelConfig:
+        extra = sorted(self.model_fields_set - {"name", "card", "given"})
+        if (self.card or self.given) and extra:
+            raise ValueError(f"model {self.name!r} is an outside model, audited as it is, so {extra} do not apply")
+        if self.card and self.given:
+            raise ValueError(f"model {self.name!r}: card and given exclude each other")
+        return self
+
+    @property
+    def outside(self) -> bool:
+        """Whether the model is audited as it is (a card or a module given in Python), not trained."""
+        return bool(self.card or self.given)
 
 
 class AttackConfig(_Strict):
@@ -132,7 +159,7 @@ class AuditConfig(_Strict):
     name: str = "audit"
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
-    models: list[ModelConfig]
+    models: list[ModelConfig] = Field(min_length=1)
     evaluation: dict[str, Any] = Field(default_factory=lambda: {"n_boot": 1000})
     attack: AttackConfig = Field(default_factory=AttackConfig)
     corruption: CorruptionConfig = Field(default_factory=CorruptionConfig)
@@ -148,9 +175,14 @@ class AuditConfig(_Strict):
         known = set()
         for m in v:
             if m.init_from and m.init_from not in known:
-                raise ValueError(f"model {m.name!r}: init_from {m.init_from!r} must name an earlier model")
-            known.add(m.name)
+                raise ValueError(f"model {m.name!r}: init_from {m.init_from!r} must name an earlier trained model")
+            if not m.outside:
+                known.add(m.name)
         return v
+
+    def models_trained(self) -> bool:
+        """Whether any model of the audit is trained (else only the audited split is read)."""
+        return any(not m.outside for m in self.models)
 
 
 def _set_dotted(d: dict, dotted: str, value: Any) -> None:
@@ -194,22 +226,24 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+def read_config_dict(path: str | Path) -> dict:
+    """The mapping of an audit config YAML file (not yet validated)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = safe_yaml_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return raw
+
+
 def load_config(source: str | Path | dict, overrides: list[str] | None = None) -> AuditConfig:
     """Read and validate an audit config (YAML path or dict); errors name the file and key."""
-    where = "config"
-    if isinstance(source, dict):
-        raw = source
-    else:
-        path = Path(source)
-        where = str(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            raw = safe_yaml_load(path.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
+    where = "config" if isinstance(source, dict) else str(source)
+    raw = source if isinstance(source, dict) else read_config_dict(source)
     raw = apply_overrides(dict(raw), overrides or [])
     try:
         return AuditConfig.model_validate(raw)

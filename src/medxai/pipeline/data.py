@@ -35,42 +35,65 @@ class EvalSample:
                           cut(self.shortcut_masks))
 
 
-def build_datasets(cfg: DataConfig, *, synthetic: bool | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Return ({"train", "val", "test"} datasets, description dict)."""
-    from medxai.data import SyntheticDataset, open_dataset
+def build_datasets(cfg: DataConfig, *, synthetic: bool | None = None,
+                   splits: tuple[str, ...] = ("train", "val", "test"), size: int | None = None,
+                   **options: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return ({split: dataset} for ``splits``, description dict).
 
+    ``size`` (default ``cfg.size``) and ``options`` (``channels``, ``classes``: the order labels
+    are read in, by name) go to ``open_dataset`` for real data. A split without images is refused
+    naming the splits the layout has.
+    """
     auto_synth = cfg.use == "synthetic" or (cfg.use == "auto" and cfg.spec is None)
     use_synth = synthetic if synthetic is not None else auto_synth
     if use_synth:
-        s = cfg.synthetic
-        if s is None:
-            raise ConfigError("data.synthetic is required to run on the synthetic stand-in")
-        sizes = {"train": s.n_train, "val": s.n_val, "test": s.n_test}
-        ds = {split: SyntheticDataset(s.study, n, size=s.size, seed=s.seed, split=split, shortcut=s.shortcut,
-                                      **s.options) for split, n in sizes.items()}
-        desc = {"source": "synthetic", "study": s.study, "size": s.size, "seed": s.seed, "shortcut": s.shortcut,
-                "description": f"Synthetic {s.study} study at {s.size} px (seed {s.seed})"
-                + (f", laterality-marker shortcut at p = {s.shortcut} in train" if s.shortcut else "")}
+        ds, desc = _synthetic(cfg, splits)
     else:
-        if cfg.spec is None:
-            raise ConfigError("data.spec is required to run on real data (or pass --synthetic)")
-        from medxai.data.transforms import CLAHE, Compose, Graham, ResizeCrop
-
-        tf = None
-        if cfg.preprocess == "graham":  # scale to the fundus radius, then to the model's size
-            tf = Compose([Graham(), ResizeCrop(cfg.size)]) if cfg.size else Graham()
-        elif cfg.preprocess == "clahe":
-            tf = CLAHE()
-        size = None if cfg.preprocess == "graham" else cfg.size
-        ds = {split: open_dataset(cfg.spec, split=split, size=size, transform=tf) for split in ("train", "val", "test")}
-        desc = {"source": "real", "spec": cfg.spec, "description": f"Dataset {cfg.spec}"}
-    first = ds["train"]
-    desc.update(task=first.task, class_names=list(first.class_names))
-    desc["splits"] = {split: _counts(d) for split, d in ds.items()}
+        ds, desc = _real(cfg, splits, cfg.size if size is None else size, options)
+    first = ds[splits[0]]
+    desc.update(task=first.task, class_names=list(first.class_names), split=cfg.split)
+    desc["splits"] = {split: describe_counts(d) for split, d in ds.items()}
     return ds, desc
 
 
-def _counts(d: Any) -> dict[str, Any]:
+def _synthetic(cfg: DataConfig, splits: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+    from medxai.data import SyntheticDataset
+
+    s = cfg.synthetic
+    if s is None:
+        raise ConfigError("data.synthetic is required to run on the synthetic stand-in")
+    sizes = {"train": s.n_train, "val": s.n_val, "test": s.n_test}
+    ds = {split: SyntheticDataset(s.study, sizes[split], size=s.size, seed=s.seed, split=split, shortcut=s.shortcut,
+                                  **s.options) for split in splits}
+    desc = {"source": "synthetic", "study": s.study, "size": s.size, "seed": s.seed, "shortcut": s.shortcut,
+            "description": f"Synthetic {s.study} study at {s.size} px (seed {s.seed})"
+            + (f", laterality-marker shortcut at p = {s.shortcut} in train" if s.shortcut else "")}
+    return ds, desc
+
+
+def _real(cfg: DataConfig, splits: tuple[str, ...], size: int | None,
+          options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    from medxai.data import open_dataset
+    from medxai.data.transforms import CLAHE, Compose, Graham, ResizeCrop
+
+    if cfg.spec is None:
+        raise ConfigError("data.spec is required to run on real data (or pass --synthetic)")
+    tf = None
+    if cfg.preprocess == "graham":  # scale to the fundus radius, then to the model's size
+        tf = Compose([Graham(), ResizeCrop(size)]) if size else Graham()
+    elif cfg.preprocess == "clahe":
+        tf = CLAHE()
+    resize = None if cfg.preprocess == "graham" else size
+    ds = {split: open_dataset(cfg.spec, split=split, size=resize, transform=tf, **options) for split in splits}
+    empty = [split for split, d in ds.items() if len(d) == 0]
+    if empty:
+        present = sorted({str(s) for s in getattr(open_dataset(cfg.spec, split=None, **options), "splits", [])})
+        raise ConfigError(f"data {cfg.spec!r}: split {empty[0]!r} has no images"
+                          + (f" (the layout has the splits {present})" if present else ""))
+    return ds, {"source": "real", "spec": cfg.spec, "description": f"Dataset {cfg.spec}"}
+
+
+def describe_counts(d: Any) -> dict[str, Any]:
     labels = np.asarray(d.labels)
     names = list(d.class_names)
     if labels.ndim == 2:  # multilabel: positives per finding

@@ -90,7 +90,7 @@ def explanation_grid(images: torch.Tensor, maps: dict[tuple[str, str], torch.Ten
                      methods: list[str], scales: dict[str, float], path: Path, labels: list[str]) -> None:
     """Rows = images; columns = method x model, one colour scale per method across models."""
     n = images.shape[0]
-    cols = [(me, mo) for me in methods for mo in models]
+    cols = [(me, mo) for me in methods for mo in models if (mo, me) in maps]  # unavailable pairs left out
     fig, axes = plt.subplots(n, len(cols) + 1, figsize=(1.5 * (len(cols) + 1), 1.55 * n), squeeze=False)
     for i in range(n):
         _show(axes[i][0], images[i])

@@ -36,6 +36,11 @@ def _model_section(st: StageResult, ev: dict, class_names: list[str]) -> dict:
                          "val_loss": row.get("val_loss")})
     out = {"arch": st.result.get("arch"), "objective": st.result.get("objective"), "metrics": metrics,
            "history": hist, "train_seconds": st.result.get("seconds"), "n_test": ev.get("n")}
+    if st.result.get("source") == "card":  # an outside model: what was loaded and how its outputs were read
+        out["source"] = "card"
+        out["card"] = {k: st.result.get(k) for k in ("format", "file", "sha256", "output", "normalize",
+                                                     "positive_class", "conversions", "warnings",
+                                                     "onnx_max_abs_diff", "hooks_unavailable")}
     conf = res.get("confusion_matrix")
     if conf is not None and not isinstance(conf, dict) and len(conf) == len(class_names):
         out["confusion"] = {"labels": class_names, "matrix": conf}
@@ -59,15 +64,19 @@ def assemble_report(cfg: AuditConfig, out: Path, data_st: StageResult, model_sta
                     evals: dict[str, dict], attacks: dict[str, dict], corruptions: dict[str, dict],
                     gallery: StageResult | None, explained: dict[tuple[str, str], StageResult],
                     scores: dict[tuple[str, str], StageResult], sanity: list[dict], *, sample: EvalSample,
-                    class_names: list[str], task: str) -> dict:
+                    class_names: list[str], task: str,
+                    unavailable: dict[tuple[str, str], str] | None = None) -> dict:
     """report.json: data, models, robustness, explanations, scores, sanity, shortcut, then findings."""
     models = list(model_stages)
     methods = list(cfg.explain.methods)
+    positive = data_st.result.get("positive_class")
     report: dict[str, Any] = {
         "title": f"medxai audit: {cfg.name}",
-        "subtitle": f"{data_st.result['description']} · task {task} · models: {', '.join(models)}",
+        "subtitle": f"{data_st.result['description']} · task {task}"
+                    + (f" (positive class {positive})" if positive else "") + f" · models: {', '.join(models)}",
         "config": cfg.model_dump(mode="json"),
-        "data": {k: data_st.result[k] for k in ("description", "class_names", "splits", "task")},
+        "data": {k: data_st.result.get(k) for k in ("description", "class_names", "splits", "task", "split",
+                                                    "positive_class")},
         "models": {n: _model_section(model_stages[n], evals[n], class_names) for n in models},
         "robustness": _robustness_section(cfg, attacks, corruptions),
         "assets": {"data_examples": _rel(out, data_st.dir / data_st.result["examples"])},
@@ -75,6 +84,8 @@ def assemble_report(cfg: AuditConfig, out: Path, data_st: StageResult, model_sta
     if gallery is not None:
         report["assets"]["gallery"] = _rel(out, gallery.dir / gallery.result["png"])
     report["explanations"] = _explanation_section(cfg, out, explained, sample, models, methods, class_names, task)
+    report["explanations"]["unavailable"] = [{"model": mo, "method": me, "reason": why}
+                                             for (mo, me), why in (unavailable or {}).items()]
     report["assets"]["explanation_grid"] = report["explanations"].pop("grid")
     rows, meta = _score_rows(scores)
     by_key = {(r["model"], r["method"], r["metric"]): {} for r in rows}
@@ -130,7 +141,8 @@ def _explanation_section(cfg: AuditConfig, out: Path, explained: dict[tuple[str,
     assets = out / "report_assets"
     scales: dict[str, float] = {}
     for me in methods:
-        vals = torch.cat([maps[(mo, me)][:n_show].abs().flatten() for mo in models])
+        vals = torch.cat([maps[(mo, me)][:n_show].abs().flatten() for mo in models if (mo, me) in maps]
+                         or [torch.ones(1)])
         scales[me] = float(torch.quantile(vals.double(), 0.995)) if vals.numel() else 1.0
     labels = [_label(sample.y[i], class_names, task) for i in range(n_show)]
     images = []
@@ -216,12 +228,15 @@ def findings(report: dict, by_key: dict, models: list[str], methods: list[str], 
     """Headline findings in plain words, each with the numbers it states (from report.json)."""
     out: list[dict] = []
     metric = headline(task)
+    for u in report["explanations"].get("unavailable", []):
+        out.append({"kind": "unavailable", **u, "text": f"{u['model']} model: {u['reason']}."})
     for name, m in report["models"].items():
         e = m["metrics"].get(metric)
         if e and _ok(e.get("value")):
             ci = f" (95% CI {e['ci_low']:.2f}-{e['ci_high']:.2f})" if _ok(e.get("ci_low")) else ""
             out.append({"kind": "accuracy", "model": name, "metric": metric, "value": e["value"],
-                        "text": f"{name} model: {metric.replace('_', ' ')} {e['value']:.2f}{ci} on the test set."})
+                        "text": f"{name} model: {metric.replace('_', ' ')} {e['value']:.2f}{ci} on the "
+                                f"{cfg.data.split} split."})
     if len(models) >= 2 and "energy_pointing_game" in {k[2] for k in by_key}:
         a, b = models[1], models[0]
         for me in methods:

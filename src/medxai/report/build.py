@@ -21,9 +21,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-import medxai
 from medxai._util.io import atomic_write_text
 from medxai._util.plot import plain_text
+from medxai._version import __version__
 from medxai.errors import DataError
 
 __all__ = ["build_report", "render_html"]
@@ -181,7 +181,7 @@ def _environment() -> jinja2.Environment:
 def render_html(report: dict, assets: dict) -> str:
     """Render the report template (autoescaped) from the report dict and embedded assets."""
     r = dict(report)
-    r.setdefault("version", medxai.__version__)
+    r.setdefault("version", __version__)
     return _environment().get_template("report.html.j2").render(r=r, assets=assets)
 
 

@@ -331,7 +331,7 @@ def test_other_commands_take_model_cards(world, tmp_path, audits):
     ev = json.loads((tmp_path / "eval.json").read_text())
     assert ev["metrics"]["auc"] == pytest.approx(ref.report["models"]["cnn"]["metrics"]["auc"]["value"])
     assert ev["positive_class"] == "PNEUMONIA"
-    _invoke(["attack", "--model", world["cards"]["pt2"], "--data", world["data"], "--eps", "8/255", "--steps", "3",
+    _invoke(["attack", "--model", world["cards"]["pt2"], "--data", world["data"], "--eps", "2/255,8/255", "--steps", "3",
              "--n", "12", "--out", str(tmp_path)])
     att = json.loads((tmp_path / "attack.json").read_text())["runs"]["pt2"]
     assert att["success_rate"][-1] == pytest.approx(ref.report["robustness"]["attack"]["models"]["cnn"]
@@ -366,14 +366,16 @@ def test_monai_densenet_state_dict_saved_with_monais_class(tmp_path, world):
     opts = {"attack": {"n": 6, "eps": [0, "8/255"], "steps": 2}, "corruption": {"enabled": False},
             "explain": {"methods": ["saliency"], "n_show": 2, "n_score": 4},
             "score": {"metrics": ["energy_pointing_game"], "sanity": False, "n_boot": 10}, "evaluation": {"n_boot": 10}}
-    ref = medxai.audit({"net": net}, str(tmp_path / "data"), out=tmp_path / "ref", **opts)
-    got = medxai.audit({"card": card}, str(tmp_path / "data"), out=tmp_path / "got", **opts)
-    assert got.report["models"]["card"]["metrics"]["auc"]["value"] == pytest.approx(
-        ref.report["models"]["net"]["metrics"]["auc"]["value"], abs=1e-9)
-    assert got.report["robustness"]["attack"]["models"]["card"]["success_rate"] == pytest.approx(
-        ref.report["robustness"]["attack"]["models"]["net"]["success_rate"], abs=1e-9)
-    torch.testing.assert_close(_maps(tmp_path / "got", "card", "saliency"), _maps(tmp_path / "ref", "net", "saliency"),
-                               atol=1e-5, rtol=0)
+    ref = medxai.audit({"net": net}, str(tmp_path / "data"), out=tmp_path / "ref", **opts).report
+    _invoke(["audit", "--model", card, "--data", str(tmp_path / "data"), "--config",
+             _write(tmp_path / "opts.yaml", opts), "--out", str(tmp_path / "got")])
+    got = json.loads((tmp_path / "got" / "report.json").read_text())
+    assert got["models"]["densenet"]["metrics"]["auc"]["value"] == pytest.approx(
+        ref["models"]["net"]["metrics"]["auc"]["value"], abs=1e-9)
+    assert got["robustness"]["attack"]["models"]["densenet"]["success_rate"] == pytest.approx(
+        ref["robustness"]["attack"]["models"]["net"]["success_rate"], abs=1e-9)
+    torch.testing.assert_close(_maps(tmp_path / "got", "densenet", "saliency"),
+                               _maps(tmp_path / "ref", "net", "saliency"), atol=1e-5, rtol=0)
 
 
 def test_own_model_example_exports_every_format_and_its_config_audits_them(tmp_path):
@@ -400,3 +402,33 @@ def test_own_model_example_exports_every_format_and_its_config_audits_them(tmp_p
     assert metrics["torchscript"] == pytest.approx(metrics["exported"], abs=1e-6)
     unavailable = [(u["model"], u["method"]) for u in res.report["explanations"]["unavailable"]]
     assert unavailable == [("torchscript", "gradcam")]
+
+
+def test_card_cam_layer_is_the_layer_grad_cam_hooks(world):
+    from medxai.explain import GradCAM
+
+    d = world["root"] / "models"
+    model, _ = load_card(_write(d / "layer.yaml", _card(d / "cnn.pt2", format="exported", cam_layer="3")))
+    assert model.default_cam_layer == "net.3"
+    x = torch.rand(3, 1, SIZE, SIZE)
+    torch.testing.assert_close(GradCAM(model).attribute(x, target=1), GradCAM(world["cnn"], "3").attribute(x, target=1),
+                               atol=1e-5, rtol=1e-4)
+    with pytest.raises(ModelError, match="cam_layer 'nope' is not a module"):
+        load_card(_write(d / "nolayer.yaml", _card(d / "cnn.pt2", format="exported", cam_layer="nope")))
+
+
+def test_config_mixes_trained_models_and_cards(world, tmp_path):
+    """One config: a model trained by the audit beside an outside model, on the synthetic stand-in."""
+    from medxai.pipeline.audit import run_audit
+    from medxai.pipeline.config import load_config
+
+    raw = {"name": "mixed", "data": {"synthetic": {"study": "cxr-pneumonia", "size": SIZE, "n_train": 16, "n_val": 8,
+                                                   "n_test": 12}},
+           "models": [{"name": "trained", "arch": "small-cnn", "train": {"epochs": 1, "batch_size": 8}},
+                      {"name": "onnx", "card": world["cards"]["onnx"]}], **SMALL}
+    res = run_audit(load_config(raw), tmp_path / "run", synthetic=True)
+    assert set(res.report["models"]) == {"trained", "onnx"}
+    assert res.report["models"]["trained"]["history"] and "card" not in res.report["models"]["trained"]
+    assert res.report["models"]["onnx"]["card"]["format"] == "onnx"
+    assert (tmp_path / "run" / "stages" / "train" / "trained").is_dir()
+    assert not (tmp_path / "run" / "stages" / "train" / "onnx").exists()

@@ -331,8 +331,8 @@ def test_other_commands_take_model_cards(world, tmp_path, audits):
     ev = json.loads((tmp_path / "eval.json").read_text())
     assert ev["metrics"]["auc"] == pytest.approx(ref.report["models"]["cnn"]["metrics"]["auc"]["value"])
     assert ev["positive_class"] == "PNEUMONIA"
-    _invoke(["attack", "--model", world["cards"]["pt2"], "--data", world["data"], "--eps", "2/255,8/255", "--steps", "3",
-             "--n", "12", "--out", str(tmp_path)])
+    _invoke(["attack", "--model", world["cards"]["pt2"], "--data", world["data"], "--eps", "2/255,8/255",
+             "--steps", "3", "--n", "12", "--out", str(tmp_path)])
     att = json.loads((tmp_path / "attack.json").read_text())["runs"]["pt2"]
     assert att["success_rate"][-1] == pytest.approx(ref.report["robustness"]["attack"]["models"]["cnn"]
                                                     ["success_rate"][-1])

@@ -29,13 +29,41 @@ def _run(cfg_source, out: Path, synthetic: bool | None, force: list[str], overri
             con.log(msg)
 
         res = run_audit(cfg, out, synthetic=synthetic, force=set(force), log=log)
+    _print_scorecard(con, res.report.get("scorecard") or {})
     con.rule("[bold]findings")
     for f in res.findings:
         con.print(f"• {f['text']}", markup=False)
     con.print(f"\nreport: {res.report_html}  ({time.perf_counter() - t0:.0f} s)", markup=False)
 
 
-def _raw_config(config: Path | None, models: list[Path], data: str | None, split: str | None) -> dict:
+_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "not measured": "dim"}
+
+
+def _print_scorecard(con: Console, sc: dict) -> None:
+    """One table per model: dimension, value with CI, status (and why), then the verdict in words."""
+    from rich.table import Table
+
+    for name, card in sc.get("models", {}).items():
+        table = Table(title=f"scorecard: {name}", title_justify="left", show_lines=False)
+        for col in ("dimension", "measure", "value", "95% CI", "status"):
+            table.add_column(col)
+        for row in card["rows"]:
+            v = "-" if row["value"] is None else f"{row['value']:.3f}"
+            ci = "-" if row["ci_low"] is None or row["ci_high"] is None else f"{row['ci_low']:.2f}-{row['ci_high']:.2f}"
+            status = row["status"] + (f" ({row['reason']})" if row.get("reason") else "")
+            table.add_row(row["dimension"], row["metric"], v, ci, f"[{_STYLE[row['status']]}]{_esc(status)}[/]")
+        con.print(table)
+        con.print(card["verdict"], markup=False)
+
+
+def _esc(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _raw_config(config: Path | None, models: list[Path], data: str | None, split: str | None,
+                positive: str | None = None) -> dict:
     """The config mapping: ``--config`` (or the defaults), plus ``--model`` cards and ``--data``."""
     from medxai.pipeline.config import read_config_dict
 
@@ -44,8 +72,10 @@ def _raw_config(config: Path | None, models: list[Path], data: str | None, split
         listed = list(raw.get("models") or [])
         names = card_names(models, [str(m.get("name")) for m in listed if isinstance(m, dict)])
         raw["models"] = listed + [{"name": n, "card": str(p)} for n, p in zip(names, models, strict=True)]
-    if data is not None or split is not None:
+    if data is not None or split is not None or positive is not None:
         section = dict(raw.get("data") or {})
+        if positive is not None:
+            section["positive_class"] = positive
         if data is not None:
             section.update(spec=data, use="real")
         if split is not None:
@@ -61,6 +91,8 @@ def audit(
                                      "audited as it is, without training."),
     data: str | None = typer.Option(None, "--data", help="Dataset spec (folder or YAML) to audit on."),
     split: str | None = typer.Option(None, "--split", help="The split audited (default: test)."),
+    positive_class: str | None = typer.Option(None, "--positive-class", help="Binary: the positive class (default: "
+                                              "the cards', else the data's second class)."),
     out: Path = typer.Option(Path("runs/audit"), "--out", "-o", help="Run directory."),
     synthetic: bool = typer.Option(False, "--synthetic", help="Run on the study's synthetic stand-in."),
     force: list[str] = typer.Option([], "--force", help="Recompute a stage (train, explain/robust/ig, all...)."),
@@ -74,7 +106,7 @@ def audit(
         raise ConfigError("medxai audit needs --config STUDY.yaml or --model CARD.yaml (with --data DATA)")
     if model and config is None and data is None and not synthetic:
         raise ConfigError("medxai audit --model needs --data DATA (the dataset to audit the model on)")
-    _run(_raw_config(config, model, data, split), out, True if synthetic else None, force, set_)
+    _run(_raw_config(config, model, data, split, positive_class), out, True if synthetic else None, force, set_)
 
 
 @app.command()

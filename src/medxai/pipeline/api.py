@@ -56,15 +56,17 @@ def _run_card(run_dir: Path) -> Any:
 
 
 def audit(models: Mapping[str, Any], data: Any, out: str | Path = "runs/audit", *,
-          config: str | Path | Mapping[str, Any] | None = None, split: str = "test", force: set[str] | None = None,
-          **options: Any) -> AuditResult:
+          config: str | Path | Mapping[str, Any] | None = None, split: str = "test",
+          positive_class: str | None = None, force: set[str] | None = None, **options: Any) -> AuditResult:
     """Audit models as they are (no training) on ``data`` into ``out``; returns the report's numbers.
 
     ``models``: name -> an ``nn.Module`` ([0, 1] images (B, C, H, W) in, logits in the data's class
     order out, normalisation inside), a card YAML path, a ``ModelCard`` or a medxai run directory.
     ``data``: a dataset spec (folder, YAML, dict) or a dataset object (``medxai.data.open_dataset``,
     ``SyntheticDataset``). ``config``: an audit YAML or mapping (its ``models`` are audited too);
-    ``options``: config sections to override (``attack={...}``, ``explain={...}``, ``seed=1``...).
+    ``positive_class``: binary tasks: the class binary metrics call positive (default: a card's, else
+    the data's second class). ``options``: config sections to override (``attack={...}``,
+    ``explain={...}``, ``seed=1``...).
     """
     raw: dict[str, Any] = dict(read_config_dict(config) if isinstance(config, (str, Path)) else config or {})
     raw.setdefault("name", "audit")
@@ -74,6 +76,8 @@ def audit(models: Mapping[str, Any], data: Any, out: str | Path = "runs/audit", 
     raw["models"] = list(raw.get("models") or []) + [_model_entry(n, m, given) for n, m in models.items()]
     dataset = None
     data_section = dict(raw.get("data") or {}, split=split)
+    if positive_class is not None:
+        data_section["positive_class"] = positive_class
     if isinstance(data, (str, Path, dict)):
         data_section.update(spec=str(data) if isinstance(data, Path) else data, use="real")
     else:

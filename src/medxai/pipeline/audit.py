@@ -155,7 +155,7 @@ def _open_data(cfg: AuditConfig, cards: dict[str, ModelCard],
     splits = tuple(dict.fromkeys(splits))
     opts = data_options(cfg, cards)
     datasets, desc = build_datasets(cfg.data, synthetic=synthetic, splits=splits, **opts)
-    order = data_class_order(cards, desc["class_names"], desc["task"])
+    order = _positive_order(cfg, desc, data_class_order(cards, desc["class_names"], desc["task"]))
     if order is not None:
         if desc["source"] == "synthetic":
             raise ModelError(f"the synthetic study's positive class is {desc['class_names'][1]!r}, the cards' "
@@ -165,6 +165,23 @@ def _open_data(cfg: AuditConfig, cards: dict[str, ModelCard],
     if desc["task"] == "binary":
         desc["positive_class"] = desc["class_names"][1]
     return datasets, desc, {**opts, "classes": order} if cards else {}
+
+
+def _positive_order(cfg: AuditConfig, desc: dict[str, Any], order: list[str] | None) -> list[str] | None:
+    """The class order that puts ``data.positive_class`` second (binary), agreeing with the cards' order."""
+    from medxai.errors import ConfigError
+
+    pos, names = cfg.data.positive_class, list(desc["class_names"])
+    if pos is None:
+        return order
+    if desc["task"] != "binary":
+        raise ConfigError(f"data.positive_class is for binary tasks; the data's task is {desc['task']}")
+    if pos not in names:
+        raise ConfigError(f"data.positive_class {pos!r} is not one of the data's classes {names}")
+    want = [n for n in names if n != pos] + [pos]
+    if order is not None and order != want:
+        raise ConfigError(f"data.positive_class {pos!r} disagrees with the cards' positive class {order[1]!r}")
+    return None if want == names else want
 
 
 def _check_channels(cards: dict[str, ModelCard], sample: EvalSample) -> None:

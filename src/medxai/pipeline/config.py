@@ -53,6 +53,7 @@ class DataConfig(_Strict):
     preprocess: Literal["none", "graham", "clahe"] = "none"  # fundus (Graham 2015) / X-ray contrast
     use: Literal["auto", "real", "synthetic"] = "auto"
     split: str = "test"  # the split evaluated, attacked, explained and scored
+    positive_class: str | None = None  # binary: the class binary metrics call positive (default: the second)
 
     @field_validator("split")
     @classmethod
@@ -155,6 +156,42 @@ class ScoreConfig(_Strict):
         return None if v is None else [safe_name(m, "method") for m in v]
 
 
+def _limits(pass_: float, warn: float) -> Any:
+    return Field(default_factory=lambda: {"pass": pass_, "warn": warn})
+
+
+class VerdictConfig(_Strict):
+    """The scorecard's thresholds (``medxai.pipeline.verdict``): a value passes at ``pass`` or better,
+    warns up to ``warn``, fails beyond; the report prints the thresholds it used."""
+
+    discrimination: dict[str, float] = _limits(0.80, 0.70)  # AUC / balanced accuracy / kappa by task
+    calibration_ece: dict[str, float] = _limits(0.05, 0.10)  # expected calibration error (15 bins)
+    subgroup_gap: dict[str, float] = _limits(0.05, 0.10)  # best minus worst subgroup's headline metric
+    attack_success: dict[str, float] = _limits(0.20, 0.50)  # success rate at reference_eps
+    reference_eps: float | None = None  # default: the smallest budget above 0 in attack.eps
+    corruption_drop: dict[str, float] = _limits(0.05, 0.10)  # mean drop of the headline metric
+    shortcut_flip: dict[str, float] = _limits(0.05, 0.15)  # flip rate removing the region minus a random one
+    localisation: dict[str, float] = _limits(0.50, 0.30)  # localisation_metric, mean over images with masks
+    localisation_metric: str = "energy_pointing_game"
+    faithfulness: dict[str, float] = _limits(0.05, 0.0)  # deletion AUC of random maps minus the method's
+    sanity_spearman: float = 0.5  # mean Spearman |map| after cascading randomisation must fall below
+
+    @field_validator("discrimination", "calibration_ece", "subgroup_gap", "attack_success", "corruption_drop",
+                     "shortcut_flip", "localisation", "faithfulness")
+    @classmethod
+    def _pass_warn(cls, v: dict[str, float]) -> dict[str, float]:
+        if set(v) != {"pass", "warn"}:
+            raise ValueError(f"thresholds need exactly the keys pass and warn, got {sorted(v)}")
+        return {k: float(x) for k, x in v.items()}
+
+    @field_validator("reference_eps", mode="before")
+    @classmethod
+    def _eps(cls, v: Any) -> Any:
+        from medxai.attacks.budget import parse_eps
+
+        return None if v is None else parse_eps(v)
+
+
 class AuditConfig(_Strict):
     name: str = "audit"
     seed: int = 0
@@ -165,6 +202,7 @@ class AuditConfig(_Strict):
     corruption: CorruptionConfig = Field(default_factory=CorruptionConfig)
     explain: ExplainConfig = Field(default_factory=ExplainConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
+    verdict: VerdictConfig = Field(default_factory=VerdictConfig)
 
     @field_validator("models")
     @classmethod

@@ -107,6 +107,8 @@ def score_stage(d: Path, model: torch.nn.Module, s: EvalSample, ex: StageResult,
             continue
         out["metrics"][col] = {"values": _per_sample(vals), "higher_is_better": res.meta[col]["higher_is_better"],
                                "category": res.meta[col]["category"]}
+    if "deletion" in res.columns:  # the scorecard's faithfulness baseline: deletion of seeded random maps
+        out["random_baseline"] = {"deletion": _per_sample(_random_deletion(maps, s, targets, model, seed))}
     if scfg.shortcut and "shortcut_share" in res.columns:
         share, peak = res.columns["shortcut_share"], res.columns["shortcut_max"]
         ok = torch.isfinite(share) & torch.isfinite(peak)
@@ -115,15 +117,31 @@ def score_stage(d: Path, model: torch.nn.Module, s: EvalSample, ex: StageResult,
     return out
 
 
+def _random_deletion(maps: torch.Tensor, s: EvalSample, targets: torch.Tensor, model: torch.nn.Module,
+                     seed: int) -> torch.Tensor:
+    """Deletion scores of uniform random maps (seeded) of the maps' shape on the same images and targets."""
+    from medxai.metrics import score_samples
+
+    gen = torch.Generator().manual_seed(seed + 7919)
+    noise = torch.rand(maps.shape, generator=gen, dtype=torch.float32)
+    res = score_samples(noise, ["deletion"], ids=s.ids, images=s.x, masks=s.masks, has_mask=s.has_mask,
+                        shortcut_masks=None, targets=targets, model=model, seed=seed)
+    return res.columns["deletion"]
+
+
 def sanity_stage(d: Path, model: torch.nn.Module, s: EvalSample, method: str, opts: dict[str, Any],
                  ecfg: ExplainConfig, task: str, seed: int = 0, granularity: str = "block") -> dict:
     """Cascading model-parameter randomisation (Adebayo 2018) of one (model, method)."""
+    from medxai.errors import InputError
     from medxai.metrics import model_randomisation
 
     targets = explanation_targets(model, s, ecfg.target, task)  # top-1: one sanity check per image
     registry_name, kw = resolve_method(model, method, opts, ecfg.output)
-    res = model_randomisation(model, registry_name, s.x, targets, order="cascading", seed=seed,
-                              explainer_kwargs=kw, granularity=granularity)
+    try:
+        res = model_randomisation(model, registry_name, s.x, targets, order="cascading", seed=seed,
+                                  explainer_kwargs=kw, granularity=granularity)
+    except InputError as exc:  # e.g. a model without parameters: the check cannot be made; say why
+        return {"score": None, "passes": None, "reason": str(exc), "layers": [], "spearman": []}
     out = res.to_dict()
     sp = [v for v in out["spearman_abs"] if v is not None]
     ss = [v for v in out["ssim"] if v is not None]

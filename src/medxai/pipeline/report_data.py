@@ -41,6 +41,10 @@ def _model_section(st: StageResult, ev: dict, class_names: list[str]) -> dict:
         out["card"] = {k: st.result.get(k) for k in ("format", "file", "sha256", "output", "normalize",
                                                      "positive_class", "conversions", "warnings",
                                                      "onnx_max_abs_diff", "hooks_unavailable")}
+    per_class = res.get("per_class") or {}
+    recall = {c: (per_class.get(c) or {}).get("sensitivity") for c in class_names}
+    if any(_ok(v) for v in recall.values()):
+        out["per_class_recall"] = recall
     conf = res.get("confusion_matrix")
     if conf is not None and not isinstance(conf, dict) and len(conf) == len(class_names):
         out["confusion"] = {"labels": class_names, "matrix": conf}
@@ -92,7 +96,8 @@ def assemble_report(cfg: AuditConfig, out: Path, data_st: StageResult, model_sta
     for r in rows:
         by_key[(r["model"], r["method"], r["metric"])][r["id"]] = r["value"]
     report["scores"] = {"summary": _score_summary(cfg, rows, meta),
-                        "comparisons": _comparisons(cfg, by_key, meta, models, methods)}
+                        "comparisons": _comparisons(cfg, by_key, meta, models, methods),
+                        "not_measured": _not_measured(cfg, scores), "faithfulness": _faithfulness(cfg, scores)}
     report["sanity"] = sanity
     sc_rows = [{"model": mo, "method": me, **st.result["shortcut"]}
                for (mo, me), st in scores.items() if st.result.get("shortcut")]
@@ -100,8 +105,46 @@ def assemble_report(cfg: AuditConfig, out: Path, data_st: StageResult, model_sta
         report["shortcut"] = {"description": "Share of positive attribution on the laterality marker and how often "
                               "the map's maximum lies on it, over test images that carry the marker.",
                               "rows": sc_rows}
+    from medxai.pipeline.verdict import scorecard
+
+    report["scorecard"] = scorecard(report, cfg)
     report["findings"] = findings(report, by_key, models, methods, task, cfg)
     return report
+
+
+def _not_measured(cfg: AuditConfig, scores: dict[tuple[str, str], StageResult]) -> list[dict]:
+    """Metrics asked for but not computable (no masks, no model...), with the reason: never dropped silently."""
+    out = []
+    for (mo, me), st in scores.items():
+        for metric, why in (st.result.get("skipped") or {}).items():
+            out.append({"model": mo, "method": me, "metric": metric, "reason": str(why)})
+        for metric in cfg.score.metrics:
+            cols = [c for c in st.result.get("metrics", {}) if c == metric or c.startswith(metric + "_")]
+            vals = [v for c in cols for v in st.result["metrics"][c]["values"]]
+            if cols and vals and all(v is None for v in vals) and metric not in (st.result.get("skipped") or {}):
+                out.append({"model": mo, "method": me, "metric": metric,
+                            "reason": "no image could be scored (every value is undefined)"})
+    return out
+
+
+def _faithfulness(cfg: AuditConfig, scores: dict[tuple[str, str], StageResult]) -> list[dict]:
+    """Per (model, method): deletion AUC of seeded random maps minus the method's, paired over images
+    (positive: the method finds the evidence faster than chance), with a bootstrap CI."""
+    from medxai.metrics import compare
+
+    out = []
+    for (mo, me), st in scores.items():
+        base = (st.result.get("random_baseline") or {}).get("deletion")
+        mine = (st.result.get("metrics", {}).get("deletion") or {}).get("values")
+        if not base or not mine:
+            continue
+        def arr(vals: list) -> np.ndarray:
+            return np.array([float("nan") if v is None else v for v in vals], dtype=float)
+
+        c = compare(arr(base), arr(mine), n_boot=cfg.score.n_boot, seed=cfg.seed)
+        out.append({"model": mo, "method": me, "value": c["mean_diff"], "ci_low": c["ci_low"], "ci_high": c["ci_high"],
+                    "random_mean": c["mean_a"], "method_mean": c["mean_b"], "n": c["n"], "p_value": c["p_value"]})
+    return out
 
 
 def _rel(out: Path, p: str | Path) -> str:
@@ -116,7 +159,8 @@ def _robustness_section(cfg: AuditConfig, attacks: dict[str, dict], corruptions:
         section["attack"] = {
             "norm": cfg.attack.norm, "steps": cfg.attack.steps, "eps": eps,
             "eps_labels": [format_eps(e, cfg.attack.norm) for e in eps],
-            "models": {n: {"success_rate": a["success_rate"], "robust_accuracy": a["robust_accuracy"]}
+            "models": {n: {"success_rate": a["success_rate"], "robust_accuracy": a["robust_accuracy"],
+                           "n": a.get("n_correct", a.get("n"))}
                        for n, a in attacks.items()}}
     if corruptions:
         first = next(iter(corruptions.values()))
@@ -228,6 +272,12 @@ def findings(report: dict, by_key: dict, models: list[str], methods: list[str], 
     """Headline findings in plain words, each with the numbers it states (from report.json)."""
     out: list[dict] = []
     metric = headline(task)
+    chance = {m for m, sc in report.get("scorecard", {}).get("models", {}).items() if sc["at_chance"]}
+    for m in chance:
+        row = report["scorecard"]["models"][m]["rows"][0]
+        out.append({"kind": "at_chance", "model": m,
+                    "text": f"{m} model is at chance ({row['reason']}): its robustness, calibration and explanation "
+                            "numbers are not meaningful and are not judged."})
     for u in report["explanations"].get("unavailable", []):
         out.append({"kind": "unavailable", **u, "text": f"{u['model']} model: {u['reason']}."})
     for name, m in report["models"].items():
@@ -262,21 +312,23 @@ def findings(report: dict, by_key: dict, models: list[str], methods: list[str], 
                                 f"{100 * s['peak_rate']:.0f}% of test images that carry it "
                                 f"({100 * s['share']:.0f}% of positive attribution lies on it)."})
     att = report["robustness"].get("attack")
-    if att and len(att["eps"]) > 1:
+    if att and len(att["eps"]) > 1 and set(att["models"]) - chance:
         i = len(att["eps"]) - 1
-        parts = [f"{n} {100 * a['success_rate'][i]:.0f}%" for n, a in att["models"].items()]
+        parts = [f"{n} {100 * a['success_rate'][i]:.0f}%" for n, a in att["models"].items() if n not in chance]
         out.append({"kind": "robustness", "eps": att["eps"][i],
                     "success_rate": {n: a["success_rate"][i] for n, a in att["models"].items()},
                     "text": f"Attack success rate at eps {att['eps_labels'][i]} ({att['norm']}): "
                             + ", ".join(parts) + "."})
     cor = report["robustness"].get("corruption")
-    if cor:
-        parts = [f"{n} {c['mean_drop']:+.3f}" for n, c in cor["models"].items() if _ok(c.get("mean_drop"))]
+    if cor and set(cor["models"]) - chance:
+        parts = [f"{n} {c['mean_drop']:+.3f}" for n, c in cor["models"].items()
+                 if _ok(c.get("mean_drop")) and n not in chance]
         out.append({"kind": "corruption", "mean_drop": {n: c["mean_drop"] for n, c in cor["models"].items()},
                     "text": f"Mean drop in {cor['metric'].replace('_', ' ')} under corruptions: "
                             + ", ".join(parts) + "."})
-    fails = [f"{s['model']}/{s['method']}" for s in report.get("sanity", []) if not s.get("passes", True)]
-    if report.get("sanity"):
+    judged = [s for s in report.get("sanity", []) if s["model"] not in chance and s.get("passes") is not None]
+    fails = [f"{s['model']}/{s['method']}" for s in judged if not s.get("passes", True)]
+    if judged:
         out.append({"kind": "sanity", "fails": fails,
                     "text": ("Sanity check failed (maps barely change when the model is randomised): "
                              + ", ".join(fails)

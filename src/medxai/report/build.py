@@ -158,8 +158,9 @@ def _sanity_figure(rows: list[dict]) -> str:
     fig, ax = plt.subplots(figsize=(6, 3.4))
     for s in rows:
         ax.plot(range(len(s["spearman"])), s["spearman"], "o-", label=f"{s['model']} / {s['method']}")
-    if rows:
-        ax.set_xticks(range(len(rows[0]["layers"])), rows[0]["layers"], rotation=40, fontsize=6, ha="right")
+    longest = max(rows, key=lambda s: len(s["layers"]), default=None)
+    if longest and longest["layers"]:
+        ax.set_xticks(range(len(longest["layers"])), longest["layers"], rotation=40, fontsize=6, ha="right")
     ax.axhline(0, color="gray", lw=0.5)
     ax.set_ylabel("Spearman |a| to original")
     ax.set_title("cascading randomisation (output layer first)")

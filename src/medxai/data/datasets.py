@@ -3,7 +3,8 @@
 Every item is a dict: ``image`` float32 (C, H, W) in [0, 1]; ``label`` (int64 scalar tensor, or
 float32 (K,) with NaN = ignore for multilabel); ``id``; ``path``; and when the dataset has masks,
 ``mask`` bool (1, H, W) or (K, H, W) with ``has_mask`` (False: no annotation for this image, the
-mask is all False); ``shortcut_mask`` / ``<name>_mask`` bool (1, H, W) for extra mask folders.
+mask is all False); ``shortcut_mask`` / ``<name>_mask`` bool (1, H, W) for extra mask folders;
+``groups`` {name: value} (str) when the dataset has metadata groups (spec ``groups``, synthetic ``sites``).
 """
 
 from __future__ import annotations
@@ -182,6 +183,11 @@ class ImageDataset(Dataset):
         return [r.split for r in self.records]
 
     @property
+    def groups(self) -> dict[str, list[str]]:
+        """Metadata group values, one per record (spec ``groups``; without decoding): {name: [value] * N}."""
+        return {name: [r.groups[name] for r in self.records] for name in self.spec.groups}
+
+    @property
     def raw_labels(self) -> np.ndarray | None:
         if self._raw is None:
             return None
@@ -244,6 +250,8 @@ class ImageDataset(Dataset):
             "id": rec.id,
             "path": str(rec.path),
         }
+        if self.spec.groups:
+            item["groups"] = dict(rec.groups)
         if self.has_masks:
             mask, has = self._mask_for(rec, h, w)
             item["mask"] = torch.from_numpy(mask)
@@ -313,6 +321,8 @@ class ArrayDataset(Dataset):
         self.skipped: list[tuple[str, str]] = []
         self.layout, self.root = "medmnist", path.parent
         self.has_masks = False
+        if spec.groups:
+            raise ConfigError(f"groups: the medmnist layout ({path}) has no metadata columns to group by")
         try:
             npz = np.load(path, allow_pickle=False)
         except Exception as exc:
@@ -407,6 +417,8 @@ class SyntheticDataset(Dataset):
     ``mask`` (1, H, W) or (K, H, W) with ``has_mask`` True, ``shortcut_mask`` (1, H, W) when a
     shortcut is requested, ``<name>_mask`` for extra masks (``evidence_mask`` for skin-lesion);
     multilabel labels go through the CheXpert ``uncertainty`` policy with ``id`` as the row key.
+    With ``sites=True`` items carry ``groups`` {"site", "sex", "age"} and :attr:`groups` lists them
+    from the seeds alone (no rendering).
     """
 
     def __init__(self, study: str, n: int, size: int = 64, seed: int = 0, split: str = "train",
@@ -462,6 +474,20 @@ class SyntheticDataset(Dataset):
         return _stack_labels(out, self.task, len(self.class_names))
 
     @property
+    def groups(self) -> dict[str, list[str]]:
+        """Metadata group values, one per image, from the seeds (no rendering); {} without ``sites=True``."""
+        from medxai._util.seed import derive_seed
+        from medxai.data.synthetic._api import STUDY_REGISTRY, _resolve, site_groups, site_metadata
+
+        spec = STUDY_REGISTRY.get(self.study)
+        opts = _resolve(spec, self.options)
+        if not opts.get("sites"):
+            return {}
+        rows = [site_groups(site_metadata(derive_seed(spec.name, self.seed, self.split, i), opts))
+                for i in range(self.n)]
+        return {k: [r[k] for r in rows] for k in ("site", "sex", "age")}
+
+    @property
     def labels(self) -> np.ndarray:
         if self._labels is None:
             raw = self.raw_labels
@@ -487,6 +513,8 @@ class SyntheticDataset(Dataset):
                                 "path": f"synthetic://{self.study}/{self.split}/{index}",
                                 "mask": torch.from_numpy(mask[None] if mask.ndim == 2 else mask),
                                 "has_mask": torch.tensor(True)}
+        if "groups" in one:
+            item["groups"] = dict(one["groups"])
         if self.shortcut is not None:
             item["shortcut_mask"] = torch.from_numpy(np.asarray(one["shortcut_mask"], bool)[None])
         for name in self.extra_mask_names:

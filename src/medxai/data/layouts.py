@@ -14,6 +14,7 @@ for the files each layout is known by.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -23,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medxai._util.io import safe_yaml_load
 from medxai._util.seed import derive_seed
@@ -40,7 +41,10 @@ IMAGE_COLUMNS = ("image", "image_id", "Path", "path", "filename", "file", "image
 LABEL_COLUMNS = ("level", "dx", "label", "labels", "diagnosis", "class", "target")
 CHEXPERT_FRONTAL = "Frontal/Lateral"
 
-__all__ = ["MANIFEST", "DatasetSpec", "Record", "Table", "build_table", "canonical_split", "load_spec"]
+__all__ = ["MANIFEST", "DatasetSpec", "Record", "Table", "bin_label", "build_table", "canonical_split", "load_spec"]
+
+#: Group values that mean "not recorded" (compared lower-cased, stripped); they become "missing".
+MISSING_VALUES = ("", "na", "n/a", "nan", "none", "null", "unknown")
 
 
 class DatasetSpec(BaseModel):
@@ -75,17 +79,38 @@ class DatasetSpec(BaseModel):
     channels: Literal[1, 3] | None = None
     allow_outside_root: bool = False
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0)
+    groups: dict[str, str | dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("groups")
+    @classmethod
+    def _check_groups(cls, value: dict[str, str | dict[str, Any]]) -> dict[str, str | dict[str, Any]]:
+        """``{name: COLUMN}`` or ``{name: {column: COLUMN, bins: [e0, e1, ...]}}`` (strictly increasing edges)."""
+        for name, g in value.items():
+            if isinstance(g, str):
+                continue
+            if set(g) - {"column", "bins"} or not isinstance(g.get("column"), str):
+                raise ValueError(f"group '{name}': give a column name or {{column: COLUMN, bins: [edges]}}, got {g}")
+            bins = g.get("bins")
+            if bins is not None:
+                ok = isinstance(bins, list) and len(bins) >= 2 and all(
+                    isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in bins)
+                if not ok or any(b >= c for b, c in itertools.pairwise(bins)):
+                    raise ValueError(f"group '{name}': bins must be at least two finite, strictly increasing "
+                                     f"numbers, got {bins}")
+        return value
 
 
 @dataclass
 class Record:
-    """One image: absolute ``path``, ``rel`` path (posix, relative to the root when inside it), id, label, split."""
+    """One image: absolute ``path``, ``rel`` path (posix, relative to the root when inside it), id, label, split;
+    ``groups``: its metadata group values (spec ``groups``), e.g. {"sex": "F", "age": "[40, 60)"}."""
 
     path: Path
     rel: str
     id: str
     label: Any
     split: str | None
+    groups: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -425,6 +450,53 @@ def _label_index(value: str, classes: list[str]) -> int | None:
     return None
 
 
+def bin_label(value: float, edges: list[float]) -> str:
+    """The bin of ``value``: "[lo, hi)" (half-open; the last bin too), "other" outside all bins."""
+    for lo, hi in itertools.pairwise(edges):
+        if lo <= value < hi:
+            return f"[{lo:g}, {hi:g})"
+    return "other"
+
+
+def _group_values(df: Any, path: Path, spec: DatasetSpec) -> dict[str, list[str | None]]:
+    """Per-row group values of a CSV (``None``: a binned column holds a non-number, the row is bad)."""
+    out: dict[str, list[str | None]] = {}
+    for name, g in spec.groups.items():
+        column, bins = (g, None) if isinstance(g, str) else (g["column"], g.get("bins"))
+        _need(df, path, column, f"group '{name}'")
+        vals: list[str | None] = []
+        for raw in df[column].tolist():
+            v = str(raw).strip()
+            if v.lower() in MISSING_VALUES:
+                vals.append("missing")
+            elif bins is None:
+                vals.append(v)
+            else:
+                try:
+                    f = float(v)
+                except ValueError:
+                    vals.append(None)
+                    continue
+                vals.append("missing" if math.isnan(f) else bin_label(f, [float(b) for b in bins]))
+        out[name] = vals
+    return out
+
+
+def _row_groups(groups: dict[str, list[str | None]], i: int, path: Path, row: str, spec: DatasetSpec,
+                col: _Collector) -> dict[str, str] | None:
+    """Row ``i``'s group values, or None (reported to ``col``) when a binned column is not a number."""
+    out: dict[str, str] = {}
+    for name, vals in groups.items():
+        v = vals[i]
+        if v is None:
+            g = spec.groups[name]
+            column = g if isinstance(g, str) else g["column"]
+            col.bad(path, f"{row}: column '{column}' (group '{name}', binned): value is not a number")
+            return None
+        out[name] = v
+    return out
+
+
 # ------------------------------------------------------------------------------------ layouts
 
 
@@ -443,6 +515,9 @@ def build_table(spec: DatasetSpec, root: Path, split: str | None, on_error: str)
 
 
 def _folder(spec: DatasetSpec, root: Path, split: str | None, col: _Collector) -> Table:
+    if spec.groups:
+        raise ConfigError(f"groups: the folder layout ({root}) has no metadata columns to group by; "
+                          "use a csv or chexpert layout")
     root_r = root.resolve()
     skip = {spec.mask_dir, *spec.extra_mask_dirs.values()}
     dirs = [p for p in _children(root) if p.is_dir() and p.name not in skip]
@@ -514,6 +589,7 @@ def _csv(spec: DatasetSpec, root: Path, split: str | None, col: _Collector) -> T
     for c in (spec.split_column, spec.id_column, spec.group_column):
         if c is not None:
             _need(df, path, c, "as configured")
+    gvals = _group_values(df, path, spec)
     scol = spec.split_column or ("split" if "split" in df.columns else None)
     gcol = spec.group_column or ("lesion_id" if "lesion_id" in df.columns else None)
     images = [str(v).strip() for v in df[icol].tolist()]
@@ -557,6 +633,9 @@ def _csv(spec: DatasetSpec, root: Path, split: str | None, col: _Collector) -> T
             rsplit = SPLIT_ALIASES[raw]
             if split is not None and rsplit != split:
                 continue
+        rgroups = _row_groups(gvals, i, path, row, spec, col)
+        if rgroups is None:
+            continue
         value = img.replace("\\", "/")
         bases = [Path(value)] if os.path.isabs(value) else [d / value for d in dirs]
         chosen: tuple[Path, str] | None = None
@@ -584,7 +663,7 @@ def _csv(spec: DatasetSpec, root: Path, split: str | None, col: _Collector) -> T
             col.bad(chosen[0], f"{problem} (listed in {path.name} {row})")
             continue
         rid = str(df[spec.id_column].iat[i]) if spec.id_column else _strip_suffix(value)
-        records.append(Record(path=chosen[0], rel=chosen[1], id=rid, label=idx, split=rsplit))
+        records.append(Record(path=chosen[0], rel=chosen[1], id=rid, label=idx, split=rsplit, groups=rgroups))
         if gcol is not None:
             groups.append(str(df[gcol].iat[i]))
         else:
@@ -626,6 +705,7 @@ def _chexpert(spec: DatasetSpec, root: Path, split: str | None, col: _Collector)
         if spec.frontal_only:
             _need(df, path, CHEXPERT_FRONTAL, "frontal filter; set frontal_only=False to read all views")
         values = {n: df[n].tolist() for n in names}
+        gvals = _group_values(df, path, spec)
         paths = df["Path"].tolist()
         views = df[CHEXPERT_FRONTAL].tolist() if spec.frontal_only else None
         for i, value in enumerate(paths):
@@ -642,6 +722,9 @@ def _chexpert(spec: DatasetSpec, root: Path, split: str | None, col: _Collector)
                 raw.append(_CHEXPERT_VALUES[v])
             if bad:
                 col.bad(path, bad)
+                continue
+            rgroups = _row_groups(gvals, i, path, row, spec, col)
+            if rgroups is None:
                 continue
             value = str(value).strip().replace("\\", "/")
             parts = PurePosixPath(value).parts
@@ -666,7 +749,7 @@ def _chexpert(spec: DatasetSpec, root: Path, split: str | None, col: _Collector)
                 col.bad(cand, f"{problem} (listed in {path.name} {row})")
                 continue
             rid = _strip_suffix(relp.as_posix()) if not os.path.isabs(value) else _strip_suffix(value)
-            records.append(Record(path=loc[0], rel=loc[1], id=rid, label=None, split=s))
+            records.append(Record(path=loc[0], rel=loc[1], id=rid, label=None, split=s, groups=rgroups))
             raws.append(raw)
     raw_arr = np.asarray(raws, dtype=np.float32).reshape(len(records), len(names))
     labels = apply_uncertainty(raw_arr, spec.uncertainty, names=names, keys=[r.id for r in records],

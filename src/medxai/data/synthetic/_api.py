@@ -19,6 +19,7 @@ MIN_SIZE, MAX_SIZE = 16, 2048
 
 # Independent random streams per image, so that e.g. the lesions drawn never shift the anatomy.
 LABEL, ANATOMY, LESION, NOISE, SHORTCUT = 0, 1, 2, 3, 4
+SITE = 10  # opt-in acquisition-site metadata (``sites=True``): (SITE, 0) draws site/sex/age, (SITE, 1) site noise
 
 
 @dataclass
@@ -112,6 +113,60 @@ def _check_unknown(name: str, options: dict[str, Any]) -> None:
         raise ConfigError(f"{name}: unknown option(s) {sorted(options)}")
 
 
+# ------------------------------------------------------------------------------ acquisition sites
+
+#: Defaults of the ``sites`` option: share of site-B images, strength of site B's acquisition shift.
+SITE_B_SHARE, SITE_SHIFT = 0.3, 1.0
+#: Site B at shift s: exposure times ``1 - SITE_DARKEN * s``, plus Gaussian noise of sd ``SITE_NOISE * s``.
+SITE_DARKEN, SITE_NOISE = 0.3, 0.06
+#: Age bands (years) of the synthetic ``age`` group, half-open.
+SITE_AGE_BINS = [0, 40, 60, 120]
+
+
+def _resolve_sites(name: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """Pop ``sites`` / ``site_b_share`` / ``site_shift``; only recorded when on (default outputs unchanged)."""
+    sites = opts.pop("sites", False)
+    share, shift = opts.pop("site_b_share", None), opts.pop("site_shift", None)
+    if not isinstance(sites, (bool, np.bool_)):
+        raise ConfigError(f"{name}: sites must be True or False, got {sites!r}")
+    if not sites:
+        if share is not None or shift is not None:
+            raise ConfigError(f"{name}: site_b_share / site_shift need sites=True")
+        return {}
+    share = SITE_B_SHARE if share is None else share
+    shift = SITE_SHIFT if shift is None else shift
+    if not isinstance(share, (int, float, np.integer, np.floating)) or not 0.0 <= float(share) <= 1.0:
+        raise ConfigError(f"{name}: site_b_share must be a probability in [0, 1], got {share!r}")
+    if not isinstance(shift, (int, float, np.integer, np.floating)) or not 0.0 <= float(shift) <= 3.0:
+        raise ConfigError(f"{name}: site_shift must be a number in [0, 3], got {shift!r}")
+    return {"sites": True, "site_b_share": float(share), "site_shift": float(shift)}
+
+
+def site_metadata(base_seed: int, opts: Mapping[str, Any]) -> dict[str, Any]:
+    """An image's metadata from its seed alone (no rendering): site "A" / "B" (B with probability
+    ``site_b_share``), sex "F" / "M" (1:1), age in whole years (normal, mean 55, sd 18, clipped to [18, 95])."""
+    rng = np.random.default_rng((base_seed, SITE, 0))
+    site = "B" if rng.random() < float(opts["site_b_share"]) else "A"
+    sex = "F" if rng.random() < 0.5 else "M"
+    age = int(np.clip(np.round(rng.normal(55.0, 18.0)), 18, 95))
+    return {"site": site, "sex": sex, "age": age}
+
+
+def site_groups(meta: Mapping[str, Any]) -> dict[str, str]:
+    """Metadata as group values: site, sex, and age as its band of ``SITE_AGE_BINS`` (e.g. "[40, 60)")."""
+    from medxai.data.layouts import bin_label
+
+    return {"site": str(meta["site"]), "sex": str(meta["sex"]), "age": bin_label(float(meta["age"]), SITE_AGE_BINS)}
+
+
+def _acquire(image: np.ndarray, ctx: Context, opts: Mapping[str, Any]) -> np.ndarray:
+    """Site B's acquisition on a rendered (C, H, W) image: darker exposure and stronger noise."""
+    s = float(opts["site_shift"])
+    noise = ctx.stream(SITE, 1).standard_normal(image.shape).astype(np.float32)
+    return (image * np.float32(max(0.0, 1.0 - SITE_DARKEN * s)) + np.float32(SITE_NOISE * s) * noise).astype(
+        np.float32)
+
+
 # ------------------------------------------------------------------------------------ public API
 
 
@@ -132,18 +187,28 @@ def _check_args(study: str, size: int, seed: int, split: str, shortcut: float | 
 def _resolve(spec: StudySpec, options: dict[str, Any]) -> dict[str, Any]:
     opts = dict(options)
     lesions = bool(opts.pop("lesions", True))
+    shortcut_in_test = opts.pop("shortcut_in_test", False)
+    if not isinstance(shortcut_in_test, (bool, np.bool_)):
+        raise ConfigError(f"{spec.name}: shortcut_in_test must be True or False, got {shortcut_in_test!r}")
+    sites = _resolve_sites(spec.name, opts)
     resolved = spec.resolve(opts)
     _check_unknown(spec.name, opts)
+    resolved.update(sites)
     resolved["lesions"] = lesions
+    if shortcut_in_test:  # only recorded when on, so default outputs (and their metadata) stay as they were
+        resolved["shortcut_in_test"] = True
     return resolved
 
 
 def _one(spec: StudySpec, index: int, size: int, seed: int, split: str, shortcut: float | None,
-         opts: dict[str, Any]) -> dict[str, Any]:
+         opts: dict[str, Any], counterfactual: bool = False) -> dict[str, Any]:
     base = derive_seed(spec.name, int(seed), split, int(index))
     ctx = Context(size=int(size), label=None, options=opts, base_seed=base, lesions=opts["lesions"])
     ctx.label = spec.draw_label(ctx.stream(LABEL), opts)
     out = spec.render(ctx)
+    meta = site_metadata(base, opts) if opts.get("sites") else None
+    if meta is not None and meta["site"] == "B":
+        out.image = _acquire(out.image, ctx, opts)
     chw = clip(out.image, 0.0, 1.0)
     chw *= np.float32(255.0)
     chw += np.float32(0.5)
@@ -153,10 +218,12 @@ def _one(spec: StudySpec, index: int, size: int, seed: int, split: str, shortcut
         img[..., c] = chw[c]
     mask = out.mask
     present, gmask = False, None
+    clean = img.copy() if counterfactual else None
     if shortcut is not None:
         rng = ctx.stream(SHORTCUT)
         u = rng.random()
-        p = 0.5 if split == "test" else (float(shortcut) if spec.abnormal(ctx.label) else 1.0 - float(shortcut))
+        follow = split != "test" or bool(opts.get("shortcut_in_test", False))
+        p = (float(shortcut) if spec.abnormal(ctx.label) else 1.0 - float(shortcut)) if follow else 0.5
         present = bool(u < p)
         gmask = glyph_mask(rng, size) if present else np.zeros((size, size), bool)
         if present:
@@ -164,23 +231,32 @@ def _one(spec: StudySpec, index: int, size: int, seed: int, split: str, shortcut
             mask = mask & ~gmask
             out.extra_masks = {k: v & ~gmask for k, v in out.extra_masks.items()}
     label = ctx.label
-    return {"image": img, "label": label, "mask": mask, "shortcut_present": present, "shortcut_mask": gmask,
-            "extra_masks": out.extra_masks, "id": f"{spec.name}-{split}-{int(index):06d}"}
+    res = {"image": img, "label": label, "mask": mask, "shortcut_present": present, "shortcut_mask": gmask,
+           "extra_masks": out.extra_masks, "id": f"{spec.name}-{split}-{int(index):06d}"}
+    if counterfactual:
+        res["counterfactual"] = clean
+    if meta is not None:
+        res["groups"] = site_groups(meta)
+    return res
 
 
 def generate_one(study: str, index: int, size: int = 128, seed: int = 0, split: str = "train",
-                 shortcut: float | None = None, **options: Any) -> dict[str, Any]:
+                 shortcut: float | None = None, *, counterfactual: bool = False, **options: Any) -> dict[str, Any]:
     """Render image ``index`` of a synthetic study alone (for lazy datasets).
 
     Returns a dict: ``image`` uint8 (H, W, C); ``label`` (int, or float32 (K,) in CheXpert's
     vocabulary for multilabel); ``mask`` bool (H, W) or (K, H, W); ``shortcut_present`` bool;
     ``shortcut_mask`` bool (H, W) or None when no shortcut was requested; ``extra_masks`` dict of
     bool (H, W); ``id``. Identical to row ``index`` of :func:`generate` with the same arguments.
+    ``counterfactual=True`` adds ``counterfactual``: the uint8 (H, W, C) image as rendered before the
+    shortcut marker was pasted (equal to ``image`` when no marker is present), e.g. for a "remove the
+    shortcut" intervention (DeGrave et al. 2021).
     """
     spec = _check_args(study, size, seed, split, shortcut)
     if not isinstance(index, (int, np.integer)) or int(index) < 0:
         raise ConfigError(f"index must be a non-negative integer, got {index!r}")
-    return _one(spec, int(index), int(size), int(seed), split, shortcut, _resolve(spec, options))
+    return _one(spec, int(index), int(size), int(seed), split, shortcut, _resolve(spec, options),
+                counterfactual=bool(counterfactual))
 
 
 def generate(study: str, n: int, size: int = 128, seed: int = 0, split: str = "train",
@@ -198,10 +274,16 @@ def generate(study: str, n: int, size: int = 128, seed: int = 0, split: str = "t
       ``blank_share`` (default 0, label NaN).
     - all: ``lesions=False`` renders each image's lesion-free counterfactual (same anatomy, noise
       and marker; labels and masks unchanged), e.g. to check where the lesions changed pixels.
+    - all: ``sites=True`` draws per-image metadata from the image's seed (:func:`site_metadata`:
+      site A/B, B with share ``site_b_share`` (default 0.3), sex F/M, age in years) and renders
+      site B darker (exposure x ``1 - 0.3 s``) and noisier (Gaussian sd ``0.06 s``), s =
+      ``site_shift`` (default 1, in [0, 3]); :func:`generate_one` then returns ``groups``
+      {"site", "sex", "age" (band "[40, 60)")}. Off by default (renders unchanged).
 
     ``shortcut=p`` draws an "R" marker in a top corner on abnormal images (any grade > 0,
     PNEUMONIA, mel, any positive finding) with probability p and on the others with 1 - p in the
-    "train" and "val" splits, and with probability 0.5 whatever the label in "test";
+    "train" and "val" splits, and with probability 0.5 whatever the label in "test" (unless option
+    ``shortcut_in_test=True``: then "test" follows the same label correlation as "train");
     ``shortcut_present`` (N,) and ``shortcut_masks`` (N, H, W) say where. Masks never include it.
     """
     spec = _check_args(study, size, seed, split, shortcut)

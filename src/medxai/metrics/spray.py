@@ -14,7 +14,8 @@ max(A, A^T) -> smallest eigenvalues of the normalised Laplacian -> eigengap -> s
 
 Eigengap rule: with eigenvalues l_0 <= l_1 <= ... <= l_m (m = ``max_clusters``), the number of
 clusters is k = argmax_{1 <= i < m} g_i + 1, so k in [2, max_clusters] (ties: the smallest k).
-Default ``gap="relative"``: g_i = (l_{i+1} - l_i) / l_{i+1} (0 where l_{i+1} = 0); ``gap="absolute"``:
+Default ``gap="relative"``: g_i = (l_{i+1} - l_i) / max(l_{i+1}, 0.05) (0 where l_{i+1} = 0; the floor
+keeps a nearly disconnected third group, l = 0.006, from ending the count early); ``gap="absolute"``:
 g_i = l_{i+1} - l_i, the paper's plain eigengap. Why relative by default: a group whose maps vary
 continuously (a lesion at varying positions) makes a manifold-like kNN subgraph with its own small
 eigenvalues (0.3 to 0.6), and their absolute gaps often exceed the gap that separates the groups, so
@@ -45,6 +46,10 @@ __all__ = ["MODES", "SprayResult", "mean_map_per_class", "plot_spray", "spray"]
 MODES = ("abs", "positive", "signed")
 ASSIGN_LABELS = ("cluster_qr", "kmeans")
 GAPS = ("relative", "absolute")
+#: eigenvalues below this count as "very small" in the relative gap (von Luxburg 2007: choose k with
+#: l_1..l_k all very small and l_{k+1} large): a nearly disconnected group (l = 0.006) is not
+#: mistaken for the boundary when the next eigenvalue is only slightly larger
+GAP_FLOOR = 0.05
 _ZERO = 1e-10  # eigenvalues below this are taken as exactly 0 (one per connected component)
 _DENSE_MAX = 2000  # up to this many maps the Laplacian's spectrum is computed densely, above with ARPACK
 
@@ -162,8 +167,8 @@ def _gaps(eigenvalues: np.ndarray, gap: str) -> np.ndarray:
     ev = np.where(eigenvalues < _ZERO, 0.0, eigenvalues)
     gaps = np.diff(ev)[1:]
     if gap == "relative":
-        upper = ev[2:]
-        gaps = np.divide(gaps, upper, out=np.zeros_like(gaps), where=upper > 0)
+        upper = np.maximum(ev[2:], GAP_FLOOR)
+        gaps = np.divide(gaps, upper, out=np.zeros_like(gaps), where=ev[2:] > 0)
     return gaps
 
 

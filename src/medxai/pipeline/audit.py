@@ -64,6 +64,8 @@ class _Audit:
     explained: dict[tuple[str, str], StageResult] = field(default_factory=dict)
     scores: dict[tuple[str, str], StageResult] = field(default_factory=dict)
     sanity: list[dict] = field(default_factory=list)
+    interventions: dict[str, dict] = field(default_factory=dict)
+    discovery: dict[str, StageResult] = field(default_factory=dict)
     cards: dict[str, ModelCard] = field(default_factory=dict)  # the outside models, audited as they are
     unavailable: dict[tuple[str, str], str] = field(default_factory=dict)  # (model, method) -> why not
     loaded: dict[str, torch.nn.Module] = field(default_factory=dict)
@@ -111,6 +113,7 @@ def run_audit(cfg: AuditConfig, out: str | Path, *, synthetic: bool | None = Non
     _robustness(audit)
     _explain(audit)
     _sanity(audit)
+    _shortcuts(audit)
     report, html = _report(audit)
     return AuditResult(audit.out, html, report, report["findings"], audit.runner.events, time.perf_counter() - t0)
 
@@ -121,8 +124,10 @@ def _start(cfg: AuditConfig, out: Path, *, synthetic: bool | None, force: set[st
            log: Callable[[str], None] | None, given: dict[str, Any], dataset: Any) -> _Audit:
     """Read the cards, build the datasets (checked against the cards by class name, size and
     channels before any model runs), write config.json and draw the fixed evaluation sample."""
+    from medxai.pipeline.config import check_names
     from medxai.pipeline.outside import given_data, read_cards, split_given
 
+    check_names(cfg)
     cards, modules = split_given(cfg, given)
     cards = {**read_cards(cfg), **cards}
     if dataset is not None:
@@ -221,8 +226,11 @@ def _models(a: _Audit) -> None:
 
 
 def _evaluate(a: _Audit, name: str) -> None:
-    parts = {"train": a.model_stages[name].key, "eval": a.cfg.evaluation}
-    a.evals[name] = a.runner.run(f"evaluate/{name}", parts, partial(_eval_stage, a, name)).result
+    parts = {"train": a.model_stages[name].key, "eval": a.cfg.evaluation, "subgroups": a.cfg.subgroups.model_dump()}
+    st = a.runner.run(f"evaluate/{name}", parts, partial(_eval_stage, a, name))
+    a.evals[name] = dict(st.result)
+    if st.result.get("subgroups_png"):  # the report embeds it from the stage folder
+        a.evals[name]["subgroups_png"] = str(st.dir / st.result["subgroups_png"])
 
 
 def _robustness(a: _Audit) -> None:
@@ -281,6 +289,28 @@ def _sanity(a: _Audit) -> None:
             a.sanity.append({"model": name, "method": method, **res.result})
 
 
+def _shortcuts(a: _Audit) -> None:
+    """Per model: reliance on the declared shortcut by intervention, then SpRAy over one method's maps."""
+    from medxai.pipeline.shortcuts import discovery_stage, intervention_stage
+
+    cfg = a.cfg
+    for name, st in a.model_stages.items():
+        if cfg.intervention.enabled:
+            ic = cfg.intervention
+            parts = {"train": st.key, "data": a.data_key, "intervention": ic.model_dump(), "n_boot": cfg.score.n_boot}
+            fn = _on_model(a, name, intervention_stage, a.sample.subset(ic.n), a.datasets[cfg.data.split], ic,
+                           a.task, cfg.score.n_boot, seed=cfg.seed)
+            a.interventions[name] = a.runner.run(f"intervention/{name}", parts, fn).result
+        methods = cfg.explain.methods
+        method = cfg.discovery.method or ("gradcam" if "gradcam" in methods else methods[0] if methods else None)
+        ex = a.explained.get((name, method)) if method else None
+        if cfg.discovery.enabled and ex is not None:
+            parts = {"explain": ex.key, "discovery": cfg.discovery.model_dump()}
+            fn = _on_model(a, name, discovery_stage, a.x_sample, ex, cfg.discovery, a.class_names, a.task,
+                           seed=cfg.seed)
+            a.discovery[name] = a.runner.run(f"discovery/{name}/{method}", parts, fn)
+
+
 def _report(a: _Audit) -> tuple[dict, Path]:
     """Write report.json from the stages' results, then render report.html from it."""
     from medxai.pipeline.report_data import assemble_report
@@ -288,8 +318,12 @@ def _report(a: _Audit) -> tuple[dict, Path]:
 
     report = assemble_report(a.cfg, a.out, a.data_st, a.model_stages, a.evals, a.attacks, a.corruptions,
                              a.gallery, a.explained, a.scores, a.sanity, sample=a.x_sample,
-                             class_names=a.class_names, task=a.task, unavailable=a.unavailable)
+                             class_names=a.class_names, task=a.task, unavailable=a.unavailable,
+                             interventions=a.interventions, discovery=a.discovery)
     atomic_write_json(a.out / "report.json", report)
+    from medxai.pipeline.model_card import write_model_cards
+
+    write_model_cards(report, a.out)
     return report, build_report(a.out)
 
 
@@ -300,7 +334,8 @@ def _unavailable(a: _Audit, name: str, method: str) -> bool:
     from medxai.explain import REGISTRY
 
     why = a.model_stages[name].result.get("hooks_unavailable")
-    if why and getattr(REGISTRY.get(method), "needs_hooks", False):
+    registry_name = a.cfg.explain.options.get(method, {}).get("method", method)
+    if why and getattr(REGISTRY.get(registry_name), "needs_hooks", False):
         a.unavailable[(name, method)] = f"{method} hooks the model's layers: {why}"
         return True
     return False
@@ -373,10 +408,21 @@ def _build_model(a: _Audit, mc: ModelConfig) -> torch.nn.Module:
 def _eval_stage(a: _Audit, name: str, d: Path) -> dict:
     from medxai.evaluate import classification, predict
 
-    ids, y_true, scores = predict(a.model(name), a.datasets[a.cfg.data.split], batch_size=128)
+    ds = a.datasets[a.cfg.data.split]
+    ids, y_true, scores = predict(a.model(name), ds, batch_size=128)
     n_boot = int(a.cfg.evaluation.get("n_boot", 1000))
     metrics = classification(y_true, scores, a.task, class_names=a.class_names, n_boot=n_boot, seed=a.cfg.seed)
-    return {"metrics": metrics, "n": len(ids)}
+    out: dict[str, Any] = {"metrics": metrics, "n": len(ids)}
+    groups = getattr(ds, "groups", None) or {}
+    if a.cfg.subgroups.enabled and groups:
+        from medxai.evaluate.subgroups import plot_subgroups, subgroup_metrics
+
+        sg = a.cfg.subgroups
+        out["subgroups"] = subgroup_metrics(y_true, scores, groups, a.task, a.class_names, n_boot=n_boot,
+                                            seed=a.cfg.seed, min_n=sg.min_n, n_permutations=sg.n_permutations)
+        plot_subgroups(out["subgroups"], d / "subgroups.png")
+        out["subgroups_png"] = "subgroups.png"
+    return out
 
 
 def _attack_stage(a: _Audit, name: str, d: Path) -> dict:

@@ -156,6 +156,43 @@ class ScoreConfig(_Strict):
         return None if v is None else [safe_name(m, "method") for m in v]
 
 
+class InterventionConfig(_Strict):
+    """Shortcut reliance by intervention (``medxai.evaluate.intervention``): remove a region, compare
+    with a random region of the same shape, optionally the generator's exact counterfactual."""
+
+    enabled: bool = True
+    region: Literal["auto", "shortcut_masks", "box"] = "auto"  # auto: the data's shortcut masks, else box
+    box: list[float] | None = None  # [top, left, height, width] as fractions of the image (e.g. a marker corner)
+    method: Literal["inpaint", "mean", "blur"] = "inpaint"
+    n: int = 200  # images of the evaluation sample (those with a non-empty region are used)
+    counterfactual: bool = True  # synthetic studies: the same images rendered without the marker
+    transplant: bool = True  # paste the marker onto negative images without one
+
+    @field_validator("box")
+    @classmethod
+    def _box(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (len(v) != 4 or not all(0 <= x <= 1 for x in v)):
+            raise ValueError(f"box is [top, left, height, width] as fractions in [0, 1], got {v}")
+        return v
+
+
+class DiscoveryConfig(_Strict):
+    """Unknown shortcuts: SpRAy (``medxai.metrics.spray``) over the explained images' maps."""
+
+    enabled: bool = True
+    method: str | None = None  # default: gradcam if explained (smooth maps cluster by strategy), else the first
+    size: int = 16
+    max_clusters: int = 8
+
+
+class SubgroupConfig(_Strict):
+    """Per-subgroup metrics for the data's ``groups`` (``medxai.evaluate.subgroups``)."""
+
+    enabled: bool = True
+    min_n: int = 10
+    n_permutations: int = 1000
+
+
 def _limits(pass_: float, warn: float) -> Any:
     return Field(default_factory=lambda: {"pass": pass_, "warn": warn})
 
@@ -203,6 +240,9 @@ class AuditConfig(_Strict):
     explain: ExplainConfig = Field(default_factory=ExplainConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     verdict: VerdictConfig = Field(default_factory=VerdictConfig)
+    intervention: InterventionConfig = Field(default_factory=InterventionConfig)
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+    subgroups: SubgroupConfig = Field(default_factory=SubgroupConfig)
 
     @field_validator("models")
     @classmethod
@@ -221,6 +261,35 @@ class AuditConfig(_Strict):
     def models_trained(self) -> bool:
         """Whether any model of the audit is trained (else only the audited split is read)."""
         return any(not m.outside for m in self.models)
+
+
+def check_names(cfg: AuditConfig) -> None:
+    """Every method, metric, corruption and architecture the config names exists: found in seconds,
+    before any stage runs (a typo must not surface after the models trained)."""
+    from medxai.corruptions import REGISTRY as CORRUPTIONS
+    from medxai.explain import REGISTRY as METHODS
+    from medxai.metrics import metric_infos
+    from medxai.models import list_models
+
+    def named(what: str, fn: Any) -> None:
+        try:
+            fn()
+        except (KeyError, ValueError) as exc:
+            raise ConfigError(f"{what}: {' '.join(str(exc).split())}") from None
+
+    for m in [*cfg.explain.methods, *(cfg.score.sanity_methods or [])]:  # options may name the registry method
+        registry_name = cfg.explain.options.get(m, {}).get("method", m)
+        named(f"explain.methods: {m!r}", lambda r=registry_name: METHODS.get(r))
+    if cfg.discovery.method:
+        named(f"discovery.method: {cfg.discovery.method!r}", lambda: METHODS.get(cfg.discovery.method))
+    named("score.metrics", lambda: metric_infos(cfg.score.metrics))
+    if cfg.corruption.enabled:
+        for c in cfg.corruption.names:
+            named(f"corruption.names: {c!r}", lambda c=c: CORRUPTIONS.get(c))
+    known = set(list_models())
+    for mc in cfg.models:
+        if not mc.outside and mc.arch not in known and not mc.arch.startswith(("combined:", "timm:", "torchvision:")):
+            raise ConfigError(f"models[{mc.name}].arch: unknown architecture {mc.arch!r} (known: {sorted(known)})")
 
 
 def _set_dotted(d: dict, dotted: str, value: Any) -> None:

@@ -69,7 +69,8 @@ def assemble_report(cfg: AuditConfig, out: Path, data_st: StageResult, model_sta
                     gallery: StageResult | None, explained: dict[tuple[str, str], StageResult],
                     scores: dict[tuple[str, str], StageResult], sanity: list[dict], *, sample: EvalSample,
                     class_names: list[str], task: str,
-                    unavailable: dict[tuple[str, str], str] | None = None) -> dict:
+                    unavailable: dict[tuple[str, str], str] | None = None, interventions: dict[str, dict] | None = None,
+                    discovery: dict[str, StageResult] | None = None) -> dict:
     """report.json: data, models, robustness, explanations, scores, sanity, shortcut, then findings."""
     models = list(model_stages)
     methods = list(cfg.explain.methods)
@@ -87,6 +88,11 @@ def assemble_report(cfg: AuditConfig, out: Path, data_st: StageResult, model_sta
     }
     if gallery is not None:
         report["assets"]["gallery"] = _rel(out, gallery.dir / gallery.result["png"])
+    report["subgroups"] = _subgroup_section(out, evals)
+    report["intervention"] = _intervention_section(interventions or {})
+    report["discovery"] = {"models": {m: {**st.result, "png": _rel(out, st.dir / st.result["png"])
+                                          if st.result.get("png") else None, "method": st.name.rsplit("/", 1)[-1]}
+                                      for m, st in (discovery or {}).items()}}
     report["explanations"] = _explanation_section(cfg, out, explained, sample, models, methods, class_names, task)
     report["explanations"]["unavailable"] = [{"model": mo, "method": me, "reason": why}
                                              for (mo, me), why in (unavailable or {}).items()]
@@ -110,6 +116,24 @@ def assemble_report(cfg: AuditConfig, out: Path, data_st: StageResult, model_sta
     report["scorecard"] = scorecard(report, cfg)
     report["findings"] = findings(report, by_key, models, methods, task, cfg)
     return report
+
+
+def _subgroup_section(out: Path, evals: dict[str, dict]) -> dict:
+    """Per model: ``medxai.evaluate.subgroups`` on the audited split, and its bar plot (when the data have groups)."""
+    models = {}
+    for m, ev in evals.items():
+        if ev.get("subgroups"):
+            png = ev.get("subgroups_png")
+            models[m] = {**ev["subgroups"], "png": _rel(out, png) if png else None}
+    return {"models": models} if models else {"models": {}, "reason": "the data declare no subgroups (groups: in "
+                                                            "a CSV spec, or sites=True for a synthetic study)"}
+
+
+def _intervention_section(interventions: dict[str, dict]) -> dict:
+    """Per model: reliance on the shortcut region by intervention; the reason when none was measured."""
+    models = {m: r for m, r in interventions.items() if r.get("difference") is not None}
+    reasons = [r["reason"] for r in interventions.values() if r.get("reason")]
+    return {"models": models, **({"reason": reasons[0]} if reasons and not models else {})}
 
 
 def _not_measured(cfg: AuditConfig, scores: dict[tuple[str, str], StageResult]) -> list[dict]:

@@ -9,6 +9,8 @@ report show the same numbers) and returns ``{"thresholds": ..., "models": {name:
 A model whose predictions collapse to one class, or whose discrimination CI includes chance,
 fails discrimination, and every other row says "not meaningful for a model at chance": a model
 that knows nothing is not robust, well calibrated or well explained, whatever those numbers say.
+The one exception is evidence of shortcut reliance (a failing or warning intervention row): it
+often explains why the model is at chance on data where the shortcut no longer holds.
 """
 
 from __future__ import annotations
@@ -103,16 +105,19 @@ def _calibration(rep: dict, m: str, v: VerdictConfig, cfg: AuditConfig) -> dict:
 def _subgroups(rep: dict, m: str, v: VerdictConfig, cfg: AuditConfig) -> dict:
     sg = (rep.get("subgroups") or {}).get("models", {}).get(m)
     if not sg:
-        return _missing("subgroups", "worst-group gap", v.subgroup_gap, False,
-                        "the data declare no subgroups (groups: in the dataset spec)")
-    gaps = [(name, g) for name, g in sg.get("variables", {}).items() if _ok((g.get("gap") or {}).get("value"))]
+        reason = (rep.get("subgroups") or {}).get("reason") or "the data declare no subgroups (groups: in the spec)"
+        return _missing("subgroups", "worst-group gap", v.subgroup_gap, False, reason)
+    gaps = [(name, g) for name, g in sg.get("variables", {}).items() if _ok(g.get("gap"))]
     if not gaps:
+        why = "; ".join(f"{n}: {g.get('reason')}" for n, g in sg.get("variables", {}).items() if g.get("reason"))
         return _missing("subgroups", "worst-group gap", v.subgroup_gap, False,
-                        "fewer than two subgroups could be measured")
-    name, g = max(gaps, key=lambda t: t[1]["gap"]["value"])
-    gap = g["gap"]
-    return _row("subgroups", f"worst-group gap ({name}: {g.get('worst')} vs {g.get('best')})", gap["value"],
-                v.subgroup_gap, False, ci=(gap.get("ci_low"), gap.get("ci_high")))
+                        why or "fewer than two subgroups could be measured")
+    name, g = max(gaps, key=lambda t: t[1]["gap"])
+    ci = g.get("gap_ci") or {}
+    p = g.get("p_value")
+    return _row("subgroups", f"worst-group gap in {sg.get('metric', 'the headline metric')} ({name}: {g['worst']} vs "
+            f"{g['best']})", g["gap"], v.subgroup_gap, False, ci=(ci.get("low"), ci.get("high")),
+                detail=f"permutation p = {p:.3f}" if _ok(p) else None)
 
 
 def _reference_eps(rep: dict, v: VerdictConfig) -> tuple[int, str] | None:
@@ -167,14 +172,16 @@ def _corruption(rep: dict, m: str, v: VerdictConfig, cfg: AuditConfig) -> dict:
 
 def _shortcut(rep: dict, m: str, v: VerdictConfig, cfg: AuditConfig) -> dict:
     iv = (rep.get("intervention") or {}).get("models", {}).get(m)
-    if not iv:
-        reason = (rep.get("intervention") or {}).get("reason") or "no shortcut region was declared (score.intervention)"
+    if not iv or not iv.get("difference"):
+        reason = (rep.get("intervention") or {}).get("reason") or "no shortcut region was declared (intervention:)"
         return _missing("shortcut reliance", "flip rate: region minus control", v.shortcut_flip, False, reason)
-    d = iv["difference"]["flip_rate"]
-    return _row("shortcut reliance", "flip rate when the shortcut is removed, minus a random region", d.get("value"),
-                v.shortcut_flip, False, ci=(d.get("ci_low"), d.get("ci_high")),
-                detail=f"region {iv['region']['flip_rate']['value']:.2f}, control "
-                       f"{iv['control']['flip_rate']['value']:.2f} ({iv['n']} images, {iv['method']})")
+    d = iv["difference"]
+    lo, hi = d.get("flip_rate_ci") or (None, None)
+    detail = (f"region {iv['region']['flip_rate']:.2f}, control {iv['control']['flip_rate']:.2f}"
+              + (f", counterfactual {iv['counterfactual']['flip_rate']:.2f}" if iv.get("counterfactual") else "")
+              + f" ({iv['n']} images, {iv['method']})")
+    return _row("shortcut reliance", "prediction flips when the shortcut is removed, minus a random region",
+                d.get("flip_rate"), v.shortcut_flip, False, ci=(lo, hi), detail=detail)
 
 
 def _summary_row(rep: dict, m: str, metric: str) -> dict | None:
@@ -251,8 +258,9 @@ def scorecard(rep: dict, cfg: AuditConfig) -> dict:
     for m in rep["models"]:
         rows = [fn(rep, m, v, cfg) for fn in _DIMENSION_FNS]
         at_chance = rows[0]["status"] == "fail" and rows[0].get("reason") is not None
-        if at_chance:
+        if at_chance:  # evidence of reliance on a shortcut stays (it explains the failure); nothing else is judged
             for r in rows[1:]:
-                r.update(status="not measured", reason=AT_CHANCE)
+                if not (r["dimension"] == "shortcut reliance" and r["status"] in ("fail", "warn")):
+                    r.update(status="not measured", reason=AT_CHANCE)
         out["models"][m] = {"rows": rows, "at_chance": at_chance, "verdict": _verdict(m, rows)}
     return out

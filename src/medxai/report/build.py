@@ -220,5 +220,8 @@ def build_report(run_dir: str | Path) -> Path:
             assets["x_grid"] = _png_uri(_inside(run_dir, a["explanation_grid"]))
     if report.get("sanity"):
         assets["sanity"] = _sanity_figure(report["sanity"])
+    for section in ("subgroups", "discovery"):
+        assets[section] = {m: _png_uri(_inside(run_dir, v["png"]))
+                           for m, v in ((report.get(section) or {}).get("models") or {}).items() if v.get("png")}
     html = render_html(report, assets)
     return atomic_write_text(run_dir / "report.html", html)

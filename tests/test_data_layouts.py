@@ -79,7 +79,7 @@ def test_cli_synth_then_info(tmp_path, capsys):
     # the files are the generator's: same seed, same bytes
     ds = open_dataset(out, split="train")
     first = generate("cxr-pneumonia", 1, size=24, seed=1, split="train", shortcut=0.9)
-    it = next(ds[i] for i in range(len(ds)) if ds[i]["id"] == first.ids[0])
+    it = next(ds[i] for i in range(len(ds)) if ds[i]["id"].rsplit("/", 1)[-1] == first.ids[0])
     torch.testing.assert_close(it["image"], torch.from_numpy(first.images[0]).permute(2, 0, 1).float() / 255,
                                rtol=0, atol=0)
     (out / "train" / "NORMAL" / "broken.png").write_bytes(b"not a png")
@@ -136,7 +136,7 @@ def test_kaggle_dr_csv_layout_keeps_both_eyes_of_a_patient_together(tmp_path):
     full = open_dataset({k: v for k, v in spec.items() if "fraction" not in k})
     assert full.task == "ordinal" and full.class_names == ["0", "1", "2", "3", "4"] and len(full) == 60
     labels = dict(zip(full.ids, np.asarray(full.labels).tolist(), strict=True))
-    assert labels["3_left"] == 4 and labels["3_right"] == 3
+    assert labels["train/3_left"] == 4 and labels["train/3_right"] == 3
     for sp in ("train", "val", "test"):
         ds = open_dataset(spec, split=sp)
         patients = [i.split("_")[0] for i in ds.ids]
@@ -269,8 +269,8 @@ def test_boxes_csv_becomes_half_open_masks(tmp_path):
     want = torch.zeros(1, 12, 16, dtype=torch.bool)
     want[0, 3:5, 2:6] = True
     want[0, 0:2, 10:12] = True
-    assert torch.equal(items["a"]["mask"], want) and bool(items["a"]["has_mask"])
-    assert items["b"]["mask"].sum() == 0 and not bool(items["b"]["has_mask"])
+    assert torch.equal(items["cls/a"]["mask"], want) and bool(items["cls/a"]["has_mask"])
+    assert items["cls/b"]["mask"].sum() == 0 and not bool(items["cls/b"]["has_mask"])
 
 
 # --------------------------------------------------------------------------------------- bad input
@@ -330,7 +330,7 @@ def test_undecodable_image_is_skipped_with_its_reason(tmp_path):
         ds.validate() if hasattr(ds, "validate") else [ds[i] for i in range(len(ds))]
     ds = open_dataset(tmp_path, on_error="skip", validate=True)
     assert len(ds) == 2 and [Path(p).name for p, _ in ds.skipped] == ["bad.png"]
-    assert {ds[i]["id"] for i in range(len(ds))} == {"good", "other"}
+    assert {ds[i]["id"] for i in range(len(ds))} == {"a/good", "b/other"}
 
 
 def test_missing_root_and_bad_spec(tmp_path):

@@ -59,7 +59,9 @@ def test_tuple_items_get_positional_ids_and_bad_items_are_refused():
 def test_predictions_csv_round_trips():
     text = predictions_csv(["a", "b"], np.array([1, 0]), np.array([[0.25, 0.75], [0.9, 0.1]]), ["n", "p"], "binary")
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert rows[0] == {"id": "a", "truth": "1", "pred": "1", "score_n": "0.25", "score_p": "0.75"}
+    assert rows[0] == {"id": "a", "truth": "1", "true_class": "p", "pred": "1", "score_n": "0.25", "score_p": "0.75"}
+    text = predictions_csv(["a"], np.array([0]), np.array([[0.6, 0.4]]), ["n", "p"], "binary", paths=["x/a.png"])
+    assert next(csv.DictReader(io.StringIO(text)))["path"] == "x/a.png"
     assert rows[1]["pred"] == "0"
     text = predictions_csv(["a"], np.array([[1.0, math.nan]]), np.array([[0.5, 0.125]]), ["x", "y"], "multilabel")
     rows = list(csv.DictReader(io.StringIO(text)))

@@ -120,6 +120,10 @@ def info(
         typer.echo(json.dumps(res, indent=2))
         return
     console.print(f"[bold]{res['root']}[/]  layout={res['layout']}  task={res['task']}  n={res['n']}")
+    if res.get("split_source"):
+        console.print(f"splits from: {res['split_source']}", highlight=False)
+    for note in res.get("notes", []):
+        console.print(f"note: {note}", highlight=False)
     t = Table(title="images per class and split")
     t.add_column("class")
     splits = list(res["splits"])
@@ -152,5 +156,9 @@ def info(
         for row in res["problems"][:50]:
             p.add_row(row["path"], row["reason"])
         console.print(p)
+        if not res.get("decoded", True):
+            console.print("images not decoded: decoding problems not checked (run with --decode)")
+    elif not res.get("decoded", True):
+        console.print("problems: not checked (run with --decode); none in the index and headers")
     else:
         console.print("problems: none found")

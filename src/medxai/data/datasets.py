@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medxai.data.io import load_image, load_mask
+from medxai.data.io import is_dicom, load_image, load_mask
 from medxai.data.labels import apply_uncertainty
 from medxai.data.layouts import DatasetSpec, Record, Table, build_table, canonical_split, load_spec, read_csv
 from medxai.data.transforms import resize_centre_crop
@@ -129,9 +129,11 @@ class ImageDataset(Dataset):
 
     Attributes: ``class_names``, ``task``, ``labels`` (numpy, without decoding), ``ids``,
     ``splits``, ``skipped`` (list of (path, reason)), ``raw_labels`` (CheXpert values),
-    ``has_masks``, ``layout``, ``root``. With ``on_error="skip"`` an image that fails to decode is
-    recorded in ``skipped`` and the next readable item (in index order, wrapping) is returned;
-    :meth:`validate` decodes everything up front and drops bad records instead.
+    ``has_masks``, ``layout``, ``root``, ``split_source`` (where the split's records come from, e.g.
+    "valid.csv"; None when the layout says so itself). An item that fails to decode raises a
+    DataError naming the file, whatever ``on_error``: it is never replaced by another image.
+    :meth:`validate` decodes everything up front and, in skip mode, drops the bad records (what
+    ``open_dataset(..., on_error="skip")`` does by default), so ``len`` counts readable records only.
     """
 
     def __init__(self, table: Table, spec: DatasetSpec, *, size: int | None = None,
@@ -147,8 +149,9 @@ class ImageDataset(Dataset):
         self.transform = transform
         self.on_error = on_error
         self.skipped: list[tuple[str, str]] = list(table.skipped)
+        self.split_source = table.split_source
+        self.notes = list(table.notes)
         self._raw = table.raw_labels
-        self._bad: set[int] = set()
         root = table.root
         self.mask_dir = root / spec.mask_dir if spec.mask_dir else None
         if self.mask_dir is not None and not _is_dir(self.mask_dir):
@@ -242,7 +245,10 @@ class ImageDataset(Dataset):
     def load(self, index: int) -> dict[str, Any]:
         """Decode item ``index`` (raises DataError on a bad file, whatever ``on_error``)."""
         rec = self.records[index]
-        img = load_image(rec.path, channels=self.spec.channels, max_pixels=self.spec.max_pixels)
+        dicom = self.spec.window is not None or self.spec.frame is not None
+        dicom = dicom and is_dicom(rec.path)  # window / frame apply to DICOM files only
+        img = load_image(rec.path, channels=self.spec.channels, max_pixels=self.spec.max_pixels, bits=self.spec.bits,
+                         window=self.spec.window if dicom else None, frame=self.spec.frame if dicom else None)
         h, w = img.shape[:2]
         item: dict[str, Any] = {
             "image": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))),
@@ -266,34 +272,25 @@ class ImageDataset(Dataset):
         n = len(self.records)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {n} items")
-        index %= n
-        if self.on_error == "raise":
-            return self.load(index)
-        for step in range(n):
-            j = (index + step) % n
-            if j in self._bad:
-                continue
-            try:
-                return self.load(j)
-            except DataError as exc:
-                self._bad.add(j)
-                self.skipped.append((str(self.records[j].path), exc.reason))
-        raise DataError(self.root, f"no readable item left ({len(self._bad)} of {n} failed to decode)")
+        return self.load(index % n)  # a bad file raises (naming it); substituting another image would mislabel
 
-    def validate(self) -> list[tuple[str, str]]:
+    def validate(self, on_item: Callable[[Record, dict[str, Any]], None] | None = None) -> list[tuple[str, str]]:
         """Decode every item once; returns the failures. In skip mode the bad records are dropped
-        (``len`` and ``labels`` shrink) and added to ``skipped``; in raise mode the first raises."""
+        (``len`` and ``labels`` shrink) and added to ``skipped``; in raise mode the first raises.
+        ``on_item(record, item)`` sees each decoded item (``dataset_info`` reads image statistics)."""
         bad: list[tuple[int, str, str]] = []
         for i, rec in enumerate(self.records):
             try:
-                self.load(i)
+                item = self.load(i)
             except DataError as exc:
                 if self.on_error == "raise":
                     raise
                 bad.append((i, str(rec.path), exc.reason))
+                continue
+            if on_item is not None:
+                on_item(rec, item)
         drop = {i for i, _, _ in bad}
         self.records = [r for i, r in enumerate(self.records) if i not in drop]
-        self._bad.clear()
         found = [(p, r) for _, p, r in bad]
         self.skipped.extend(found)
         return found
@@ -527,15 +524,18 @@ class SyntheticDataset(Dataset):
 
 def open_dataset(spec: str | os.PathLike | dict[str, Any] | DatasetSpec, split: str | None = None, *,
                  size: int | None = None, transform: Transform | None = None, on_error: str = "raise",
-                 validate: bool = False, **overrides: Any) -> Dataset:
+                 validate: bool | None = None, **overrides: Any) -> Dataset:
     """Open a dataset from a path (layout auto-detected), a dict, or a YAML file.
 
     ``split``: "train" | "val" | "test" | None (all). ``size``: resize the shorter side and
     centre-crop to ``size`` x ``size`` (masks nearest). ``transform``: an item transform applied
     last. ``on_error``: "raise" (first bad record raises DataError) or "skip" (bad records are
     skipped and listed in ``.skipped`` as (path, reason)). ``validate=True`` decodes every image up
-    front. ``overrides``: any :class:`~medxai.data.layouts.DatasetSpec` key (e.g. ``uncertainty``,
-    ``findings``, ``mask_dir``, ``allow_outside_root``, ``max_pixels``).
+    front; the default (None) does so with ``on_error="skip"``, so undecodable images are dropped and
+    listed too and ``len`` counts readable records only (``validate=False``: headers only, and an
+    undecodable image raises DataError when read, never replaced by another). ``overrides``: any
+    :class:`~medxai.data.layouts.DatasetSpec` key (e.g. ``uncertainty``, ``findings``, ``mask_dir``,
+    ``allow_outside_root``, ``max_pixels``, ``bits``, ``window``, ``frame``, ``splits``, ``test_from``).
     """
     if on_error not in ("raise", "skip"):
         raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -550,7 +550,7 @@ def open_dataset(spec: str | os.PathLike | dict[str, Any] | DatasetSpec, split: 
     else:
         table = build_table(parsed, root, split, on_error)
         ds = ImageDataset(table, parsed, size=size, transform=transform, on_error=on_error)
-        if validate:
+        if validate or (validate is None and on_error == "skip"):
             ds.validate()
     if ds.skipped:
         import logging

@@ -20,8 +20,16 @@ DEFAULT_MAX_PIXELS = 100_000_000
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 #: ITU-R 601-2 luma weights, the ones Pillow's "L" conversion uses.
 LUMA = (0.299, 0.587, 0.114)
+#: Named DICOM windows (center, width) in the modality LUT's units (Hounsfield units for CT).
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "lung": (-600.0, 1500.0), "mediastinum": (40.0, 400.0), "brain": (40.0, 80.0), "bone": (400.0, 1800.0),
+    "abdomen": (40.0, 400.0)}
 
-__all__ = ["DEFAULT_MAX_PIXELS", "is_dicom", "load_image", "load_mask", "save_png"]
+Window = tuple[float, float] | list[float] | str | None
+Bits = int | str | None
+
+__all__ = ["DEFAULT_MAX_PIXELS", "WINDOW_PRESETS", "is_dicom", "load_image", "load_mask", "png_significant_bits",
+           "resolve_window", "save_png"]
 
 
 def _why(exc: BaseException) -> str:
@@ -57,17 +65,20 @@ def is_dicom(path: str | Path) -> bool:
 
 
 def load_image(path: str | Path, channels: int | None = None, *, frame: int | None = None,
-               max_pixels: int = DEFAULT_MAX_PIXELS, window: tuple[float, float] | str | None = None) -> np.ndarray:
+               max_pixels: int = DEFAULT_MAX_PIXELS, window: Window = None, bits: Bits = None) -> np.ndarray:
     """Read an image file as float32 (H, W, C) in [0, 1].
 
     - PNG / JPEG / TIFF / BMP / GIF through Pillow: 8-bit values / 255, 16-bit values / 65535,
       palette expanded to RGB, alpha dropped, EXIF orientation applied (``ImageOps.exif_transpose``).
       Pillow keeps 16-bit precision for grayscale only; 16-bit colour PNG/TIFF is read at 8 bits.
     - DICOM through pydicom: modality LUT (RescaleSlope / Intercept or Modality LUT Sequence), then
-      VOI LUT Sequence or Window Center / Width (``window=(center, width)`` overrides,
-      ``window="minmax"`` stretches each image's own range), MONOCHROME1 inverted. Without a VOI
-      the full output range of the modality LUT (from BitsStored) maps to [0, 1]. Multi-frame
-      files (and multi-page TIFF / GIF) are refused unless ``frame`` is given.
+      VOI LUT Sequence or Window Center / Width (``window=(center, width)`` overrides, a preset name of
+      :data:`WINDOW_PRESETS` too, ``window="minmax"`` stretches each image's own range), MONOCHROME1
+      inverted. Without a VOI the full output range of the modality LUT (from BitsStored, or ``bits``)
+      maps to [0, 1]. Multi-frame files (and multi-page TIFF / GIF) are refused unless ``frame`` is given.
+    - ``bits``: None divides by the container's maximum (255, 65535); an int ``b`` divides by
+      ``2**b - 1`` (a value above it is a DataError); "auto" uses the PNG sBIT chunk (DICOM: BitsStored),
+      8-bit files without one are read at 8 bits, 16-bit files without one are refused.
     - ``channels``: None keeps the file's (1 or 3); 1 converts RGB to luma (ITU-R 601-2);
       3 repeats grayscale.
     - ``max_pixels``: width x height x frames above it is refused before decoding.
@@ -75,14 +86,60 @@ def load_image(path: str | Path, channels: int | None = None, *, frame: int | No
     path = Path(path)
     if channels not in (None, 1, 3):
         raise DataError(path, f"channels must be None, 1 or 3, got {channels!r}")
+    if bits is not None and bits != "auto" and (isinstance(bits, bool) or not isinstance(bits, int)
+                                                 or not 1 <= bits <= 16):
+        raise DataError(path, f"bits must be None, 'auto' or an integer in [1, 16], got {bits!r}")
     _check_file(path)
     if is_dicom(path):
-        img = _load_dicom(path, frame=frame, max_pixels=max_pixels, window=window)
+        img = _load_dicom(path, frame=frame, max_pixels=max_pixels, window=resolve_window(window, path), bits=bits)
     else:
         if window is not None:
             raise DataError(path, "window= applies to DICOM files only")
-        img = _load_pil(path, frame=frame, max_pixels=max_pixels)
+        img = _load_pil(path, frame=frame, max_pixels=max_pixels, bits=bits)
     return to_channels(img, channels)
+
+
+def resolve_window(window: Window, path: str | Path | None = None) -> tuple[float, float] | str | None:
+    """None, "minmax", a preset name (:data:`WINDOW_PRESETS`) or (center, width) -> None, "minmax" or a pair."""
+    if window is None or window == "minmax":
+        return window
+    if isinstance(window, str):
+        key = window.strip().lower()
+        if key in WINDOW_PRESETS:
+            return WINDOW_PRESETS[key]
+        raise DataError(path, f"window must be (center, width), 'minmax' or one of {sorted(WINDOW_PRESETS)}, "
+                              f"got {window!r}")
+    try:
+        center, width = (float(v) for v in window)
+    except (TypeError, ValueError):
+        raise DataError(path, f"window must be (center, width), 'minmax' or a preset name, got {window!r}") from None
+    if not (np.isfinite(center) and np.isfinite(width) and width > 0):
+        raise DataError(path, f"window (center, width) needs finite numbers and width > 0, got {window!r}")
+    return center, width
+
+
+def png_significant_bits(path: str | Path) -> int | None:
+    """The largest significant-bit count of a PNG's sBIT chunk (read before IDAT), None without one."""
+    import struct
+
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(8) != b"\x89PNG\r\n\x1a\n":
+                return None
+            for _ in range(1000):
+                head = fh.read(8)
+                if len(head) < 8:
+                    return None
+                length, ctype = struct.unpack(">I4s", head)
+                if ctype in (b"IDAT", b"IEND"):
+                    return None
+                if ctype == b"sBIT":
+                    data = fh.read(length)
+                    return max(data) if data and len(data) == length else None
+                fh.seek(length + 4, 1)
+    except OSError:
+        return None
+    return None
 
 
 def to_channels(img: np.ndarray, channels: int | None) -> np.ndarray:
@@ -98,7 +155,7 @@ def to_channels(img: np.ndarray, channels: int | None) -> np.ndarray:
 # ------------------------------------------------------------------------------------ Pillow
 
 
-def _load_pil(path: Path, *, frame: int | None, max_pixels: int) -> np.ndarray:
+def _load_pil(path: Path, *, frame: int | None, max_pixels: int, bits: Bits = None) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
@@ -131,7 +188,7 @@ def _load_pil(path: Path, *, frame: int | None, max_pixels: int) -> np.ndarray:
                 warnings.simplefilter("ignore")
                 im.load()
                 im = ImageOps.exif_transpose(im)
-                return _pil_to_float(im, path)
+                return _pil_to_float(im, path, _pil_bits(im, path, bits))
     except DataError:
         raise
     except Exception as exc:  # truncated data, decoder errors, ...
@@ -140,7 +197,38 @@ def _load_pil(path: Path, *, frame: int | None, max_pixels: int) -> np.ndarray:
         raise DataError(path, f"cannot decode image: {_why(exc)}") from None
 
 
-def _pil_to_float(im: Any, path: Path) -> np.ndarray:
+def _container_bits(mode: str) -> int:
+    return 16 if mode.startswith("I") else 1 if mode == "1" else 32 if mode == "F" else 8
+
+
+def _pil_bits(im: Any, path: Path, bits: Bits) -> int | None:
+    """The significant bits to divide by (None: the container's maximum), checked against the container."""
+    depth = _container_bits(im.mode)
+    if bits is None or depth in (1, 32):
+        return None
+    if bits == "auto":
+        sbit = png_significant_bits(path)  # None for files other than PNG
+        if sbit is None:
+            if depth == 8:
+                return 8
+            raise DataError(path, f"bits: auto, but the {depth}-bit file records no significant bits (no PNG sBIT "
+                                  "chunk); set bits: 12 or bits: 16")
+        bits = sbit
+    if int(bits) > depth:
+        raise DataError(path, f"bits: {bits} but the image is stored at {depth} bits per sample")
+    return int(bits)
+
+
+def _scale(arr: np.ndarray, bits: int | None, default: float, path: Path) -> np.ndarray:
+    """Integer samples over ``2**bits - 1`` (None: ``default``); a sample above the maximum is a DataError."""
+    top = default if bits is None else float(2**bits - 1)
+    if bits is not None and arr.size and float(arr.max()) > top:
+        raise DataError(path, f"value {int(arr.max())} exceeds the {bits}-bit maximum {int(top)} (bits: {bits}); "
+                              "check the bits setting")
+    return arr.astype(np.float32) / top
+
+
+def _pil_to_float(im: Any, path: Path, bits: int | None = None) -> np.ndarray:
     mode = im.mode
     if mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -158,19 +246,19 @@ def _pil_to_float(im: Any, path: Path) -> np.ndarray:
         arr = np.asarray(im)
         if arr.ndim == 3:
             arr = arr[..., 0]
-        return (arr.astype(np.float32) / 255.0)[..., None]
+        return _scale(arr, bits, 255.0, path)[..., None]
     if mode in ("RGB", "RGBA"):
         arr = np.asarray(im)[..., :3]
-        return arr.astype(np.float32) / 255.0
+        return _scale(arr, bits, 255.0, path)
     if mode.startswith("I;16"):
         arr = np.asarray(im).astype(np.uint16)
-        return (arr.astype(np.float32) / 65535.0)[..., None]
+        return _scale(arr, bits, 65535.0, path)[..., None]
     if mode == "I":
         arr = np.asarray(im)
         lo, hi = int(arr.min()), int(arr.max())
         if lo < 0 or hi > 65535:
             raise DataError(path, f"32-bit integer image with values [{lo}, {hi}] outside the 16-bit range")
-        return (arr.astype(np.float32) / 65535.0)[..., None]
+        return _scale(arr, bits, 65535.0, path)[..., None]
     if mode == "F":
         arr = np.asarray(im, dtype=np.float32)
         if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
@@ -183,9 +271,16 @@ def _pil_to_float(im: Any, path: Path) -> np.ndarray:
 # ------------------------------------------------------------------------------------- DICOM
 
 
-def _output_range(ds: Any) -> tuple[float, float]:
+def _dicom_bits(ds: Any, bits: Bits) -> int:
+    """BitsStored (None, "auto") or the caller's ``bits``."""
+    if isinstance(bits, int) and not isinstance(bits, bool):
+        return bits
+    return int(ds.get("BitsStored", ds.get("BitsAllocated", 16)) or 16)
+
+
+def _output_range(ds: Any, bits: Bits = None) -> tuple[float, float]:
     """The range of the modality-LUT output, by the rule pydicom's ``apply_windowing`` uses."""
-    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)) or 16)
+    bits = _dicom_bits(ds, bits)
     if ds.get("ModalityLUTSequence"):
         y_min, y_max = 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
         return y_min, y_max
@@ -199,8 +294,8 @@ def _output_range(ds: Any) -> tuple[float, float]:
     return min(y_min, y_max), max(y_min, y_max)
 
 
-def _load_dicom(path: Path, *, frame: int | None, max_pixels: int, window: tuple[float, float] | str | None
-                ) -> np.ndarray:
+def _load_dicom(path: Path, *, frame: int | None, max_pixels: int, window: tuple[float, float] | str | None,
+                bits: Bits = None) -> np.ndarray:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -236,17 +331,18 @@ def _load_dicom(path: Path, *, frame: int | None, max_pixels: int, window: tuple
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             arr = pixel_array(ds, index=frame if n_frames > 1 else None)
+            _check_stored(arr, ds, bits, path)
             if photometric == "PALETTE COLOR":
                 arr = apply_color_lut(arr, ds)
                 depth = int(ds.RedPaletteColorLookupTableDescriptor[2])
                 out = arr.astype(np.float64) / float(2 ** (16 if depth > 8 else 8) - 1)
             elif photometric in ("MONOCHROME1", "MONOCHROME2"):
-                out = _grayscale(arr, ds, window, path)
+                out = _grayscale(arr, ds, window, path, bits)
                 if photometric == "MONOCHROME1":
                     out = 1.0 - out
             else:  # RGB, and YBR_* already converted to RGB by pixel_array
-                bits = int(ds.get("BitsStored", 8) or 8)
-                out = arr.astype(np.float64) / float(2**bits - 1)
+                depth = bits if isinstance(bits, int) else int(ds.get("BitsStored", 8) or 8)
+                out = arr.astype(np.float64) / float(2**depth - 1)
     except DataError:
         raise
     except Exception as exc:  # truncated pixel data, missing decoder, bad LUT, ...
@@ -262,7 +358,16 @@ def _load_dicom(path: Path, *, frame: int | None, max_pixels: int, window: tuple
     return out
 
 
-def _grayscale(arr: np.ndarray, ds: Any, window: tuple[float, float] | str | None, path: Path) -> np.ndarray:
+def _check_stored(arr: np.ndarray, ds: Any, bits: Bits, path: Path) -> None:
+    """With ``bits`` given, stored unsigned samples above ``2**bits - 1`` are a DataError."""
+    if isinstance(bits, int) and int(ds.get("PixelRepresentation", 0) or 0) == 0 and arr.size:
+        if float(arr.max()) > 2**bits - 1:
+            raise DataError(path, f"stored value {int(arr.max())} exceeds the {bits}-bit maximum {2**bits - 1} "
+                                  f"(bits: {bits}; the file says BitsStored={ds.get('BitsStored')})")
+
+
+def _grayscale(arr: np.ndarray, ds: Any, window: tuple[float, float] | str | None, path: Path,
+               bits: Bits = None) -> np.ndarray:
     """Modality LUT then VOI (LUT or window) to [0, 1]."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
@@ -270,8 +375,6 @@ def _grayscale(arr: np.ndarray, ds: Any, window: tuple[float, float] | str | Non
     if window == "minmax":
         lo, hi = float(values.min()), float(values.max())
         return (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
-    if isinstance(window, str):
-        raise DataError(path, f"window must be (center, width), 'minmax' or None, got {window!r}")
     if window is not None:
         center, width = (float(v) for v in window)
         if "VOILUTSequence" in ds:
@@ -282,7 +385,7 @@ def _grayscale(arr: np.ndarray, ds: Any, window: tuple[float, float] | str | Non
     has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
     if has_lut:
         return _voi_lut(values, ds)
-    lo, hi = _output_range(ds)
+    lo, hi = _output_range(ds, bits)
     if has_window:
         values = apply_voi_lut(values, ds, prefer_lut=False)
     if hi <= lo:

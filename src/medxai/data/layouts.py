@@ -5,11 +5,13 @@ Layouts (documented in docs/data-layouts.md):
 - ``folder``: ``root/{train,val,test}/{CLASS}/*`` (Kaggle chest X-ray pneumonia) or ``root/{CLASS}/*``.
 - ``csv``: an image column and a label column (Kaggle DR ``trainLabels.csv``: image, level;
   HAM10000 metadata: image_id, dx); split from a column or a seeded fraction (by group).
-- ``chexpert``: ``train.csv`` / ``valid.csv`` (Path, Sex, Age, Frontal/Lateral, AP/PA, findings).
+- ``chexpert``: ``train.csv`` / ``valid.csv`` (Path, Sex, Age, Frontal/Lateral, AP/PA, findings); a test
+  split from ``test.csv``, ``splits: {test: valid}`` or ``test_from: train`` (seeded by patient).
 - ``medmnist``: one ``.npz`` with ``{train,val,test}_{images,labels}`` (handled by the dataset).
 
 Auto-detection reads a ``medxai.json`` manifest first (what ``write_study`` leaves), then looks
-for the files each layout is known by.
+for the files each layout is known by. Record ids are unique: the image path relative to the root
+without its suffix (a CSV's ``id_column`` when given); a repeated id is a DataError naming both.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from medxai._util.io import safe_yaml_load
 from medxai._util.seed import derive_seed
-from medxai.data.io import DEFAULT_MAX_PIXELS
+from medxai.data.io import DEFAULT_MAX_PIXELS, WINDOW_PRESETS
 from medxai.data.labels import apply_uncertainty, resolve_findings
 from medxai.errors import ConfigError, DataError
 
@@ -77,9 +79,61 @@ class DatasetSpec(BaseModel):
     extra_mask_dirs: dict[str, str] = Field(default_factory=dict)
     boxes: str | None = None
     channels: Literal[1, 3] | None = None
+    bits: int | Literal["auto"] | None = None
+    window: str | list[float] | None = None
+    frame: int | None = Field(None, ge=0)
+    splits: dict[str, str] = Field(default_factory=dict)
+    test_from: Literal["train", "valid"] | None = None
     allow_outside_root: bool = False
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0)
     groups: dict[str, str | dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("bits", mode="before")
+    @classmethod
+    def _check_bits(cls, value: Any) -> Any:
+        """Significant bits per sample: 1..16, "auto" (PNG sBIT / DICOM BitsStored) or None (the container's)."""
+        if isinstance(value, bool) or (isinstance(value, int) and not 1 <= value <= 16):
+            raise ValueError(f"bits must be in [1, 16], 'auto' or null, got {value}")
+        return value
+
+    @field_validator("window")
+    @classmethod
+    def _check_window(cls, value: str | list[float] | None) -> str | list[float] | None:
+        """"minmax", a preset name, or [center, width] with width > 0."""
+        if isinstance(value, str):
+            if value.strip().lower() not in ("minmax", *WINDOW_PRESETS):
+                raise ValueError(f"window must be minmax, [center, width] or one of {sorted(WINDOW_PRESETS)}, "
+                                 f"got {value!r}")
+            return value.strip().lower()
+        if value is not None and (len(value) != 2 or not all(map(math.isfinite, value)) or value[1] <= 0):
+            raise ValueError(f"window must be [center, width] with finite numbers and width > 0, got {value}")
+        return value
+
+    @field_validator("splits")
+    @classmethod
+    def _check_splits(cls, value: dict[str, str]) -> dict[str, str]:
+        """{requested split: CSV split}, e.g. {test: valid}; names are canonicalised (valid -> val)."""
+        out: dict[str, str] = {}
+        for k, v in value.items():
+            if str(k).strip().lower() not in SPLIT_ALIASES or str(v).strip().lower() not in SPLIT_ALIASES:
+                raise ValueError(f"splits: map a split to a split ({'/'.join(SPLITS)}), got {k}: {v}")
+            out[SPLIT_ALIASES[str(k).strip().lower()]] = SPLIT_ALIASES[str(v).strip().lower()]
+        return out
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _check_classes(cls, value: Any) -> Any:
+        """Class names are unique (numbers compared as numbers: "2" and "2.0" are one class); YAML numbers
+        become their names ("2")."""
+        if isinstance(value, (list, tuple)):
+            value = [_canon_label(str(c)) if isinstance(c, (int, float)) and not isinstance(c, bool) else c
+                     for c in value]
+            keys = [_class_key(c) if isinstance(c, str) else c for c in value]
+            dup = next((j for j in range(len(keys)) if keys[j] in keys[:j]), None)
+            if dup is not None:
+                raise ValueError(f"classes: '{value[dup]}' repeats '{value[keys.index(keys[dup])]}' (numbers compare "
+                                 f"as numbers), got {value}")
+        return value
 
     @field_validator("groups")
     @classmethod
@@ -102,8 +156,9 @@ class DatasetSpec(BaseModel):
 
 @dataclass
 class Record:
-    """One image: absolute ``path``, ``rel`` path (posix, relative to the root when inside it), id, label, split;
-    ``groups``: its metadata group values (spec ``groups``), e.g. {"sex": "F", "age": "[40, 60)"}."""
+    """One image: absolute ``path``, ``rel`` path (posix, relative to the root when inside it), ``id`` (unique in
+    its table: the path relative to the root without suffix, or a CSV's id column), label, split; ``groups``:
+    its metadata group values (spec ``groups``), e.g. {"sex": "F", "age": "[40, 60)"}; ``row``: its CSV line."""
 
     path: Path
     rel: str
@@ -111,6 +166,7 @@ class Record:
     label: Any
     split: str | None
     groups: dict[str, str] = field(default_factory=dict)
+    row: int | None = None  # the CSV line (header = 1) the record comes from
 
 
 @dataclass
@@ -126,6 +182,7 @@ class Table:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     raw_labels: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
+    split_source: str | None = None  # where the split's records come from, e.g. "valid.csv" (CheXpert)
 
 
 def canonical_split(split: str | None) -> str | None:
@@ -360,6 +417,14 @@ def _pick(df: Any, path: Path, given: str | None, candidates: tuple[str, ...], w
                           f"columns are {list(df.columns)}")
 
 
+def _lexical_rel(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` as written (symlinks and ``..`` not resolved), posix; absolute outside it."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
 def _strip_suffix(value: str) -> str:
     p = PurePosixPath(value.replace("\\", "/"))
     return str(p.with_suffix("")) if p.suffix.lower() in IMAGE_SUFFIXES else str(p)
@@ -425,11 +490,57 @@ def _hash_split(key: str, seed: int, val: float, test: float) -> str:
     return "test" if u < test else "val" if u < test + val else "train"
 
 
-def _sort_classes(values: list[str]) -> list[str]:
+def _number(value: str) -> float | None:
+    """``value`` as a finite number, else None ("nan", "inf" and words are not numbers)."""
     try:
-        return sorted(values, key=lambda v: float(v))
+        f = float(value)
     except ValueError:
-        return sorted(values)
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _class_key(value: str) -> tuple[str, Any]:
+    """What labels are compared by: numbers as numbers ("2.0" == "2" == "02"), other values as text."""
+    f = _number(value)
+    return ("num", f) if f is not None else ("str", value)
+
+
+def _canon_label(value: str) -> str:
+    """A label's class name: an integral number as an integer ("2.0" -> "2"), any other value unchanged."""
+    f = _number(value)
+    if f is None:
+        return value
+    return str(int(f)) if f == int(f) else value
+
+
+def _found_classes(labels: list[str]) -> list[str]:
+    """The classes a label column holds (no list declared): one per value, numbers compared as numbers
+    and sorted numerically (0, 1, 2, 10); blanks and missing markers (NA, nan, ...) are no class."""
+    seen: dict[tuple[str, Any], str] = {}
+    for v in labels:
+        if v.lower() not in MISSING_VALUES:
+            seen.setdefault(_class_key(v), _canon_label(v))
+    return _sort_classes(list(seen.values()))
+
+
+def _check_unique_ids(table: Table, id_column: str | None) -> None:
+    """Two records with one id would be paired as one image: refuse, naming both."""
+    first: dict[str, Record] = {}
+    for r in table.records:
+        other = first.setdefault(r.id, r)
+        if other is r:
+            continue
+        if id_column is not None:
+            raise DataError(table.source, f"id '{r.id}' (column '{id_column}') repeats: rows {other.row} and {r.row}")
+        where = f" (rows {other.row} and {r.row} of {table.source.name})" if r.row is not None else ""
+        raise DataError(r.path, f"id '{r.id}' is also the id of {other.path}{where}: ids must be unique")
+
+
+def _sort_classes(values: list[str]) -> list[str]:
+    """Numbers numerically (0, 1, 2, 10), else text order."""
+    if values and all(_number(v) is not None for v in values):
+        return sorted(values, key=lambda v: float(v))
+    return sorted(values)
 
 
 def _default_task(class_names: list[str], label_column: str | None = None) -> str:
@@ -439,14 +550,14 @@ def _default_task(class_names: list[str], label_column: str | None = None) -> st
 
 
 def _label_index(value: str, classes: list[str]) -> int | None:
+    """The index of ``value`` in ``classes``: the same text, or the same number ("2.0" against class "2")."""
     if value in classes:
         return classes.index(value)
-    try:  # "2.0" in a CSV against class "2"
-        f = float(value)
-        if math.isfinite(f) and f == int(f) and str(int(f)) in classes:
-            return classes.index(str(int(f)))
-    except ValueError:
-        pass
+    key = _class_key(value)
+    if key[0] == "num":
+        for i, c in enumerate(classes):
+            if _class_key(c) == key:
+                return i
     return None
 
 
@@ -506,12 +617,15 @@ def build_table(spec: DatasetSpec, root: Path, split: str | None, on_error: str)
         raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     split = canonical_split(split)
     if spec.layout == "folder":
-        return _folder(spec, root, split, _Collector(on_error))
-    if spec.layout == "csv":
-        return _csv(spec, root, split, _Collector(on_error))
-    if spec.layout == "chexpert":
-        return _chexpert(spec, root, split, _Collector(on_error))
-    raise ConfigError(f"layout {spec.layout!r} has no record table")
+        table = _folder(spec, root, split, _Collector(on_error))
+    elif spec.layout == "csv":
+        table = _csv(spec, root, split, _Collector(on_error))
+    elif spec.layout == "chexpert":
+        table = _chexpert(spec, root, split, _Collector(on_error))
+    else:
+        raise ConfigError(f"layout {spec.layout!r} has no record table")
+    _check_unique_ids(table, spec.id_column if spec.layout == "csv" else None)
+    return table
 
 
 def _folder(spec: DatasetSpec, root: Path, split: str | None, col: _Collector) -> Table:
@@ -529,17 +643,20 @@ def _folder(spec: DatasetSpec, root: Path, split: str | None, col: _Collector) -
         class_dirs += [(s, c) for c in _children(d) if c.is_dir() and c.name not in skip]
     if not class_dirs:
         raise DataError(root, "folder layout without class folders (expected root/{train,val,test}/CLASS/*)")
-    found = sorted({c.name for _, c in class_dirs})
+    found = _sort_classes(sorted({c.name for _, c in class_dirs}))
     classes = list(spec.classes) if spec.classes else found
     records: list[Record] = []
+    keys: list[str] = []  # the split hash key: the path inside the class folder (as before ids were unique)
+    dropped = 0
     for s, cdir in class_dirs:
-        if cdir.name not in classes:
+        label = _label_index(cdir.name, classes)
+        if label is None:
             if spec.other_classes == "drop":
+                dropped += 1
                 continue
             raise DataError(cdir, f"class folder '{cdir.name}' is not in the class list {classes}")
         if with_splits and split is not None and s != split:
             continue
-        label = classes.index(cdir.name)
         files: list[Path] = []
         for dirpath, dirnames, filenames in os.walk(cdir):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -554,13 +671,15 @@ def _folder(spec: DatasetSpec, root: Path, split: str | None, col: _Collector) -
             if problem:
                 col.bad(f, problem)
                 continue
-            rel_in_class = f.relative_to(cdir).with_suffix("").as_posix()
-            rid = rel_in_class if "/" in rel_in_class else f.stem
-            records.append(Record(path=loc[0], rel=f.relative_to(root).as_posix(), id=rid, label=label, split=s))
+            rel = f.relative_to(root).as_posix()
+            records.append(Record(path=loc[0], rel=rel, id=_strip_suffix(rel), label=label, split=s))
+            inner = f.relative_to(cdir).with_suffix("").as_posix()
+            keys.append(inner if "/" in inner else f.stem)
     if not with_splits:
-        records = _fraction_splits(records, spec, split, root)
+        records = _fraction_splits(records, spec, split, root, keys)
+    notes = [f"{dropped} class folder(s) outside the class list dropped (other_classes: drop)"] if dropped else []
     return Table(layout="folder", root=root, source=root, records=records, class_names=classes,
-                 task=spec.task or _default_task(classes), skipped=col.skipped)
+                 task=spec.task or _default_task(classes), skipped=col.skipped, notes=notes)
 
 
 def _fraction_splits(records: list[Record], spec: DatasetSpec, split: str | None, where: Path,
@@ -597,7 +716,7 @@ def _csv(spec: DatasetSpec, root: Path, split: str | None, col: _Collector) -> T
     if spec.classes:
         classes = list(spec.classes)
     else:
-        classes = _sort_classes(sorted({v for v in labels if v != ""}))
+        classes = _found_classes(labels)
         if lcol == "level" and classes and all(c.isdigit() for c in classes):
             classes = [str(i) for i in range(int(max(classes, key=int)) + 1)]
     if spec.image_dir is None:
@@ -613,6 +732,7 @@ def _csv(spec: DatasetSpec, root: Path, split: str | None, col: _Collector) -> T
     suffixes = [spec.image_suffix] if spec.image_suffix else ["", *IMAGE_SUFFIXES]
     records: list[Record] = []
     groups: list[str] = []
+    dropped = 0
     for i, (img, lab) in enumerate(zip(images, labels, strict=True)):
         row = f"row {i + 2}"  # the header is line 1
         if img == "":
@@ -620,9 +740,12 @@ def _csv(spec: DatasetSpec, root: Path, split: str | None, col: _Collector) -> T
             continue
         idx = _label_index(lab, classes)
         if idx is None:
-            if spec.other_classes == "drop" and lab != "":
-                continue
-            col.bad(path, f"{row}: column '{lcol}': label '{lab}' is not in the class list {classes}")
+            if lab.lower() in MISSING_VALUES:
+                col.bad(path, f"{row}: column '{lcol}': no label (value '{lab}')")
+            elif spec.other_classes == "drop":
+                dropped += 1
+            else:
+                col.bad(path, f"{row}: column '{lcol}': label '{lab}' is not in the class list {classes}")
             continue
         rsplit = None
         if scol is not None:
@@ -651,7 +774,7 @@ def _csv(spec: DatasetSpec, root: Path, split: str | None, col: _Collector) -> T
                 if first is None:
                     first = cand
                 if loc[0].is_file():
-                    chosen = loc
+                    chosen, listed = loc, _lexical_rel(cand, root)
                     break
             if chosen is not None or reason != "file not found":
                 break
@@ -662,42 +785,101 @@ def _csv(spec: DatasetSpec, root: Path, split: str | None, col: _Collector) -> T
         if problem:
             col.bad(chosen[0], f"{problem} (listed in {path.name} {row})")
             continue
-        rid = str(df[spec.id_column].iat[i]) if spec.id_column else _strip_suffix(value)
-        records.append(Record(path=chosen[0], rel=chosen[1], id=rid, label=idx, split=rsplit, groups=rgroups))
+        key = str(df[spec.id_column].iat[i]).strip() if spec.id_column else _strip_suffix(value)
+        rid = key if spec.id_column else _strip_suffix(listed)
+        records.append(Record(path=chosen[0], rel=chosen[1], id=rid, label=idx, split=rsplit, groups=rgroups,
+                              row=i + 2))
         if gcol is not None:
             groups.append(str(df[gcol].iat[i]))
-        else:
-            m = _DR_NAME.match(PurePosixPath(rid).name)
-            groups.append(m.group(1) if m else rid)  # both eyes of a DR patient stay together
+        else:  # the split hash key is the CSV value (as before ids were paths), so seeded splits stay put
+            m = _DR_NAME.match(PurePosixPath(key).name)
+            groups.append(m.group(1) if m else key)  # both eyes of a DR patient stay together
     if scol is None:
         kept = _fraction_splits(records, spec, split, path, groups)
     else:
         kept = records
+    notes = [f"{dropped} row(s) with labels outside the class list dropped (other_classes: drop)"] if dropped else []
     return Table(layout="csv", root=root, source=path, records=kept, class_names=classes,
-                 task=spec.task or _default_task(classes, lcol), skipped=col.skipped)
+                 task=spec.task or _default_task(classes, lcol), skipped=col.skipped, notes=notes)
 
 
 _CHEXPERT_VALUES = {"1": 1.0, "1.0": 1.0, "0": 0.0, "0.0": 0.0, "-1": -1.0, "-1.0": -1.0, "": math.nan}
 
 
+_CHEXPERT_CSV = {"train": "train.csv", "val": "valid.csv", "test": "test.csv"}
+_PATIENT = re.compile(r"(patient\d+)")
+
+
+def _chexpert_mapping(spec: DatasetSpec, root: Path) -> dict[str, tuple[str, str | None]]:
+    """{requested split: (CSV split, part)}: part None (the whole CSV), "held" (the seeded test patients
+    of ``test_from``) or "rest" (the CSV without them). ``splits`` / ``test_from`` change the default."""
+    present = [s for s, f in _CHEXPERT_CSV.items() if (root / f).is_file()]
+    if not present:
+        raise DataError(root, "CheXpert layout without train.csv or valid.csv")
+    mapping: dict[str, tuple[str, str | None]] = {s: (s, None) for s in present}
+    for want, src in spec.splits.items():
+        if src not in present:
+            raise ConfigError(f"splits: {want}: {src}, but {root / _CHEXPERT_CSV[src]} does not exist")
+        for other in [k for k, v in mapping.items() if v == (src, None) and k != want and k not in spec.splits]:
+            del mapping[other]  # that CSV now serves `want` alone: the same images never sit in two splits
+        mapping[want] = (src, None)
+    if spec.test_from is not None:
+        src = SPLIT_ALIASES[spec.test_from]
+        if "test" in spec.splits or "test" in present:
+            raise ConfigError(f"test_from: {root} already has a test split (test.csv or splits: {{test: ...}}); "
+                              "drop test_from")
+        if src not in present or not 0 < spec.test_fraction < 1:
+            raise ConfigError(f"test_from: {spec.test_from} needs {_CHEXPERT_CSV[src]} in {root} and a "
+                              f"test_fraction in (0, 1), got {spec.test_fraction}")
+        mapping = {k: (v[0], "rest") if v == (src, None) else v for k, v in mapping.items()}
+        mapping["test"] = (src, "held")
+    return mapping
+
+
+def _chexpert_sources(spec: DatasetSpec, root: Path, split: str | None
+                      ) -> tuple[list[tuple[Path, dict[str | None, str]]], str]:
+    """[(CSV, {part: requested split})] to read, and where each split comes from (``split_source``)."""
+    if spec.csv:
+        if spec.splits or spec.test_from:
+            raise ConfigError("splits / test_from: not with 'csv' (one CSV names one split)")
+        s = SPLIT_ALIASES.get(Path(spec.csv).stem.lower(), "train")
+        if split is not None and s != split:
+            raise DataError(root, f"no CSV for split '{split}' ({spec.csv} is the {s} split)")
+        return [(root / spec.csv, {None: s})], spec.csv
+    mapping = _chexpert_mapping(spec, root)
+    if split is not None and split not in mapping:
+        if split == "test" and not (root / "test.csv").is_file():
+            raise ConfigError(f"split 'test': the CheXpert layout at {root} has only train.csv / valid.csv (no "
+                              "test.csv); map it: splits: {test: valid}, or test_from: train with test_fraction "
+                              "(e.g. 0.1) and split_seed (a seeded split of train by patient)")
+        raise ConfigError(f"split '{split}': no CSV serves it in {root} (splits: {spec.splits}); map it with splits:")
+    wanted = [split] if split is not None else [s for s in SPLITS if s in mapping]
+    pct = f"{spec.test_fraction * 100:g}%"
+    desc = {None: "{f}", "held": f"{{f}} (seeded {pct} by patient, split_seed {spec.split_seed})",
+            "rest": f"{{f}} (without the seeded {pct} test patients, split_seed {spec.split_seed})"}
+    sources: dict[str, dict[str | None, str]] = {}
+    for s in wanted:
+        src, part = mapping[s]
+        sources.setdefault(src, {})[part] = s
+    order = [c for c in SPLITS if c in sources]
+    text = {s: desc[mapping[s][1]].format(f=_CHEXPERT_CSV[mapping[s][0]]) for s in wanted}
+    source = text[split] if split is not None else "; ".join(f"{s}: {t}" for s, t in text.items())
+    return [(root / _CHEXPERT_CSV[c], sources[c]) for c in order], source
+
+
+def _patient(rid: str) -> str:
+    """The CheXpert patient of a record id (``.../patient00001/study1/view1_frontal``)."""
+    m = _PATIENT.search(rid)
+    return m.group(1) if m else rid
+
+
 def _chexpert(spec: DatasetSpec, root: Path, split: str | None, col: _Collector) -> Table:
     names = resolve_findings(spec.findings)
-    if spec.csv:
-        stem = Path(spec.csv).stem.lower()
-        files = [(SPLIT_ALIASES.get(stem, "train"), root / spec.csv)]
-    else:
-        files = [(s, root / f) for s, f in (("train", "train.csv"), ("val", "valid.csv"), ("test", "test.csv"))
-                 if (root / f).is_file()]
-        if not files:
-            raise DataError(root, "CheXpert layout without train.csv or valid.csv")
-    if split is not None:
-        files = [(s, f) for s, f in files if s == split]
-        if not files:
-            raise DataError(root, f"no CSV for split '{split}' (CheXpert: train.csv, valid.csv, test.csv)")
+    files, split_source = _chexpert_sources(spec, root, split)
     root_r = root.resolve()
     records: list[Record] = []
     raws: list[list[float]] = []
-    for s, path in files:
+    for path, want in files:
         df = read_csv(path)
         _need(df, path, "Path", "image path")
         for n in names:
@@ -749,12 +931,19 @@ def _chexpert(spec: DatasetSpec, root: Path, split: str | None, col: _Collector)
                 col.bad(cand, f"{problem} (listed in {path.name} {row})")
                 continue
             rid = _strip_suffix(relp.as_posix()) if not os.path.isabs(value) else _strip_suffix(value)
-            records.append(Record(path=loc[0], rel=loc[1], id=rid, label=None, split=s, groups=rgroups))
+            part = None
+            if None not in want:
+                held = _hash_split(_patient(rid), spec.split_seed, 0.0, spec.test_fraction) == "test"
+                part = "held" if held else "rest"
+                if part not in want:
+                    continue
+            records.append(Record(path=loc[0], rel=loc[1], id=rid, label=None, split=want[part], groups=rgroups,
+                                  row=i + 2))
             raws.append(raw)
     raw_arr = np.asarray(raws, dtype=np.float32).reshape(len(records), len(names))
     labels = apply_uncertainty(raw_arr, spec.uncertainty, names=names, keys=[r.id for r in records],
                                seed=spec.uncertainty_seed)
     for r, lab in zip(records, labels, strict=True):
         r.label = lab
-    return Table(layout="chexpert", root=root, source=files[0][1], records=records, class_names=names,
-                 task="multilabel", skipped=col.skipped, raw_labels=raw_arr)
+    return Table(layout="chexpert", root=root, source=files[0][0], records=records, class_names=names,
+                 task="multilabel", skipped=col.skipped, raw_labels=raw_arr, split_source=split_source)

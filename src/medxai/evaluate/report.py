@@ -23,19 +23,26 @@ def _truth_cell(v: float) -> str | int:
 
 
 def predictions_csv(ids: Sequence[str], y_true: np.ndarray, scores: np.ndarray, class_names: Sequence[str],
-                    task: str) -> str:
-    """CSV text: ``id, truth, pred, score_<class>...`` (multilabel: ``truth_<label>`` with empty = NaN
-    and soft targets as their value, ``score_<label>``). Scores are written with 9 significant digits."""
+                    task: str, paths: Sequence[str] | None = None) -> str:
+    """CSV text: ``id, [path,] truth, true_class, pred, score_<class>...`` (multilabel: ``id, [path,]
+    truth_<label>...`` with empty = NaN and soft targets as their value, ``score_<label>``). ``path``
+    is written when ``paths`` is given (one per id); ``true_class`` is the truth's class name. Scores
+    are written with 9 significant digits."""
+    if paths is not None and len(paths) != len(ids):
+        raise ValueError(f"predictions_csv: {len(paths)} paths for {len(ids)} ids")
+    where = [[p] for p in paths] if paths is not None else [[] for _ in ids]
+    head = ["path"] if paths is not None else []
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     if task == "multilabel":
-        w.writerow(["id", *[f"truth_{c}" for c in class_names], *[f"score_{c}" for c in class_names]])
-        for i, t, s in zip(ids, y_true, scores, strict=True):
-            w.writerow([i, *[_truth_cell(v) for v in t], *[f"{v:.9g}" for v in s]])
+        w.writerow(["id", *head, *[f"truth_{c}" for c in class_names], *[f"score_{c}" for c in class_names]])
+        for i, p, t, s in zip(ids, where, y_true, scores, strict=True):
+            w.writerow([i, *p, *[_truth_cell(v) for v in t], *[f"{v:.9g}" for v in s]])
     else:
-        w.writerow(["id", "truth", "pred", *[f"score_{c}" for c in class_names]])
-        for i, t, s in zip(ids, y_true, scores, strict=True):
-            w.writerow([i, int(t), int(np.argmax(s)), *[f"{v:.9g}" for v in s]])
+        w.writerow(["id", *head, "truth", "true_class", "pred", *[f"score_{c}" for c in class_names]])
+        for i, p, t, s in zip(ids, where, y_true, scores, strict=True):
+            name = class_names[int(t)] if 0 <= int(t) < len(class_names) else ""
+            w.writerow([i, *p, int(t), name, int(np.argmax(s)), *[f"{v:.9g}" for v in s]])
     return buf.getvalue()
 
 
@@ -86,5 +93,8 @@ def evaluate_model(model: Any, info: Any, data: Any, *, out: str | Path, batch_s
         result["positive_class"] = info.class_names[1]
     out = Path(out)
     atomic_write_json(out / "eval.json", result)
-    atomic_write_text(out / "predictions.csv", predictions_csv(ids, y_true, scores, info.class_names, info.task))
+    records = getattr(data, "records", None)
+    paths = [r.rel for r in records] if records is not None and len(records) == len(ids) else None
+    atomic_write_text(out / "predictions.csv", predictions_csv(ids, y_true, scores, info.class_names, info.task,
+                                                               paths=paths))
     return result

@@ -267,5 +267,26 @@ def test_subgroups_and_model_card_come_from_the_report(shortcut_audit):
     assert "## Intended use" in md and "To be completed by the model's owner" in md
     html = (out / "report.html").read_text()
     for section in ('id="subgroups"', 'id="reliance"', 'id="discovery"', 'alt="SpRAy clusters of std"',
-                    'alt="subgroup metrics of std"'):
+                    'alt="subgroup metrics of std"', 'alt="mean attribution map per class of std"'):
         assert section in html
+
+
+def test_scorecard_and_discovery_panel_in_a_browser(shortcut_audit, browser):
+    from selenium.webdriver.common.by import By
+
+    res, out = shortcut_audit
+    browser.get((out / "report.html").as_uri())
+    first = browser.find_element(By.CSS_SELECTOR, "main section")
+    assert first.get_attribute("id") == "scorecard" and first.is_displayed()
+    rows = browser.find_elements(By.CSS_SELECTOR, "table.scorecard tr[data-dimension]")
+    assert [r.get_attribute("data-dimension") for r in rows][:2] == ["discrimination", "calibration"]
+    shortcut = browser.find_element(By.CSS_SELECTOR, "tr[data-dimension='shortcut reliance']")
+    assert shortcut.get_attribute("data-status") == "fail" and "fail" in shortcut.text
+    verdict = browser.find_element(By.CSS_SELECTOR, "p.verdict").text
+    assert verdict == res.report["scorecard"]["models"]["std"]["verdict"]
+    panel = browser.find_element(By.ID, "discovery")
+    img = panel.find_element(By.CSS_SELECTOR, "img.fig")
+    assert img.is_displayed() and browser.execute_script("return arguments[0].naturalWidth", img) > 100
+    assert len(panel.find_elements(By.CSS_SELECTOR, "table.discovery tr")) == 1 + 3  # header + 3 clusters
+    assert browser.find_element(By.ID, "reliance").find_element(By.CSS_SELECTOR, "table.intervention").is_displayed()
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []

@@ -90,9 +90,7 @@ def assemble_report(cfg: AuditConfig, out: Path, data_st: StageResult, model_sta
         report["assets"]["gallery"] = _rel(out, gallery.dir / gallery.result["png"])
     report["subgroups"] = _subgroup_section(out, evals)
     report["intervention"] = _intervention_section(interventions or {})
-    report["discovery"] = {"models": {m: {**st.result, "png": _rel(out, st.dir / st.result["png"])
-                                          if st.result.get("png") else None, "method": st.name.rsplit("/", 1)[-1]}
-                                      for m, st in (discovery or {}).items()}}
+    report["discovery"] = {"models": {m: _discovery_row(out, st) for m, st in (discovery or {}).items()}}
     report["explanations"] = _explanation_section(cfg, out, explained, sample, models, methods, class_names, task)
     report["explanations"]["unavailable"] = [{"model": mo, "method": me, "reason": why}
                                              for (mo, me), why in (unavailable or {}).items()]
@@ -127,6 +125,14 @@ def _subgroup_section(out: Path, evals: dict[str, dict]) -> dict:
             models[m] = {**ev["subgroups"], "png": _rel(out, png) if png else None}
     return {"models": models} if models else {"models": {}, "reason": "the data declare no subgroups (groups: in "
                                                             "a CSV spec, or sites=True for a synthetic study)"}
+
+
+def _discovery_row(out: Path, st: StageResult) -> dict:
+    """One model's SpRAy result with its figures' paths relative to the run directory."""
+    r = dict(st.result, method=st.name.rsplit("/", 1)[-1])
+    for key in ("png", "class_means_png"):
+        r[key] = _rel(out, st.dir / r[key]) if r.get(key) else None
+    return r
 
 
 def _intervention_section(interventions: dict[str, dict]) -> dict:

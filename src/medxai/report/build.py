@@ -220,8 +220,8 @@ def build_report(run_dir: str | Path) -> Path:
             assets["x_grid"] = _png_uri(_inside(run_dir, a["explanation_grid"]))
     if report.get("sanity"):
         assets["sanity"] = _sanity_figure(report["sanity"])
-    for section in ("subgroups", "discovery"):
-        assets[section] = {m: _png_uri(_inside(run_dir, v["png"]))
-                           for m, v in ((report.get(section) or {}).get("models") or {}).items() if v.get("png")}
+    for section, key in (("subgroups", "png"), ("discovery", "png"), ("class_means", "class_means_png")):
+        src = (report.get("discovery" if section == "class_means" else section) or {}).get("models") or {}
+        assets[section] = {m: _png_uri(_inside(run_dir, v[key])) for m, v in src.items() if v.get(key)}
     html = render_html(report, assets)
     return atomic_write_text(run_dir / "report.html", html)

@@ -29,6 +29,9 @@ def _run(cfg_source, out: Path, synthetic: bool | None, force: list[str], overri
             con.log(msg)
 
         res = run_audit(cfg, out, synthetic=synthetic, force=set(force), log=log)
+    pos = res.report.get("data", {}).get("positive_class")
+    if pos:
+        con.print(f"binary metrics take {pos!r} as the positive class", markup=False)
     _print_scorecard(con, res.report.get("scorecard") or {})
     con.rule("[bold]findings")
     for f in res.findings:

@@ -141,6 +141,7 @@ class ExplainConfig(_Strict):
 
 class ScoreConfig(_Strict):
     metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))  # as medxai score / store score
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-metric kwargs, e.g. {deletion: {steps: 32}}
     shortcut: bool = True
     sanity: bool = True
     sanity_methods: list[str] | None = None

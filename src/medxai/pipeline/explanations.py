@@ -98,7 +98,8 @@ def score_stage(d: Path, model: torch.nn.Module, s: EvalSample, ex: StageResult,
     if scfg.shortcut and s.shortcut_masks is not None and "shortcut_share" not in names:
         names.append("shortcut_share")
     res = score_samples(maps, names, ids=s.ids, images=s.x, masks=s.masks, has_mask=s.has_mask,
-                        shortcut_masks=s.shortcut_masks, targets=targets, model=model, seed=seed)
+                        shortcut_masks=s.shortcut_masks, targets=targets, model=model, options=scfg.options,
+                        seed=seed)
     out: dict[str, Any] = {"ids": res.ids, "metrics": {}, "skipped": dict(res.skipped),
                            "skipped_samples": res.skipped_samples}
     for col, vals in res.columns.items():
@@ -108,7 +109,8 @@ def score_stage(d: Path, model: torch.nn.Module, s: EvalSample, ex: StageResult,
         out["metrics"][col] = {"values": _per_sample(vals), "higher_is_better": res.meta[col]["higher_is_better"],
                                "category": res.meta[col]["category"]}
     if "deletion" in res.columns:  # the scorecard's faithfulness baseline: deletion of seeded random maps
-        out["random_baseline"] = {"deletion": _per_sample(_random_deletion(maps, s, targets, model, seed))}
+        out["random_baseline"] = {"deletion": _per_sample(_random_deletion(maps, s, targets, model, seed,
+                                                                           scfg.options))}
     if scfg.shortcut and "shortcut_share" in res.columns:
         share, peak = res.columns["shortcut_share"], res.columns["shortcut_max"]
         ok = torch.isfinite(share) & torch.isfinite(peak)
@@ -118,14 +120,14 @@ def score_stage(d: Path, model: torch.nn.Module, s: EvalSample, ex: StageResult,
 
 
 def _random_deletion(maps: torch.Tensor, s: EvalSample, targets: torch.Tensor, model: torch.nn.Module,
-                     seed: int) -> torch.Tensor:
+                     seed: int, options: dict[str, dict[str, Any]]) -> torch.Tensor:
     """Deletion scores of uniform random maps (seeded) of the maps' shape on the same images and targets."""
     from medxai.metrics import score_samples
 
     gen = torch.Generator().manual_seed(seed + 7919)
     noise = torch.rand(maps.shape, generator=gen, dtype=torch.float32)
     res = score_samples(noise, ["deletion"], ids=s.ids, images=s.x, masks=s.masks, has_mask=s.has_mask,
-                        shortcut_masks=None, targets=targets, model=model, seed=seed)
+                        shortcut_masks=None, targets=targets, model=model, options=options, seed=seed)
     return res.columns["deletion"]
 
 

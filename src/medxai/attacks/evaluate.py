@@ -29,6 +29,7 @@ from torch import nn
 from medxai._util.seed import derive_seed
 from medxai._util.validate import check_images
 from medxai.attacks._data import iter_batches
+from medxai.attacks.budget import check_budget
 from medxai.attacks.pgd import PGD, attack_mode
 from medxai.attacks.steps import STEPS
 from medxai.errors import InputError
@@ -49,6 +50,13 @@ def _make_attack(model: nn.Module, eps: float, attack: str, **kw: Any):
             raise InputError("APGD attacks single-label models (loss='ce')")
         return APGD(model, eps, loss=attack.split("-")[1], **kw)
     raise InputError(f"attack must be 'pgd', 'apgd-ce', 'apgd-dlr' or 'auto', got {attack!r}")
+
+
+def _check_budgets(eps: list[float], step_size: float | None, norm: str, shape: tuple[int, ...] | None) -> None:
+    for e in eps:
+        check_budget(e, norm, shape)
+    if step_size is not None:
+        check_budget(step_size, norm, shape, what="step_size")
 
 
 class _Labels:
@@ -151,6 +159,7 @@ def evaluate(model: nn.Module, data: Any, eps_list: list[float] | tuple[float, .
     if not eps_sorted or eps_sorted[0] < 0:
         raise InputError(f"eps_list must be a non-empty list of budgets >= 0, got {list(eps_list)}")
     STEPS.get(norm)  # an unknown norm fails before any work, listing the known ones
+    _check_budgets(eps_sorted, step_size, norm, None)  # Linf above 1, L2 above 1000: before any work
     loss = "bce" if task == "multilabel" else "ce"
     lab = _Labels(loss, label)
     if device is None:
@@ -166,6 +175,8 @@ def evaluate(model: nn.Module, data: Any, eps_list: list[float] | tuple[float, .
 
     for bi, (x, y) in enumerate(iter_batches(data, batch_size, device, limit)):
         check_images(x, "data images")
+        if bi == 0:  # L2 budgets against the diameter of the unit cube of these images, before attacking
+            _check_budgets(eps_sorted, step_size, norm, tuple(x.shape[1:]))
         y, rows = lab.targets(y)
         if not bool(rows.all()):
             x, y = x[rows], y[rows]

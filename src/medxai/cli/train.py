@@ -20,7 +20,7 @@ def _open(spec: str, split: str | None, options: dict[str, Any]) -> Any:
 def _console():
     from rich.console import Console
 
-    return Console(stderr=False, quiet=state.quiet, highlight=False)
+    return Console(stderr=False, highlight=False)  # results print under -q too: it hides progress bars only
 
 
 def build_model(cfg: Any, train_data: Any) -> Any:
@@ -49,28 +49,41 @@ def train_command(
     config: Path = typer.Option(None, "--config", "-c", help="Run config YAML (name, model, data, train)."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config key: --set train.lr=1e-3 (repeatable)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN/last.safetensors."),
-    out: Path = typer.Option(None, "--out", help="Run directory (default: OUT/NAME from the config)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Run directory (default: OUT/NAME from the config)."),
 ) -> None:
     """Train a model from a YAML config; writes a run directory (checkpoints, metrics, logs).
 
     Under ``torchrun --nproc_per_node=N --no-python medxai train ...`` it trains with
-    DistributedDataParallel (``train.batch_size`` per process); rank 0 writes and prints."""
+    DistributedDataParallel (``train.batch_size`` per process); rank 0 writes and prints.
+    Ctrl-C stops with exit code 130 and one line saying how to resume."""
     from medxai import distributed
-    from medxai._util.seed import seed_everything
-    from medxai.train import fit
     from medxai.train.config import load_run_config
 
     if config is None:
         if not (resume and out is not None):
             raise ConfigError("--config is required (or --resume --out RUN to reuse RUN/config.yaml)")
         config = out / "config.yaml"
-    cfg = load_run_config(config, overrides)
-    dist_info = distributed.setup()  # one process unless torchrun set WORLD_SIZE > 1
+    cfg = load_run_config(config, overrides, options=True)  # every section checked before any data is read
     run_dir = out if out is not None else Path(cfg.out) / cfg.name
     if not resume and (run_dir / "last.safetensors").exists():
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     if resume and not (run_dir / "last.safetensors").exists():
         raise ConfigError(f"--resume: {run_dir / 'last.safetensors'} does not exist")
+    dist_info = None
+    try:
+        dist_info = distributed.setup()  # one process unless torchrun set WORLD_SIZE > 1
+        _train(cfg, run_dir, resume, dist_info.is_main)
+    except KeyboardInterrupt as exc:
+        if dist_info is None or dist_info.is_main:
+            typer.echo(_interrupted_line(exc, run_dir, config), err=True)
+        raise SystemExit(130) from None
+
+
+def _train(cfg: Any, run_dir: Path, resume: bool, is_main: bool) -> None:
+    """Open the data, build the model, ``fit`` and print the one-line summary (rank 0)."""
+    from medxai._util.seed import seed_everything
+    from medxai.train import fit
+
     opts = dict(cfg.data.options)
     train_data = _open(cfg.data.train, cfg.data.train_split, opts)
     val_data = None
@@ -81,12 +94,25 @@ def train_command(
     meta = {"data": cfg.data.model_dump(mode="json")}
     result = fit(model, train_data, val_data, cfg.train, run_dir=run_dir, resume=resume,
                  progress=not state.quiet, meta=meta, full_config=cfg.model_dump(mode="json"))
-    if not dist_info.is_main:
+    if not is_main:
         return
     best = "-" if result.best_value is None else f"{result.best_value:.4f}"
     _console().print(f"run {run_dir}: {result.epochs_run} epoch(s), best {result.monitor} {best} "
                      f"at epoch {result.best_epoch}, {result.train_time_s:.1f}s"
                      + (" (stopped early)" if result.stopped_early else ""))
+
+
+def _interrupted_line(exc: BaseException, run_dir: Path, config: Path) -> str:
+    """What a Ctrl-C leaves and how to go on: resume from last.safetensors, or start again."""
+    from medxai.train import TrainingInterrupted
+
+    if (run_dir / "last.safetensors").is_file():
+        at = f"at epoch {exc.epoch}" if isinstance(exc, TrainingInterrupted) else "before training started"
+        done = f" ({exc.epochs_done} epoch(s) saved)" if isinstance(exc, TrainingInterrupted) else ""
+        return f"interrupted {at}{done}; resume with medxai train --resume --out {run_dir}"
+    at = f"at epoch {exc.epoch}, " if isinstance(exc, TrainingInterrupted) else ""
+    return (f"interrupted {at}before any checkpoint was written; start again with "
+            f"medxai train --config {config} --out {run_dir}")
 
 
 @app.command("evaluate")
@@ -95,7 +121,7 @@ def evaluate_command(
     model: Path | None = typer.Option(None, "--model", "-m", help="Or an outside model's card YAML."),
     data: str = typer.Option(..., "--data", help="Dataset spec (folder or spec string) to evaluate on."),
     split: str = typer.Option("test", "--split", help="Split of the dataset."),
-    out: Path = typer.Option(None, "--out", help="Where eval.json and predictions.csv go (default: the run)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Where eval.json and predictions.csv go (default: the run)."),
     which: str = typer.Option("best", "--which", help="Checkpoint: best or last."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates for the 95% CIs (0: none)."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),

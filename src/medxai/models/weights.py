@@ -2,7 +2,10 @@
 
 Files: ``.safetensors`` (``safetensors.torch.load_file``) or ``.pth``/``.pt`` through
 ``torch.load(weights_only=True)``: a pickle that would build arbitrary objects (and so could run
-code) is refused with ``CheckpointError``; other suffixes are refused.
+code) is refused with ``CheckpointError``; other suffixes are refused. A medxai run's own
+``best.safetensors`` / ``last.safetensors`` gives its model weights (the ``model/`` tensors). Whole
+programs (TorchScript archives, ``torch.export`` programs, ONNX files) are refused with a pointer to
+model cards, which audit them as they are.
 
 Layouts: nested dicts (``state_dict``, ``model``, ``teacher``, ...) are unwrapped, prefixes such
 as ``module.`` / ``_orig_mod.`` / ``backbone.`` are stripped when that makes more keys match, and
@@ -35,12 +38,16 @@ from torch import nn
 
 from medxai.errors import CheckpointError
 
-__all__ = ["LoadReport", "adapt_input_conv", "load_weights", "read_state_dict"]
+__all__ = ["LoadReport", "adapt_input_conv", "check_weights_file", "load_weights", "read_state_dict"]
 
 _NESTED_KEYS = ("state_dict", "model", "model_state_dict", "teacher", "module", "student", "net", "network",
                 "state_dict_ema", "model_ema", "ema")
 _PREFIXES = ("module.", "_orig_mod.", "model.", "backbone.", "encoder.", "net.", "base_model.")
 _IGNORED_MISSING = ("num_batches_tracked",)
+# medxai.runs.FORMAT, written here as a literal: models sits below runs in the import layers
+_MEDXAI_CHECKPOINT = "medxai.checkpoint/1"
+_CARD_HINT = ("to audit it as it is, write a model card (medxai audit --model card.yaml; see README 'Audit your own "
+              "model'); to train from its weights, save them with torch.save(model.state_dict()) or as .safetensors")
 
 
 @dataclass
@@ -63,16 +70,10 @@ class LoadReport:
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint file into a flat {name: tensor} dict (nested layouts unwrapped)."""
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: no such checkpoint file")
+    check_weights_file(p)
     suffix = p.suffix.lower()
     if suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            obj = load_file(str(p), device="cpu")
-        except Exception as err:
-            raise CheckpointError(f"{p}: not a readable safetensors file ({err})") from None
+        obj = _read_safetensors(p)
     elif suffix in (".pth", ".pt"):
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True)
@@ -98,6 +99,58 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{p}: unsupported checkpoint type {suffix or '(no suffix)'!r}; "
                               "use .safetensors, .pth or .pt")
     return _flatten(obj, str(p))
+
+
+def check_weights_file(path: str | Path) -> None:
+    """Cheap checks of a ``pretrained`` path before anything is built: the file exists and is not a
+    whole program (TorchScript, ``torch.export``, ONNX: those are audited through a model card)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: no such checkpoint file")
+    kind = _program_kind(p)
+    if kind is not None:
+        raise CheckpointError(f"{p}: is {kind}, not a state dict: {_CARD_HINT}")
+
+
+def _program_kind(p: Path) -> str | None:
+    """'a TorchScript archive' / 'a torch.export program' / 'an ONNX model' when the file is a
+    whole program (a model card's formats) rather than weights; None otherwise."""
+    import zipfile
+
+    if p.suffix.lower() == ".onnx":
+        return "an ONNX model"
+    if not zipfile.is_zipfile(p):
+        return None
+    try:
+        with zipfile.ZipFile(p) as zf:
+            names = zf.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return None
+    if any(n.endswith("/archive_format") or n.endswith("/serialized_exported_program.json")
+           or "/models/model.json" in n for n in names):
+        return "a torch.export program"
+    if any("/code/__torch__/" in n or n.endswith("/constants.pkl") for n in names):
+        return "a TorchScript archive"
+    return None
+
+
+def _read_safetensors(p: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a .safetensors file; a medxai checkpoint (a run's best/last.safetensors,
+    metadata ``format`` medxai.checkpoint/1) gives its model weights (``model/`` prefix stripped)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(p), framework="pt", device="cpu") as fh:
+            metadata = fh.metadata() or {}
+        obj = load_file(str(p), device="cpu")
+    except Exception as err:
+        raise CheckpointError(f"{p}: not a readable safetensors file ({err})") from None
+    if metadata.get("format") == _MEDXAI_CHECKPOINT:
+        obj = {k[len("model/"):]: v for k, v in obj.items() if k.startswith("model/")}
+        if not obj:
+            raise CheckpointError(f"{p}: a medxai checkpoint without model weights (no model/ tensors)")
+    return obj
 
 
 def _flatten(obj: object, source: str) -> dict[str, torch.Tensor]:

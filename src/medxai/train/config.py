@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from medxai._util.io import safe_yaml_load
-from medxai.errors import ConfigError
+from medxai.errors import ConfigError, MedxaiError
 
 Task = Literal["binary", "multiclass", "ordinal", "multilabel"]
 
@@ -214,8 +214,30 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
     return out
 
 
-def load_run_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
-    """Read a ``medxai train`` YAML file (``safe_yaml_load``), apply overrides, validate."""
+def check_options(cfg: RunConfig | TrainConfig) -> None:
+    """Validate the sections passed on as keyword arguments, before any data is read or any model
+    built: ``train.objective`` against its objective's parameters (``check_objective``: unknown or
+    missing keys, refused values such as a Linf ``eps`` above 1) and ``model.pretrained`` (the file
+    exists and holds weights, not a TorchScript / torch.export / ONNX program). One ``ConfigError``
+    line naming the key. (``model.params`` and ``data.options`` go to builders taking ``**kw``:
+    checked there.)"""
+    from medxai.train.objectives import check_objective
+
+    train, prefix = (cfg.train, "train.") if isinstance(cfg, RunConfig) else (cfg, "")
+    check_objective(train.objective.name, train.objective.params(), prefix=prefix)
+    if isinstance(cfg, RunConfig) and cfg.model.pretrained is not None:
+        from medxai.models.weights import check_weights_file
+
+        try:
+            check_weights_file(cfg.model.pretrained)
+        except MedxaiError as exc:
+            raise ConfigError(f"model.pretrained: {exc}") from None
+
+
+def load_run_config(path: str | Path, overrides: Iterable[str] = (), *, options: bool = False) -> RunConfig:
+    """Read a ``medxai train`` YAML file (``safe_yaml_load``), apply overrides, validate; errors
+    start with the file's path. ``options=True`` also checks the keyword sections (``check_options``:
+    the objective's keys and values), as ``medxai train`` does."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -231,7 +253,14 @@ def load_run_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfi
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the config must be a mapping of sections, got {type(data).__name__}")
-    return validate(RunConfig, apply_overrides(data, overrides))
+    merged = apply_overrides(data, overrides)
+    try:
+        cfg = validate(RunConfig, merged)
+        if options:
+            check_options(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return cfg
 
 
 def dump_yaml(model: BaseModel) -> str:

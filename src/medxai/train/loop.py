@@ -59,7 +59,7 @@ from medxai.train.losses import (
     class_weights_from_labels,
     sample_weights_from_labels,
 )
-from medxai.train.objectives import StepContext, create_objective
+from medxai.train.objectives import StepContext, check_objective
 
 log = logging.getLogger("medxai.train")
 
@@ -72,6 +72,18 @@ class NonFiniteLossError(MedxaiError):
         kept = f"last good checkpoint kept: {checkpoint}" if checkpoint else "no checkpoint was written"
         super().__init__(f"non-finite training loss ({value}) at epoch {epoch}, step {step}; "
                          f"training stopped before the update ({kept})")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped ``fit`` during epoch ``epoch`` (from 1). Nothing is written at the
+    interruption: ``checkpoint`` (last.safetensors, or None before the first epoch ended) holds the
+    state after epoch ``epochs_done``, which ``resume=True`` continues bitwise as if never stopped."""
+
+    def __init__(self, epoch: int, epochs_done: int, checkpoint: Path | None, run_dir: Path | None) -> None:
+        self.epoch, self.epochs_done, self.checkpoint, self.run_dir = epoch, epochs_done, checkpoint, run_dir
+        kept = (f"{checkpoint} holds epoch {epochs_done}" if checkpoint is not None
+                else "no checkpoint was written")
+        super().__init__(f"interrupted at epoch {epoch} ({kept})")
 
 
 @dataclass
@@ -316,7 +328,8 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
     ``run_dir/last.safetensors``. ``meta``: extra entries for model.json (e.g. preprocessing).
     ``full_config``: written to config.yaml instead of the train config alone (the CLI passes the
     whole resolved run config; its ``train`` section is replaced by the validated one).
-    Raises ``NonFiniteLossError`` naming epoch and step if the loss stops being finite.
+    Raises ``NonFiniteLossError`` naming epoch and step if the loss stops being finite, and
+    ``TrainingInterrupted`` (a ``KeyboardInterrupt``) naming the epoch on Ctrl-C.
     """
     cfg = train_config(config)
     run_dir = Path(run_dir) if run_dir is not None else None
@@ -328,16 +341,24 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
         seed_everything(_ddp.rank_seed(cfg.seed, run.dist_info))
     _write_run_files(run, model_meta, resume, full_config)
     run.t_start = time.perf_counter()
-    with ExitStack() as stack:
-        _enter_modes(run, stack, progress)
-        run.optimizer.zero_grad(set_to_none=True)
-        for epoch in range(run.start_epoch, cfg.epochs):
-            if run.stopped:
-                break
-            _run_epoch(run, epoch)
-            if run.stopped:
-                run.note(f"early stopping: {run.es_monitor} did not improve for {run.es_bad} epoch(s)")
-                break
+    try:
+        with ExitStack() as stack:
+            _enter_modes(run, stack, progress)
+            run.optimizer.zero_grad(set_to_none=True)
+            for epoch in range(run.start_epoch, cfg.epochs):
+                if run.stopped:
+                    break
+                _run_epoch(run, epoch)
+                if run.stopped:
+                    run.note(f"early stopping: {run.es_monitor} did not improve for {run.es_bad} epoch(s)")
+                    break
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, TrainingInterrupted):
+            raise
+        stop = TrainingInterrupted(max(run.epoch, run.start_epoch) + 1, len(run.history), run.kept_checkpoint(),
+                                   run.run_dir)
+        run.note(str(stop))
+        raise stop from None
     return _finish(run)
 
 
@@ -425,6 +446,7 @@ def _prepare(model: nn.Module, train_data: Dataset, val_data: Dataset | None, cf
              run_dir: Path | None, resume: bool) -> _Run:
     """Check the config, place the model, build loaders, optimizer, schedules, losses and objective."""
     task, head, monitor, known, es_monitor = _check_task(cfg, model, train_data, val_data, run_dir, resume)
+    objective = check_objective(cfg.objective.name, cfg.objective.params())  # before any data is read
     device = _resolve_device(cfg.device)
     dist_info = _ddp.setup()  # torchrun: DDP over WORLD_SIZE processes; else one process, as before
     device = _ddp.device_for(device, dist_info)
@@ -448,7 +470,7 @@ def _prepare(model: nn.Module, train_data: Dataset, val_data: Dataset | None, cf
                plateau=plateau,
                loss_fn=build_loss(task, num_classes, class_weights=weights, label_smoothing=cfg.label_smoothing),
                plain_loss=build_loss(task, num_classes),
-               objective=create_objective(cfg.objective.name, **cfg.objective.params()))
+               objective=objective)
     run.ctx = StepContext(model=_ddp.wrap(model, dist_info, device), optimizer=optimizer, loss_fn=run.loss_fn,
                           backward_step=run.backward_step, autocast=run.autocast, epoch=0, step=0, task=task)
     return run

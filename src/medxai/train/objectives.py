@@ -10,7 +10,8 @@ replay a batch m times, fit without copying the loop.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from medxai._util.registry import Registry
+from medxai.errors import ConfigError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -86,5 +88,38 @@ class Standard(Objective):
 
 
 def create_objective(name: str, **params: Any) -> Objective:
-    """Build a registered objective by name with its parameters (from the config)."""
-    return OBJECTIVES.get(name)(**params)
+    """Build a registered objective by name with its parameters (from the config); errors name the
+    key (``check_objective``)."""
+    return check_objective(name, params, prefix="")
+
+
+def check_objective(name: str, params: Mapping[str, Any], *, prefix: str = "train.") -> Objective:
+    """Build the objective ``name`` with ``params`` (the config's other ``objective`` keys), or raise
+    one ``ConfigError`` line naming the key: an unknown name, an option the objective does not take
+    (``train.objective.epsilon: unknown key for objective 'adversarial' (known: eps, steps, ...)``),
+    a missing required option, or a value its constructor refuses. Cheap: no data, no model."""
+    where = f"{prefix}objective"
+    try:
+        cls = OBJECTIVES.get(name)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.name: {exc}") from None
+    sig = inspect.signature(cls)
+    takes = [p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    known = [p.name for p in takes]
+    if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        unknown = [k for k in params if k not in known]
+        if unknown:
+            listed = ", ".join(known) if known else "none: it takes no option"
+            raise ConfigError(f"{where}.{unknown[0]}: unknown key for objective {name!r} (known: {listed})"
+                              + (f"; also unknown: {', '.join(unknown[1:])}" if unknown[1:] else ""))
+    missing = [p.name for p in takes if p.default is p.empty and p.name not in params]
+    if missing:
+        raise ConfigError(f"{where}.{missing[0]}: required by objective {name!r} (e.g. {missing[0]}: 2/255)"
+                          if missing[0] == "eps" else f"{where}.{missing[0]}: required by objective {name!r}")
+    try:
+        return cls(**params)
+    except ConfigError as exc:
+        msg = str(exc)
+        raise ConfigError(prefix + msg if msg.startswith("objective.") else f"{where}: {msg}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: invalid options for objective {name!r} ({exc})") from None

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from medxai._util.seed import derive_seed
-from medxai.attacks.budget import parse_eps
+from medxai.attacks.budget import check_budget, parse_eps
 from medxai.attacks.pgd import PGD, attack_mode
 from medxai.errors import ConfigError
 from medxai.train.objectives import OBJECTIVES, Objective, StepContext, StepOutput
@@ -54,12 +54,20 @@ def _check_norm(norm: str) -> str:
 
 class _Budget:
     def __init__(self, eps: float | str, step_size: float | str | None, norm: str, warmup_epochs: float = 0) -> None:
-        self.eps = parse_eps(eps)
-        self.step_size = None if step_size is None else parse_eps(step_size)
         self.norm = _check_norm(norm)
+        self.eps = check_budget(parse_eps(eps), self.norm, what="objective.eps")
+        self.step_size = (None if step_size is None
+                          else check_budget(parse_eps(step_size), self.norm, what="objective.step_size"))
+        self._shape_checked = False
         if warmup_epochs < 0:
             raise ConfigError(f"objective.warmup_epochs must be >= 0, got {warmup_epochs}")
         self.warmup_epochs = float(warmup_epochs)
+
+    def check_shape(self, x: torch.Tensor) -> None:
+        """Once: an L2 budget must be smaller than the diameter of the unit cube of these images."""
+        if not self._shape_checked:
+            check_budget(self.eps, self.norm, tuple(x.shape[1:]), what="objective.eps")
+            self._shape_checked = True
 
     def scale(self, epoch: int) -> float:
         """Eps warm-up: eps grows linearly over the first ``warmup_epochs`` epochs (1 at the end)."""
@@ -97,6 +105,7 @@ class Adversarial(Objective, _Budget):
         return atk(x, y)
 
     def train_step(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        self.check_shape(x)
         x_adv = self.attack(ctx, x, y)
         extra: dict[str, float] = {}
         with ctx.autocast():
@@ -144,6 +153,7 @@ class Trades(Objective, _Budget):
         self.beta, self.steps = float(beta), int(steps)
 
     def train_step(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        self.check_shape(x)
         s = self.scale(ctx.epoch)
         with torch.no_grad(), attack_mode(ctx.model):
             clean_ref = ctx.model(x).float()
@@ -201,6 +211,7 @@ class Fast(Objective, _Budget, _CheckBatch):
 
     def train_step(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         self.remember(x, y)
+        self.check_shape(x)
         s = self.scale(ctx.epoch)
         eps = self.eps * s
         alpha = 1.25 * eps if self.step_size is None else self.step_size * s
@@ -277,6 +288,7 @@ class Free(Objective, _Budget):
     def train_step(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         from medxai.attacks.steps import STEPS
 
+        self.check_shape(x)
         s = self.scale(ctx.epoch)
         stepper = STEPS.get(self.norm)()
         eps = torch.tensor(self.eps * s, device=x.device, dtype=x.dtype)

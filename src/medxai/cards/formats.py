@@ -27,7 +27,7 @@ from torch import nn
 from medxai.cards.card import ModelCard
 from medxai.errors import CheckpointError, MedxaiError, ModelError
 
-__all__ = ["READERS", "first_line", "n_outputs_for"]
+__all__ = ["READERS", "check_archive", "check_onnx_external_data", "first_line", "n_outputs_for"]
 
 
 def first_line(exc: BaseException) -> str:
@@ -40,7 +40,62 @@ def n_outputs_for(card: ModelCard) -> int:
     return 2 if card.task == "binary" else len(card.classes)
 
 
+#: archive limits checked before torch reads a TorchScript / torch.export zip (a zip bomb or a
+#: member path that leaves the archive is refused first)
+MAX_MEMBERS = 100_000
+MAX_UNPACKED = 16 * 2**30  # bytes
+
+
+def check_archive(path: str) -> None:
+    """Refuse a model zip with too many members, members whose unpacked size is too large in total
+    or out of proportion to the file (a zip bomb), or member names that are absolute or use '..'."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelError(f"{path}: not a zip archive as TorchScript / torch.export files are ({first_line(exc)})") \
+            from None
+    if len(infos) > MAX_MEMBERS:
+        raise ModelError(f"{path}: {len(infos)} archive members (more than {MAX_MEMBERS}): refused")
+    total = sum(i.file_size for i in infos)
+    packed = max(1, sum(i.compress_size for i in infos))
+    if total > MAX_UNPACKED or total > 200 * packed + 2**20:
+        raise ModelError(f"{path}: the archive unpacks to {total / 2**30:.1f} GiB from {packed / 2**20:.1f} MiB: "
+                         "refused (a zip bomb?)")
+    bad = [i.filename for i in infos if i.filename.startswith(("/", "\\")) or ".." in i.filename.split("/")]
+    if bad:
+        raise ModelError(f"{path}: archive member {bad[0]!r} leaves the archive: refused")
+
+
+def check_onnx_external_data(path: str) -> None:
+    """Refuse an ONNX file whose external-data locations leave the model's folder (the onnx
+    path-traversal class of bugs), before onnx reads any of them."""
+    from pathlib import Path
+
+    try:
+        import onnx
+        from onnx.external_data_helper import uses_external_data
+    except ImportError:
+        return  # onnx_to_torch says how to install it
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as exc:
+        raise ModelError(f"{path}: not a readable ONNX file ({first_line(exc)})") from None
+    folder = Path(path).resolve().parent
+    for t in model.graph.initializer:
+        if not uses_external_data(t):
+            continue
+        where = {e.key: e.value for e in t.external_data}.get("location", "")
+        target = (folder / where).resolve()
+        if Path(where).is_absolute() or not target.is_relative_to(folder):
+            raise ModelError(f"{path}: initializer {t.name!r} keeps its data at {where!r}, outside the model's folder: "
+                             "refused")
+
+
 def read_torchscript(card: ModelCard) -> nn.Module:
+    check_archive(card.path)
     try:
         return torch.jit.load(card.path, map_location="cpu").eval()
     except Exception as exc:  # torch raises RuntimeError / ValueError / zipfile errors
@@ -48,6 +103,7 @@ def read_torchscript(card: ModelCard) -> nn.Module:
 
 
 def read_exported(card: ModelCard) -> nn.Module:
+    check_archive(card.path)
     try:
         program = torch.export.load(card.path)
     except Exception as exc:
@@ -62,6 +118,7 @@ def read_exported(card: ModelCard) -> nn.Module:
 def read_onnx(card: ModelCard) -> nn.Module:
     from medxai.cards.onnx_graph import onnx_to_torch
 
+    check_onnx_external_data(card.path)
     return onnx_to_torch(card.path).eval()
 
 

@@ -41,12 +41,12 @@ from typing import Any
 
 import numpy as np
 
-from medxai.errors import ConfigError, DataError
+from medxai.errors import ConfigError, DataError, ModelError
 
 TIME_LIMIT_S = 5.0
 MEMORY_HEADROOM = 3 * 2**30  # bytes of address space above what the process holds at the start
 N_FULL, N_QUICK = 10_000, 100
-ALLOWED = (DataError, ConfigError)
+ALLOWED = (DataError, ConfigError, ModelError)
 
 INTERESTING_BYTES = (0x00, 0x01, 0x7F, 0x80, 0xFF, 0xFE, 0x20, 0x0A, 0x22, 0x2C)
 INTERESTING_INTS = (0, 1, 2, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0xFFFF, 0x10000, 60000, 0x7FFFFFFF,
@@ -346,7 +346,46 @@ def targets(work: Path) -> list[Target]:
     out.append(Target("manifest-json", [MANIFEST_SEED.encode()], man_root / "medxai.json",
                       lambda p: open_dataset(p.parent, on_error="skip"), lambda ds: _check_dataset(ds, man_root),
                       text=True))
+    out += _card_targets(work)
     return out
+
+
+CARD_SEED = """path: m.onnx
+format: onnx
+task: binary
+classes: [NORMAL, PNEUMONIA]
+positive_class: PNEUMONIA
+input: {size: [8, 8], channels: 1, normalize: {mean: [0.5], std: [0.25]}}
+output: logits
+"""
+
+
+def _card_targets(work: Path) -> list[Target]:
+    """The model-card loader: the card YAML mutated (the model file fixed), and the ONNX bytes mutated."""
+    import torch
+
+    from medxai.cards import load_card
+
+    d = work / "card"
+    d.mkdir(parents=True, exist_ok=True)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten()).eval()
+    torch.onnx.export(net, (torch.rand(1, 1, 8, 8),), str(d / "m.onnx"), dynamo=False, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
+    (d / "card.yaml").write_text(CARD_SEED)
+    onnx_dir = work / "onnx"
+    onnx_dir.mkdir(parents=True, exist_ok=True)
+    (onnx_dir / "card.yaml").write_text(CARD_SEED)
+
+    def model_ok(loaded: Any) -> None:  # a card that loads gives a model that runs on its own input shape
+        model, info = loaded
+        h, w = info.meta["image_size"]
+        z = model(torch.rand(2, info.meta["channels"], h, w))
+        assert z.shape == (2, len(info.class_names)) and bool(torch.isfinite(z).all())
+
+    return [Target("model-card-yaml", [CARD_SEED.encode()], d / "card.yaml", load_card, model_ok, text=True),
+            Target("onnx", [(d / "m.onnx").read_bytes()], onnx_dir / "m.onnx",
+                   lambda p: load_card(p.parent / "card.yaml"), model_ok)]
 
 
 # ---------------------------------------------------------------------------------- campaign
@@ -436,8 +475,8 @@ def run(quick: bool = False, seed: int = 0) -> dict:
             res = campaign(target, n, seed)
             ok = res["unexpected"] == 0 and res["hangs"] == 0
             rows.append(row(f"fuzz {target.name}", None, res["mean_s"], None, target=0, target_on="unexpected",
-                            higher_is_better=False, note=f"{n} seeded mutants; only DataError/ConfigError or a "
-                            f"valid result allowed; {time_limit_note()}",
+                            higher_is_better=False, note=f"{n} seeded mutants; only DataError/ConfigError/ModelError "
+                            f"or a valid result allowed; {time_limit_note()}",
                             miss_reason="; ".join(f["error"] for f in res["failures"][:3]),
                             **{k: v for k, v in res.items() if k not in ("target", "failures")},
                             contract_held=ok, first_failures=res["failures"][:3]))
@@ -447,7 +486,8 @@ def run(quick: bool = False, seed: int = 0) -> dict:
         shutil.rmtree(work, ignore_errors=True)
     return {"kind": "fuzz", "rows": rows,
             "notes": f"Seeded byte mutations of valid files ({n} inputs per target, seed {seed}); 'unexpected' "
-                     "counts exceptions other than DataError / ConfigError and invalid results; 'hangs' inputs "
+                     "counts exceptions other than DataError / ConfigError / ModelError and invalid results; 'hangs' "
+                     "inputs "
                      f"that ran past {TIME_LIMIT_S} s; the address space was capped at the start size + "
                      f"{MEMORY_HEADROOM / 2**30:.0f} GiB (a blow-up would be a counted MemoryError); peak_rss_mb "
                      "is the process's maximum resident set after the target's campaign."}

@@ -37,13 +37,27 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class NormalizeStats(_Strict):
+    """``{mean, std}``: one number for every channel, or one per channel; std > 0."""
+
+    mean: float | list[float]
+    std: float | list[float]
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, v: float | list[float]) -> float | list[float]:
+        if any(x <= 0 for x in (v if isinstance(v, list) else [v])):
+            raise ValueError(f"std must be > 0, got {v}")
+        return v
+
+
 class InputSpec(_Strict):
     """The images the model expects: ``size`` [H, W] pixels, ``channels``, and the normalisation it
     expects *outside* itself (medxai applies it, so [0, 1] images go in as everywhere else)."""
 
     size: list[int] = Field(min_length=2, max_length=2)
     channels: int = Field(3, ge=1)
-    normalize: Literal["imagenet", "none"] | dict[str, Any] = "none"
+    normalize: Literal["imagenet", "none"] | NormalizeStats = "none"
 
     @field_validator("size")
     @classmethod
@@ -52,12 +66,14 @@ class InputSpec(_Strict):
             raise ValueError(f"size must be two positive integers [H, W], got {v}")
         return [int(s) for s in v]
 
-    @field_validator("normalize")
-    @classmethod
-    def _norm(cls, v: Any) -> Any:
-        if isinstance(v, dict) and set(v) != {"mean", "std"}:
-            raise ValueError(f"normalize as a mapping needs exactly the keys mean and std, got {sorted(v)}")
-        return v
+    @model_validator(mode="after")
+    def _per_channel(self) -> InputSpec:
+        if isinstance(self.normalize, NormalizeStats):
+            for key in ("mean", "std"):
+                v = getattr(self.normalize, key)
+                if isinstance(v, list) and len(v) not in (1, self.channels):
+                    raise ValueError(f"normalize.{key} has {len(v)} values for {self.channels} channel(s)")
+        return self
 
 
 class ModelCard(_Strict):

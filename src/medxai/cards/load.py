@@ -126,7 +126,7 @@ def load_card(source: str | Path | ModelCard, *, device: str | torch.device | No
     card = source if isinstance(source, ModelCard) else read_card(source)
     net = READERS[card.format](card)
     norm = card.input.normalize
-    normalize, norm_json = resolve_normalize((norm["mean"], norm["std"]) if isinstance(norm, dict) else norm,
+    normalize, norm_json = resolve_normalize(norm if isinstance(norm, str) else (norm.mean, norm.std),
                                              card.input.channels)
     x = normalize(_probe(card))
     z = _run_probe(card, net, x)

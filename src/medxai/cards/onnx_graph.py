@@ -156,7 +156,9 @@ class OnnxModule(nn.Module):
         return env[self.output_name]
 
 
-def _sanitise(name: str) -> str:
+def _sanitise(name: str | bytes) -> str:
+    if isinstance(name, bytes):  # protobuf hands over names that are not valid UTF-8 as bytes
+        name = name.decode("utf-8", "replace")
     return re.sub(r"_+", "_", re.sub(r"[^0-9A-Za-z_]", "_", name)).strip("_")
 
 
@@ -852,6 +854,9 @@ def onnx_to_torch(source: str | Path | onnx.ModelProto) -> OnnxModule:
         if str(exc).startswith(label):
             raise
         raise ModelError(f"{label}: {exc}") from exc
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as exc:  # a malformed graph
+        raise ModelError(f"{label}: cannot interpret the ONNX graph ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:200]})") from None
 
 
 def crosscheck(source: str | Path | onnx.ModelProto, module: nn.Module, x: Tensor, *, atol: float = 1e-4,

@@ -13,6 +13,7 @@ from medxai.attacks.plots import plot_success
 from medxai.cli import _load_commands
 from medxai.cli._app import app
 from medxai.corruptions import apply, corruption_table, plot_drops
+from medxai.data.sampling import sample_indices
 
 
 def _invoke(args):
@@ -107,8 +108,9 @@ def test_attack_command_equals_the_api(study_and_runs, tmp_path):
     rep = json.loads((tmp_path / "attack.json").read_text())
     assert rep["eps"] == [0.0, 1 / 255, 4 / 255] and set(rep["runs"]) == {"std", "adv"}
     test = open_dataset(str(root / "data"), split="test")
-    x = torch.stack([test[i]["image"] for i in range(20)])
-    y = torch.stack([test[i]["label"] for i in range(20)])
+    index = sample_indices(test, 20, seed=0)[0]  # --n draws a stratified prefix (seeded by --seed)
+    x = torch.stack([test[i]["image"] for i in index])
+    y = torch.stack([test[i]["label"] for i in index])
     model, _ = load_run(runs[0], device="cpu")
     api = evaluate(model, (x, y), [0.0, 1 / 255, 4 / 255], steps=3, task="binary", seed=0)
     assert rep["runs"]["std"]["success_rate"] == api["success_rate"]
@@ -131,14 +133,11 @@ def test_corrupt_command_writes_table_and_heat_map(study_and_runs, tmp_path):
         main(["--quiet", "corrupt", "--data", str(root / "data")])  # neither --run nor --gallery: exit 2
 
 
-def _test_sample(root, n):
+def _test_sample(root, n, seed):
     from medxai.data import open_dataset
-    from medxai.pipeline.data import EvalSample
+    from medxai.pipeline.data import eval_sample
 
-    test = open_dataset(str(root / "data"), split="test")
-    x = torch.stack([test[i]["image"] for i in range(n)])
-    y = torch.stack([torch.as_tensor(test[i]["label"]) for i in range(n)])
-    return EvalSample(x=x, y=y, ids=[str(i) for i in range(n)])
+    return eval_sample(open_dataset(str(root / "data"), split="test"), n, seed=seed)
 
 
 def test_corrupt_command_and_the_audit_give_identical_tables(study_and_runs, tmp_path):
@@ -154,7 +153,7 @@ def test_corrupt_command_and_the_audit_give_identical_tables(study_and_runs, tmp
           "-o", str(tmp_path)])
     cli = json.loads((tmp_path / "corruption.json").read_text())["runs"]["std"]
     model, info = load_run(runs[0], device="cpu")
-    audit = audit_table(model, _test_sample(root, 16), "binary", info.class_names, ["gaussian_noise", "haze"],
+    audit = audit_table(model, _test_sample(root, 16, 4), "binary", info.class_names, ["gaussian_noise", "haze"],
                         [1, 5], seed=4)
     head = cli["headline"]
     assert audit["metric"] == head and audit["clean"] == cli["clean"][head]

@@ -55,7 +55,9 @@ def test_explain_two_runs_writes_maps_and_pngs(tmp_path):
         tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     assert len(info["ids"]) == 5
     test = data_mod.open_dataset(str(root), split="test")
-    x = torch.stack([test[i]["image"] for i in range(5)])
+    from medxai.data.sampling import sample_indices
+
+    x = torch.stack([test[i]["image"] for i in sample_indices(test, 5)[0]])  # --n: a stratified prefix
     torch.testing.assert_close(tensors["images"], x)
     for run in ("standard", "robust"):
         model, _ = load_run(tmp_path / run)

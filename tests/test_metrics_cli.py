@@ -149,7 +149,9 @@ def test_explain_then_score_with_masks_end_to_end(tmp_path):
     t = load_file(str(maps_dir / "maps.safetensors"))
     maps = t["run/saliency"][:, 0]
     test = data_mod.open_dataset(str(root), split="test")
-    items = [test[i] for i in range(6)]
+    from medxai.data.sampling import sample_indices
+
+    items = [test[i] for i in sample_indices(test, 6)[0]]  # explain --n 6: a stratified prefix
     masks = torch.stack([it["mask"][0] for it in items])
     marker = torch.stack([it["shortcut_mask"][0] for it in items])
 

@@ -79,9 +79,12 @@ def test_score_store_and_audit_give_identical_per_sample_scores(tmp_path):
           ",".join(METRICS), "--n-boot", "10", "--device", "cpu"])
     # 3. the audit's score stage
     stage = tmp_path / "stage"
-    save_safetensors(stage / "maps.safetensors", {"maps": maps, "targets": targets})
-    audit = score_stage(tmp_path, model, eval_sample(test, N), SimpleNamespace(dir=stage),
+    sample = eval_sample(test, N)  # the audit's (stratified) order: the same images, by id
+    perm = [ids.index(i) for i in sample.ids]
+    save_safetensors(stage / "maps.safetensors", {"maps": maps[perm], "targets": targets[perm]})
+    audit = score_stage(tmp_path, model, sample, SimpleNamespace(dir=stage),
                         ScoreConfig(metrics=METRICS, shortcut=False), "binary")
+    back = [sample.ids.index(i) for i in ids]  # audit values put back in the store's order
 
     a = pd.read_csv(store / "scores" / "scores.csv")
     b = pd.read_csv(tmp_path / "scores" / "scores.csv")
@@ -90,7 +93,7 @@ def test_score_store_and_audit_give_identical_per_sample_scores(tmp_path):
     for col in cols:
         va = a[a.metric == col].set_index("id").loc[ids, "value"].to_numpy()
         vb = b[b.metric == col].set_index("id").loc[ids, "value"].to_numpy()
-        vc = np.array([math.nan if v is None else v for v in audit["metrics"][col]["values"]])
+        vc = np.array([math.nan if v is None else v for v in audit["metrics"][col]["values"]])[back]
         np.testing.assert_allclose(va, vb, rtol=1e-6, equal_nan=True, err_msg=col)
         np.testing.assert_allclose(va, vc, rtol=1e-6, equal_nan=True, err_msg=col)
         assert np.isfinite(va).any(), col

@@ -246,7 +246,7 @@ def test_spray_separates_the_marker_driven_images(shortcut_audit):
         m = item["shortcut_mask"][0].numpy()
         return 0 if not m.any() else 1 + int(np.argwhere(m)[:, 1].mean() >= m.shape[1] / 2)
 
-    truth = {ds[i]["id"]: corner(ds[i]) for i in range(60)}
+    truth = {ds[i]["id"]: corner(ds[i]) for i in range(80)}
     ids = list(dv["labels"])
     assert adjusted_rand_score([truth[i] for i in ids], [dv["labels"][i] for i in ids]) >= 0.9
     assert dv["n_clusters"] == 3 and dv["png"]

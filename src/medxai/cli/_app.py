@@ -32,7 +32,8 @@ app = typer.Typer(
 
 @app.callback()
 def _root(
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars, spinners or stage logs "
+                               "(results and the paths written still print).",),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
 ) -> None:
     """medxai: is the model robust, and do its explanations point at the pathology?"""
@@ -93,6 +94,26 @@ class Models:
             return int(meta_size[0]) if isinstance(meta_size, (list, tuple)) and meta_size else None
         return int(self.cards[0].input.size[0])
 
+    def run_class_order(self, names: list[str], card_order: list[str] | None) -> list[str] | None:
+        """The order the data must be read in for the runs' outputs (classes matched by name): the
+        runs' class list; None when the data are in it already. Mismatches are refused listing both."""
+        from medxai.errors import ModelError
+        from medxai.runs import read_model_json
+
+        lists = {n: [str(c) for c in read_model_json(r)["class_names"]] for n, r in zip(self.names, self.runs,
+                                                                                       strict=False)}
+        first = next(iter(lists.values()))
+        for name, classes in lists.items():
+            if sorted(classes) != sorted(names):
+                raise ModelError(f"run {name!r} was trained on the classes {classes}, the data have {names} "
+                                 "(classes are matched by name: rename the folders or declare classes in the spec)")
+            if classes != first:
+                raise ModelError(f"runs order their classes differently ({first} and {classes}): give them one at "
+                                 "a time")
+        if card_order is not None and card_order[1:] != first[1:] and len(first) == 2:
+            raise ModelError(f"the cards' positive class {card_order[1]!r} is not the runs' {first[1]!r}")
+        return None if first == names else first
+
     def load(self, device: Any, class_names: list[str] | None = None) -> list[tuple[str, Any, Any]]:
         """``[(name, model, RunInfo)]`` on ``device``; cards' outputs put in ``class_names``' order by name."""
         from medxai.cards import load_card
@@ -132,12 +153,13 @@ def parse_metric_options(text: str | None, flag: str = "--options") -> dict[str,
     return opts
 
 
-def first_items(data: str, split: str, n: int, size: int | None,
-                models: Models | None = None) -> tuple[Any, list[dict], list[str]]:
-    """The first ``n`` items of a dataset split: (x (N, C, H, W) float32, the items, the dataset's
-    class names, which the labels index); an empty split is refused. With ``models`` that hold
-    cards, the data's classes must be the cards' (by name) and are read in the cards' order
-    (a binary task's positive class second)."""
+def first_items(data: str, split: str, n: int, size: int | None, models: Models | None = None,
+                seed: int = 0) -> tuple[Any, list[dict], list[str]]:
+    """``n`` items of a dataset split: (x (N, C, H, W) float32, the items, the dataset's class names,
+    which the labels index); an empty split is refused. The items are a prefix of the split's
+    class-stratified seeded order (``medxai.data.sampling``: the audit draws the same). With
+    ``models`` that hold cards, the data's classes must be the cards' (by name) and are read in the
+    cards' order (a binary task's positive class second)."""
     import torch
 
     from medxai.cards import data_class_order
@@ -150,11 +172,14 @@ def first_items(data: str, split: str, n: int, size: int | None,
     ds = open_dataset(data, split=split, **opts)
     cards = dict(zip(models.names[len(models.runs):], models.cards, strict=True)) if models else {}
     order = data_class_order(cards, list(ds.class_names), ds.task)
+    if models is not None and models.runs:
+        order = models.run_class_order(list(ds.class_names), order)
     if order is not None:
         ds = open_dataset(data, split=split, classes=order, **opts)
-    n = min(n, len(ds))
-    if n < 1:
+    if len(ds) < 1:
         raise ConfigError(f"dataset {data!r} split {split!r} is empty")
-    items = [ds[i] for i in range(n)]
+    from medxai.data.sampling import sample_indices
+
+    items = [ds[i] for i in sample_indices(ds, n, seed)[0]]
     x = torch.stack([torch.as_tensor(it["image"], dtype=torch.float32) for it in items])
     return x, items, list(ds.class_names)

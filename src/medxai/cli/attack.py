@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from medxai.cli._app import Models, app, first_items, progress, state
+from medxai.cli._app import Models, app, first_items, progress
 from medxai.errors import ConfigError
 
 _MODEL_HELP = "An outside model's card YAML (repeat for several), wherever --run is accepted."
@@ -67,7 +67,8 @@ def attack_command(
         raise ConfigError(f"--norm must be linf or l2, got {norm!r}")
     dev = _device(device)
     models = Models.from_options(run, model)
-    x, items, class_names = first_items(data, split, n, size if size or not models.cards else models.size(), models)
+    x, items, class_names = first_items(data, split, n, size if size or not models.cards else models.size(), models,
+                                        seed)
     loaded = models.load(dev, class_names)
     y = torch.stack([torch.as_tensor(it["label"]) for it in items])
     _check_size(x, loaded)
@@ -86,12 +87,11 @@ def attack_command(
                                             "eps": eps_list, "eps_labels": [format_eps(e, norm) for e in eps_list],
                                             "norm": norm, "steps": steps, "runs": results})
     plot_success(results, out / "attack.png")
-    if not state.quiet:
-        for name, r in results.items():
-            pairs = ", ".join(f"{format_eps(e, norm)}: {v:.1%}"
-                              for e, v in zip(r["eps"], r["success_rate"], strict=True))
-            typer.echo(f"{name}: clean accuracy {r['clean_accuracy']:.1%}; success rate {pairs}")
-        typer.echo(f"wrote {out / 'attack.json'} and {out / 'attack.png'}")
+    for name, r in results.items():  # results print under -q too (it hides progress bars only)
+        pairs = ", ".join(f"{format_eps(e, norm)}: {v:.1%}"
+                          for e, v in zip(r["eps"], r["success_rate"], strict=True))
+        typer.echo(f"{name}: clean accuracy {r['clean_accuracy']:.1%}; success rate {pairs}")
+    typer.echo(f"wrote {out / 'attack.json'} and {out / 'attack.png'}")
 
 
 @app.command("corrupt")
@@ -139,14 +139,14 @@ def corrupt_command(
     if gallery_only:
         x = first_items(data, split, 1, size)[0] if data else example_fundus(256)
         p = gallery(x, out / "gallery.png", names=chosen, severities=levels, seed=seed)
-        if not state.quiet:
-            typer.echo(f"wrote {p}")
+        typer.echo(f"wrote {p}")
         return
     if not (run or model) or data is None:
         raise ConfigError("medxai corrupt needs --run (or --model) and --data (or --gallery)")
     dev = _device(device)
     models = Models.from_options(run, model)
-    x, items, class_names = first_items(data, split, n, size if size or not models.cards else models.size(), models)
+    x, items, class_names = first_items(data, split, n, size if size or not models.cards else models.size(), models,
+                                        seed)
     loaded = models.load(dev, class_names)
     y = torch.stack([torch.as_tensor(it["label"]) for it in items])
     _check_size(x, loaded)
@@ -166,8 +166,7 @@ def corrupt_command(
     atomic_write_json(out / "corruption.json", {"format": "medxai-corruption-1", "data": data, "split": split,
                                                 "n": len(x), "severities": levels, "seed": seed, "runs": results})
     plot_drops(results, out / "corruption.png")
-    if not state.quiet:
-        for name, r in results.items():
-            typer.echo(f"{name}: clean {r['headline']} {r['clean'][r['headline']]:.3f}; mean drop "
-                       f"{r['mean_drop']:.3f}; mean corruption error {r['mean_corruption_error']:.3f}")
-        typer.echo(f"wrote {out / 'corruption.json'} and {out / 'corruption.png'}")
+    for name, r in results.items():
+        typer.echo(f"{name}: clean {r['headline']} {r['clean'][r['headline']]:.3f}; mean drop "
+                   f"{r['mean_drop']:.3f}; mean corruption error {r['mean_corruption_error']:.3f}")
+    typer.echo(f"wrote {out / 'corruption.json'} and {out / 'corruption.png'}")

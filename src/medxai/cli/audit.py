@@ -13,7 +13,8 @@ from medxai.cli._app import app, card_names, state
 
 
 def _console() -> Console:
-    return Console(quiet=state.quiet, highlight=False)
+    """Results and the report's path always print; ``-q`` hides only the spinner and the stage log."""
+    return Console(highlight=False)
 
 
 def _run(cfg_source, out: Path, synthetic: bool | None, force: list[str], overrides: list[str]) -> None:
@@ -23,12 +24,15 @@ def _run(cfg_source, out: Path, synthetic: bool | None, force: list[str], overri
     con = _console()
     cfg = load_config(cfg_source, overrides)
     t0 = time.perf_counter()
-    with con.status("[bold]auditing[/]") as status:
-        def log(msg: str) -> None:
-            status.update(f"[bold]auditing[/] · {msg}")
-            con.log(msg)
+    if state.quiet:
+        res = run_audit(cfg, out, synthetic=synthetic, force=set(force), log=lambda msg: None)
+    else:
+        with con.status("[bold]auditing[/]") as status:
+            def log(msg: str) -> None:
+                status.update(f"[bold]auditing[/] · {msg}")
+                con.log(msg)
 
-        res = run_audit(cfg, out, synthetic=synthetic, force=set(force), log=log)
+            res = run_audit(cfg, out, synthetic=synthetic, force=set(force), log=log)
     pos = res.report.get("data", {}).get("positive_class")
     if pos:
         con.print(f"binary metrics take {pos!r} as the positive class", markup=False)
@@ -36,7 +40,7 @@ def _run(cfg_source, out: Path, synthetic: bool | None, force: list[str], overri
     con.rule("[bold]findings")
     for f in res.findings:
         con.print(f"• {f['text']}", markup=False)
-    con.print(f"\nreport: {res.report_html}  ({time.perf_counter() - t0:.0f} s)", markup=False)
+    con.print(f"\nreport: {res.report_html}  ({time.perf_counter() - t0:.0f} s)", markup=False, soft_wrap=True)
 
 
 _STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "not measured": "dim"}
@@ -126,8 +130,11 @@ def demo(
 
 
 @app.command()
-def report(run_dir: Path = typer.Argument(..., help="An audit's run directory.")) -> None:
+def report(
+    run_dir: Path = typer.Argument(..., help="An audit's run directory."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Folder for report.html (default: the run directory)."),
+) -> None:
     """Rebuild report.html from the run's report.json."""
     from medxai.report import build_report
 
-    _console().print(f"report: {build_report(run_dir)}", markup=False)
+    _console().print(f"report: {build_report(run_dir, out=out)}", markup=False, soft_wrap=True)  # one line

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from medxai.cli._app import app, progress, state
+from medxai.cli._app import app, progress
 from medxai.errors import ConfigError
 
 data_app = typer.Typer(help="Synthetic studies and dataset layouts.", no_args_is_help=True)
@@ -95,10 +95,9 @@ def synth(
 
         manifest = write_synthetic(study, out, counts, size=size, seed=seed, shortcut=shortcut,
                                    overwrite=overwrite, progress=make, **opts)
-    if not state.quiet:
-        meta = json.loads(manifest.read_text())
-        Console().print(f"wrote {sum(counts.values())} images of {study} ({meta['layout']} layout, splits "
-                        f"{meta['splits']}) to {out}", highlight=False)
+    meta = json.loads(manifest.read_text())  # printed under -q too: it hides progress bars only
+    Console().print(f"wrote {sum(counts.values())} images of {study} ({meta['layout']} layout, splits "
+                    f"{meta['splits']}) to {out}", highlight=False)
 
 
 @data_app.command("info")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import typer
 
-from medxai.cli._app import Models, app, first_items, progress, state
+from medxai.cli._app import Models, app, first_items, progress
 from medxai.errors import ConfigError
 
 
@@ -112,5 +112,4 @@ def explain(
         pngs.append(path.name)
     info["pngs"] = pngs
     atomic_write_json(out / "maps.json", info)
-    if not state.quiet:
-        typer.echo(f"wrote {len(maps)} maps for {len(x)} images and {len(pngs)} grid(s) to {out}")
+    typer.echo(f"wrote {len(maps)} maps for {len(x)} images and {len(pngs)} grid(s) to {out}")

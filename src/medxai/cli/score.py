@@ -20,7 +20,7 @@ from pathlib import Path
 
 import typer
 
-from medxai.cli._app import app, parse_metric_options, progress, state
+from medxai.cli._app import app, parse_metric_options, progress
 
 
 @app.command()
@@ -55,10 +55,9 @@ def score(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "scores.csv", df.to_csv(index=False))
     atomic_write_json(out / "summary.json", summary)
-    if not state.quiet:
-        n_maps = len({(m, k) for m, k in zip(df["model"], df["method"], strict=True)})
-        typer.echo(f"wrote {len(df)} scores ({len(summary['metrics'])} metric columns, {n_maps} maps) to {out}")
-        for key, why in summary["skipped"].items():
-            typer.echo(f"skipped for {key}: " + "; ".join(f"{k} ({v})" for k, v in why.items()))
-        for key, per in summary["skipped_samples"].items():
-            typer.echo(f"images without a mask for {key}: " + "; ".join(f"{k} ({len(v)})" for k, v in per.items()))
+    n_maps = len({(m, k) for m, k in zip(df["model"], df["method"], strict=True)})
+    typer.echo(f"wrote {len(df)} scores ({len(summary['metrics'])} metric columns, {n_maps} maps) to {out}")
+    for key, why in summary["skipped"].items():
+        typer.echo(f"skipped for {key}: " + "; ".join(f"{k} ({v})" for k, v in why.items()))
+    for key, per in summary["skipped_samples"].items():
+        typer.echo(f"images without a mask for {key}: " + "; ".join(f"{k} ({len(v)})" for k, v in per.items()))

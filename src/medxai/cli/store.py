@@ -35,14 +35,24 @@ def _open(data: str, split: str, size: int | None, n: int | None) -> Any:
 
 
 def _head(data: Any, n: int) -> Any:
-    """The first ``n`` items of a dataset (keeping ``ids`` for the store's fingerprint)."""
+    """``n`` items of a dataset: a prefix of its class-stratified seeded order, as the audit and the
+    other commands' ``--n`` draw (``medxai.data.sampling``); ``ids`` kept for the store's fingerprint."""
     from torch.utils.data import Dataset
+
+    from medxai.data.sampling import sample_indices
+
+    index = sample_indices(data, n)[0]
 
     class Head(Dataset):
         def __init__(self) -> None:
-            self.n = min(n, len(data))
+            self.n = len(index)
             ids = getattr(data, "ids", None)
-            self.ids = list(ids)[: self.n] if ids is not None else None
+            self.ids = [list(ids)[i] for i in index] if ids is not None else None
+            labels = getattr(data, "labels", None)
+            self.labels = None if labels is None else labels[index]
+            for attr in ("task", "class_names"):
+                if hasattr(data, attr):
+                    setattr(self, attr, getattr(data, attr))
 
         def __len__(self) -> int:
             return self.n
@@ -50,7 +60,7 @@ def _head(data: Any, n: int) -> Any:
         def __getitem__(self, i: int) -> Any:
             if not 0 <= i < self.n:
                 raise IndexError(i)
-            return data[i]
+            return data[index[i]]
 
     return Head()
 
@@ -58,7 +68,7 @@ def _head(data: Any, n: int) -> Any:
 def _echo(msg: str) -> None:
     from medxai.distributed import current
 
-    if not state.quiet and current().is_main:
+    if current().is_main:  # under -q too: it hides progress bars only
         typer.echo(msg)
 
 
@@ -66,7 +76,7 @@ def _echo(msg: str) -> None:
 def store_explain(
     run: list[Path] = typer.Option(..., "--run", help="A training run directory (repeat for several models)."),
     data: str = typer.Option(..., "--data", help="Dataset spec for medxai.data.open_dataset (path or YAML)."),
-    store: Path = typer.Option(..., "--store", help="Store folder (created; a rerun completes it)."),
+    store: Path = typer.Option(..., "--store", "--out", "-o", help="Store folder (created; a rerun completes it)."),
     methods: str = typer.Option("saliency,gradcam", "--methods", help="Comma-separated method names."),
     split: str = typer.Option("test", "--split", help="Dataset split."),
     n: int | None = typer.Option(None, "--n", min=1, help="Only the first n images (default: all)."),

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from medxai.cli._app import app, state
-from medxai.errors import ConfigError
+from medxai.errors import ConfigError, ModelError
 
 
 def _open(spec: str, split: str | None, options: dict[str, Any]) -> Any:
@@ -136,7 +136,14 @@ def evaluate_command(
         raise ConfigError("medxai evaluate needs one model: --run RUN_DIR or --model CARD.yaml")
     if run is not None:
         meta = read_model_json(run)
-        dataset = _open(data, split, dict((meta.get("data") or {}).get("options") or {}))
+        opts = dict((meta.get("data") or {}).get("options") or {})
+        dataset = _open(data, split, opts)
+        trained = [str(c) for c in meta["class_names"]]
+        if sorted(trained) != sorted(str(c) for c in dataset.class_names):
+            raise ModelError(f"run {run} was trained on the classes {trained}, the data have "
+                             f"{list(dataset.class_names)} (classes are matched by name)")
+        if list(dataset.class_names) != trained:  # the run's output order, by name
+            dataset = _open(data, split, {**opts, "classes": trained})
         res = evaluate_run(run, dataset, out=out, which=which, batch_size=batch_size, device=device,
                            n_boot=n_boot, seed=seed)
     else:

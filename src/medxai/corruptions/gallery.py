@@ -52,8 +52,8 @@ def gallery(x: torch.Tensor, path: str | Path, names: Sequence[str] | None = Non
             out = apply(img, name, s, seed=seed)[0].detach().cpu().permute(1, 2, 0).numpy()
             ax.imshow(out[..., 0] if out.shape[2] == 1 else out, cmap="gray" if out.shape[2] == 1 else None,
                       vmin=0, vmax=1, interpolation="nearest")
-            ax.set_title("clean" if s == 0 else f"{name} {s}", fontsize=6)
-    fig.tight_layout(pad=0.2)
+            ax.set_title("clean" if s == 0 else f"{name} {s}", fontsize=6, pad=2)
+    fig.tight_layout(pad=0.2, h_pad=1.2)  # each label closer to its own image than to the row above
     path = Path(path)
 
     def write(p: Path) -> None:

@@ -141,7 +141,9 @@ def _start(cfg: AuditConfig, out: Path, *, synthetic: bool | None, force: set[st
     atomic_write_json(out / "config.json", cfg.model_dump(mode="json"))
     n_eval = max(cfg.attack.n if cfg.attack.enabled else 0, cfg.corruption.n if cfg.corruption.enabled else 0,
                  cfg.explain.n_score, cfg.explain.n_show)
-    sample = eval_sample(datasets[cfg.data.split], n_eval)
+    sample = eval_sample(datasets[cfg.data.split], n_eval, seed=cfg.seed)
+    data_desc["sample"] = sample.extra["how"]
+    data_parts["sampling"] = "stratified-prefix/1"  # which images the sample holds (medxai.data.sampling)
     _check_channels(cards, sample)
     x_sample = sample.subset(max(cfg.explain.n_score, cfg.explain.n_show))
     return _Audit(cfg, out, runner, datasets, data_desc, data_parts, sample, x_sample, cards=cards,

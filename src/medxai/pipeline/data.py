@@ -31,8 +31,9 @@ class EvalSample:
         def cut(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t[:n]
 
+        extra = {k: (v[:n] if k == "index" else v) for k, v in self.extra.items()}
         return EvalSample(self.x[:n], self.y[:n], self.ids[:n], cut(self.masks), cut(self.has_mask),
-                          cut(self.shortcut_masks))
+                          cut(self.shortcut_masks), extra)
 
 
 def build_datasets(cfg: DataConfig, *, synthetic: bool | None = None,
@@ -90,7 +91,15 @@ def _real(cfg: DataConfig, splits: tuple[str, ...], size: int | None,
         present = sorted({str(s) for s in getattr(open_dataset(cfg.spec, split=None, **options), "splits", [])})
         raise ConfigError(f"data {cfg.spec!r}: split {empty[0]!r} has no images"
                           + (f" (the layout has the splits {present})" if present else ""))
-    return ds, {"source": "real", "spec": cfg.spec, "description": f"Dataset {cfg.spec}"}
+    from medxai.data.layouts import load_spec
+
+    parsed, root, _ = load_spec(cfg.spec)  # a readable description, not the raw spec
+    table = parsed.csv or parsed.npz
+    classes = ", ".join(str(c) for c in getattr(ds[splits[0]], "class_names", []) or [])
+    layout = {"csv": "CSV", "chexpert": "CheXpert", "medmnist": "MedMNIST"}.get(parsed.layout, parsed.layout.title())
+    desc = (f"{layout} layout at {root}"
+            + (f" ({table})" if table else "") + (f", classes {classes}" if classes else ""))
+    return ds, {"source": "real", "spec": cfg.spec, "description": desc}
 
 
 def describe_counts(d: Any) -> dict[str, Any]:
@@ -103,10 +112,13 @@ def describe_counts(d: Any) -> dict[str, Any]:
     return {"n": len(d), "counts": counts}
 
 
-def eval_sample(dataset: Any, n: int) -> EvalSample:
-    """Stack the first ``n`` items of ``dataset`` (deterministic order)."""
-    n = min(n, len(dataset))
-    items = [dataset[i] for i in range(n)]
+def eval_sample(dataset: Any, n: int, seed: int = 0) -> EvalSample:
+    """Stack ``n`` items of ``dataset``: a prefix of its class-stratified seeded order
+    (``medxai.data.sampling``), so that smaller samples are prefixes of larger ones."""
+    from medxai.data.sampling import sample_indices
+
+    index, how = sample_indices(dataset, n, seed)
+    items = [dataset[i] for i in index]
     x = torch.stack([it["image"] for it in items])
     y = torch.stack([torch.as_tensor(it["label"]) for it in items])
     masks = has = sc = None
@@ -119,4 +131,4 @@ def eval_sample(dataset: Any, n: int) -> EvalSample:
         sc = torch.stack([torch.as_tensor(it["shortcut_mask"]).bool() for it in items])
         if sc.ndim == 3:
             sc = sc[:, None]
-    return EvalSample(x, y, [str(it["id"]) for it in items], masks, has, sc)
+    return EvalSample(x, y, [str(it["id"]) for it in items], masks, has, sc, extra={"how": how, "index": index})

@@ -87,11 +87,13 @@ def heat_png(m: torch.Tensor, vmax: float, path: Path, *, signed: bool = False) 
 
 @plain_text
 def explanation_grid(images: torch.Tensor, maps: dict[tuple[str, str], torch.Tensor], models: list[str],
-                     methods: list[str], scales: dict[str, float], path: Path, labels: list[str]) -> None:
-    """Rows = images; columns = method x model, one colour scale per method across models."""
+                     methods: list[str], scales: dict[str, float], path: Path, labels: list[str],
+                     captions: dict[tuple[str, str], list[str]] | None = None) -> None:
+    """Rows = images (or image x explained finding); columns = method x model, one colour scale per
+    method across models; ``captions`` names under each map the finding it explains."""
     n = images.shape[0]
     cols = [(me, mo) for me in methods for mo in models if (mo, me) in maps]  # unavailable pairs left out
-    fig, axes = plt.subplots(n, len(cols) + 1, figsize=(1.5 * (len(cols) + 1), 1.55 * n), squeeze=False)
+    fig, axes = plt.subplots(n, len(cols) + 1, figsize=(1.5 * (len(cols) + 1), 1.75 * n), squeeze=False)
     for i in range(n):
         _show(axes[i][0], images[i])
         axes[i][0].set_title(labels[i], fontsize=6)
@@ -102,4 +104,7 @@ def explanation_grid(images: torch.Tensor, maps: dict[tuple[str, str], torch.Ten
             ax.imshow(np.clip(m / (scales[me] or 1.0), 0, 1), cmap="inferno", vmin=0, vmax=1, alpha=0.6)
             if i == 0:
                 ax.set_title(f"{me}\n{mo}", fontsize=6)
+            cap = (captions or {}).get((mo, me))
+            if cap:
+                ax.text(0.5, -0.04, f"explains: {cap[i]}", transform=ax.transAxes, ha="center", va="top", fontsize=5)
     _save(fig, path)

@@ -81,7 +81,7 @@ def assemble_report(cfg: AuditConfig, out: Path, data_st: StageResult, model_sta
                     + (f" (positive class {positive})" if positive else "") + f" · models: {', '.join(models)}",
         "config": cfg.model_dump(mode="json"),
         "data": {k: data_st.result.get(k) for k in ("description", "class_names", "splits", "task", "split",
-                                                    "positive_class")},
+                                                    "positive_class", "sample")},
         "models": {n: _model_section(model_stages[n], evals[n], class_names) for n in models},
         "robustness": _robustness_section(cfg, attacks, corruptions),
         "assets": {"data_examples": _rel(out, data_st.dir / data_st.result["examples"])},
@@ -184,6 +184,13 @@ def _rel(out: Path, p: str | Path) -> str:
 def _robustness_section(cfg: AuditConfig, attacks: dict[str, dict], corruptions: dict[str, dict]) -> dict:
     """The attack sweep (success rate, robust accuracy per budget) and corruption drops, per model."""
     section: dict[str, Any] = {}
+    off = [k for k, on in (("attack.enabled", cfg.attack.enabled), ("corruption.enabled", cfg.corruption.enabled))
+           if not on]
+    if not attacks and not corruptions:
+        section["reason"] = (f"{' and '.join(off)} {'are' if len(off) > 1 else 'is'} false" if off
+                             else "no attack or corruption result")
+    elif off:
+        section["not_run"] = [f"{k} is false" for k in off]
     if attacks:
         eps = next(iter(attacks.values()))["eps"]
         section["attack"] = {
@@ -204,38 +211,91 @@ def _robustness_section(cfg: AuditConfig, attacks: dict[str, dict], corruptions:
 def _explanation_section(cfg: AuditConfig, out: Path, explained: dict[tuple[str, str], StageResult],
                          sample: EvalSample, models: list[str], methods: list[str], class_names: list[str],
                          task: str) -> dict:
-    """Image and overlay PNGs (one colour scale per method across models) and the grid (under ``grid``)."""
+    """Image and overlay PNGs (one colour scale per method across models), what each map explains
+    (``captions`` per ``model|method`` and cell) and the grid (under ``grid``).
+
+    A cell is one (image, rank): with ``explain.top_k`` every image has one cell per explained
+    finding (rank 1 = most probable), else one. The finding comes from the stage's saved
+    targets; the prediction is named only where the targets are it (target rule ``pred``)."""
     from safetensors.torch import load_file
 
     from medxai.pipeline.figures import explanation_grid, heat_png, image_png
 
-    maps = {k: load_file(str(st.dir / "maps.safetensors"))["maps"] for k, st in explained.items()}
-    maps = {k: m[:, 0] if m.ndim == 5 else m for k, m in maps.items()}  # top-k: show the most probable
+    loaded = {k: load_file(str(st.dir / "maps.safetensors")) for k, st in explained.items()}
     n_show = min(cfg.explain.n_show, len(sample))
+    ranks = max((t["maps"].shape[1] for t in loaded.values() if t["maps"].ndim == 5), default=1)
+    cells = [(i, r) for i in range(n_show) for r in range(ranks)]
+    rows = [i for i, _ in cells]
+    maps = {k: _cell_maps(t["maps"], cells) for k, t in loaded.items()}
+    rule = _target_rule(cfg, task)
+    findings = {k: _cell_findings(t.get("targets"), cells, class_names) for k, t in loaded.items()}
+    captions = {f"{mo}|{me}": [_caption(f, rule, task) for f in findings[(mo, me)]] for mo, me in loaded}
     assets = out / "report_assets"
     scales: dict[str, float] = {}
     for me in methods:
-        vals = torch.cat([maps[(mo, me)][:n_show].abs().flatten() for mo in models if (mo, me) in maps]
-                         or [torch.ones(1)])
+        vals = torch.cat([maps[(mo, me)].abs().flatten() for mo in models if (mo, me) in maps] or [torch.ones(1)])
         scales[me] = float(torch.quantile(vals.double(), 0.995)) if vals.numel() else 1.0
     labels = [_label(sample.y[i], class_names, task) for i in range(n_show)]
-    images = []
     for i in range(n_show):
-        p = assets / f"img{i}.png"
-        image_png(sample.x[i], p)
-        images.append({"id": sample.ids[i], "label": labels[i], "png": _rel(out, p)})
+        image_png(sample.x[i], assets / f"img{i}.png")
+    images = [{"id": sample.ids[i], "label": labels[i], "rank": r + 1, "png": _rel(out, assets / f"img{i}.png")}
+              for i, r in cells]
     overlays = {}
     for (mo, me), m in maps.items():
         paths = []
-        for i in range(n_show):
-            p = assets / f"{mo}--{me}--{i}.png".replace("/", "_")
-            heat_png(m[i, 0], scales[me], p)
+        for c, (i, r) in enumerate(cells):
+            p = assets / (f"{mo}--{me}--{i}" + (f"--{r}" if ranks > 1 else "") + ".png").replace("/", "_")
+            heat_png(m[c, 0], scales[me], p)
             paths.append(_rel(out, p))
         overlays[f"{mo}|{me}"] = paths
     grid = assets / "explanation_grid.png"
-    explanation_grid(sample.x[:n_show], {k: v[:n_show] for k, v in maps.items()}, models, methods, scales, grid, labels)
-    return {"methods": methods, "models": models, "output": cfg.explain.output, "images": images,
-            "overlays": overlays, "scales": scales, "grid": _rel(out, grid)}
+    explanation_grid(sample.x[rows], maps, models, methods, scales, grid, [labels[i] for i in rows],
+                     captions={k: [f["explains"] for f in v] for k, v in findings.items()})
+    return {"methods": methods, "models": models, "output": cfg.explain.output, "target_rule": rule,
+            "top_k": ranks if ranks > 1 else None, "images": images, "overlays": overlays, "captions": captions,
+            "scales": scales, "grid": _rel(out, grid)}
+
+
+def _target_rule(cfg: AuditConfig, task: str) -> str:
+    """The rule the explain stage used (``medxai.pipeline.explanations.explanation_targets``)."""
+    label = cfg.explain.target == "label" and task != "multilabel" and cfg.explain.top_k is None
+    return "label" if label else "pred"
+
+
+def _cell_maps(m: torch.Tensor, cells: list[tuple[int, int]]) -> torch.Tensor:
+    """(cells, 1, H, W): the map of each (image, rank); (N, 1, H, W) maps have rank 0 only."""
+    if m.ndim == 5:
+        return torch.stack([m[i, min(r, m.shape[1] - 1)] for i, r in cells])
+    return m[[i for i, _ in cells]]
+
+
+def _cell_findings(targets: torch.Tensor | None, cells: list[tuple[int, int]],
+                   class_names: list[str]) -> list[dict]:
+    """Per cell: the finding the map explains and, for top-k, every explained finding of its image."""
+    def name(c: int) -> str:
+        return class_names[c] if 0 <= c < len(class_names) else str(c)
+
+    if targets is None:  # a stage written before targets were saved
+        return [{"explains": "not recorded", "all": []} for _ in cells]
+    t = targets.long()
+    out = []
+    for i, r in cells:
+        row = [name(int(c)) for c in t[i].reshape(-1).tolist()]
+        out.append({"explains": row[min(r, len(row) - 1)], "all": row, "rank": r + 1})
+    return out
+
+
+def _caption(f: dict, rule: str, task: str) -> str:
+    """What one overlay shows, in words: the prediction where the target is it, then the finding.
+
+    Probabilities are not shown: no stage records them for the explained images."""
+    if rule == "label" or not f["all"]:
+        return f"explains: {f['explains']}" + (" (the label; prediction not recorded)" if f["all"] else "")
+    if len(f["all"]) > 1:
+        return (f"top-{len(f['all'])} most probable: {', '.join(f['all'])} · explains: {f['explains']} "
+                f"(rank {f['rank']})")
+    kind = "most probable" if task == "multilabel" else "predicted"
+    return f"{kind}: {f['explains']} · explains: {f['explains']}"
 
 
 def _score_rows(scores: dict[tuple[str, str], StageResult]) -> tuple[list[dict], dict[str, bool]]:
@@ -280,10 +340,25 @@ def _comparisons(cfg: AuditConfig, by_key: dict, meta: dict[str, bool], models: 
                 if not va or not vb:
                     continue
                 ids = [i for i in va if i in vb]
-                c = compare(np.array([va[i] for i in ids]), np.array([vb[i] for i in ids]),
+                c = compare(np.array([va[i] for i in ids], dtype=float), np.array([vb[i] for i in ids], dtype=float),
                             n_boot=cfg.score.n_boot, seed=cfg.seed)
-                out.append({"metric": metric, "method": me, "a": a, "b": b, **c})
+                row = {"metric": metric, "method": me, "a": a, "b": b, **c}
+                if not c["n"]:
+                    row["reason"] = _no_pairs_reason(va, vb, ids, a, b)
+                out.append(row)
     return out
+
+
+def _no_pairs_reason(va: dict, vb: dict, ids: list, a: str, b: str) -> str:
+    """Why a paired comparison has no pair: no shared image, or no image with a value for both."""
+    if not ids:
+        return f"{a} and {b} were scored on no common image"
+    only_a = sum(1 for i in ids if _ok(va[i]) and not _ok(vb[i]))
+    only_b = sum(1 for i in ids if _ok(vb[i]) and not _ok(va[i]))
+    neither = len(ids) - only_a - only_b
+    return (f"no image has a value for both: of {len(ids)} shared images, {neither} with no value for either "
+            f"model, {only_a} with a value only for {a}, {only_b} only for {b} (the metric is undefined there, "
+            "e.g. no lesion mask)")
 
 
 def _label(y: torch.Tensor, class_names: list[str], task: str) -> str:

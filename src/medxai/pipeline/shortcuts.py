@@ -38,8 +38,8 @@ def intervention_region(s: EvalSample, c: InterventionConfig) -> tuple[torch.Ten
     return None, "no shortcut region: the data have no shortcut masks and intervention.box is not set"
 
 
-def _counterfactuals(dataset: Any, n: int) -> torch.Tensor | None:
-    """The first ``n`` images of a synthetic study rendered without the shortcut (None for other data)."""
+def _counterfactuals(dataset: Any, index: list[int]) -> torch.Tensor | None:
+    """Images ``index`` of a synthetic study rendered without the shortcut (None for other data)."""
     from medxai.data import SyntheticDataset
     from medxai.data.synthetic import generate_one
 
@@ -48,7 +48,7 @@ def _counterfactuals(dataset: Any, n: int) -> torch.Tensor | None:
         return None
     imgs = [generate_one(dataset.study, i, size=dataset.img_size, seed=dataset.seed, split=dataset.split,
                          shortcut=dataset.shortcut, counterfactual=True, **dataset.options)["counterfactual"]
-            for i in range(n)]
+            for i in index]
     return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float().div(255.0)
 
 
@@ -63,7 +63,7 @@ def intervention_stage(d: Path, model: torch.nn.Module, s: EvalSample, dataset: 
     keep = region.flatten(1).any(1)
     if not bool(keep.any()):
         return {"reason": f"no evaluation image has a non-empty region ({source})"}
-    cf = _counterfactuals(dataset, len(s)) if c.counterfactual else None
+    cf = _counterfactuals(dataset, s.extra["index"]) if c.counterfactual and "index" in s.extra else None
     idx = keep.nonzero().flatten()
     y = s.y[idx].long().numpy()
     out = intervention_effect(model, s.x[idx], region[idx], y, method=c.method,

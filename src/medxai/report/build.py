@@ -20,6 +20,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 from medxai._util.io import atomic_write_text
 from medxai._util.plot import plain_text
@@ -86,6 +87,7 @@ def _model_figure(m: dict) -> str | None:
             if any(h.get(key) is not None for h in hist):
                 ax.plot(ep, [h.get(key) for h in hist], style, label=key.replace("_", " "))
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
         ax.set_ylabel("loss")
         ax.set_title("learning curves")
         ax.legend(fontsize=8)
@@ -144,7 +146,8 @@ def _corruption_figure(cor: dict) -> str:
         for i, row in enumerate(data):
             for j, v in enumerate(row):
                 if v == v:
-                    ax.text(j, i, f"{v:+.2f}", ha="center", va="center", fontsize=7)
+                    ax.text(j, i, f"{v:+.2f}", ha="center", va="center", fontsize=7,
+                            color=text_colour(im.cmap(im.norm(v))))
         ax.set_yticks(range(len(rows)), rows, fontsize=7)
         ax.set_xticks(range(len(sev)), sev, fontsize=7)
         ax.set_xlabel("severity")
@@ -153,17 +156,34 @@ def _corruption_figure(cor: dict) -> str:
     return _fig_uri(fig)
 
 
+def text_colour(rgba: Any) -> str:
+    """Black or white, whichever reads on a cell of colour ``rgba`` (WCAG relative luminance)."""
+    def lin(c: float) -> float:
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (lin(float(c)) for c in rgba[:3])
+    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.179 else "white"
+
+
 @plain_text
 def _sanity_figure(rows: list[dict]) -> str:
     fig, ax = plt.subplots(figsize=(6, 3.4))
+    gaps = False
     for s in rows:
-        ax.plot(range(len(s["spearman"])), s["spearman"], "o-", label=f"{s['model']} / {s['method']}")
+        vals = [float("nan") if v is None else v for v in s["spearman"]]
+        line = ax.plot(range(len(vals)), vals, "o-", label=f"{s['model']} / {s['method']}")[0]
+        missing = [i for i, v in enumerate(vals) if v != v]
+        if missing:  # undefined steps: an open marker on the 0 line, not a silent gap
+            gaps = True
+            ax.plot(missing, [0.0] * len(missing), "o", mfc="none", color=line.get_color())
     longest = max(rows, key=lambda s: len(s["layers"]), default=None)
     if longest and longest["layers"]:
         ax.set_xticks(range(len(longest["layers"])), longest["layers"], rotation=40, fontsize=6, ha="right")
     ax.axhline(0, color="gray", lw=0.5)
-    ax.set_ylabel("Spearman |a| to original")
+    ax.set_ylabel("Spearman rank correlation\nof |map| with the original", fontsize=8)
     ax.set_title("cascading randomisation (output layer first)")
+    if gaps:
+        ax.plot([], [], "o", mfc="none", color="gray", label="no value at this step (undefined)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     return _fig_uri(fig)
@@ -186,8 +206,9 @@ def render_html(report: dict, assets: dict) -> str:
     return _environment().get_template("report.html.j2").render(r=r, assets=assets)
 
 
-def build_report(run_dir: str | Path) -> Path:
-    """Read ``run_dir/report.json`` and write ``run_dir/report.html``; returns its path."""
+def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Read ``run_dir/report.json`` and write ``report.html`` into ``out`` (default ``run_dir``;
+    the page embeds its assets, so it can live anywhere); returns its path."""
     run_dir = Path(run_dir)
     rj = run_dir / "report.json"
     if not rj.is_file():
@@ -224,4 +245,6 @@ def build_report(run_dir: str | Path) -> Path:
         src = (report.get("discovery" if section == "class_means" else section) or {}).get("models") or {}
         assets[section] = {m: _png_uri(_inside(run_dir, v[key])) for m, v in src.items() if v.get(key)}
     html = render_html(report, assets)
-    return atomic_write_text(run_dir / "report.html", html)
+    dest = Path(out) if out is not None else run_dir
+    dest.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(dest / "report.html", html)

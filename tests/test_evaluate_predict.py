@@ -74,3 +74,11 @@ def test_predictions_csv_keeps_soft_multilabel_truths():
     rows = list(csv.DictReader(io.StringIO(text)))
     assert rows[0]["truth_x"] == "0" and rows[0]["truth_y"] == "0.56" and rows[0]["truth_z"] == ""
     assert float(rows[0]["truth_y"]) == pytest.approx(0.56)
+
+
+def test_batching_mixed_sizes_names_the_file_and_the_remedy():
+    items = [{"image": torch.zeros(1, 4, 4), "label": 0, "path": "a.png"},
+             {"image": torch.zeros(1, 5, 4), "label": 1, "path": "sub/b.png"}]
+    with pytest.raises(InputError, match=r"cannot batch sub/b\.png: its image is \(1, 5, 4\) but a\.png's is "
+                                         r"\(1, 4, 4\); set size:"):
+        collate(items)

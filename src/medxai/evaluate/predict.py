@@ -45,12 +45,25 @@ def collate(items: Sequence[Any]) -> dict[str, Any]:
         images.append(img if isinstance(img, torch.Tensor) else torch.as_tensor(np.asarray(img)))
         labels.append(_label_tensor(lab))
         ids.append(None if ident is None else str(ident))
+    shapes = [tuple(t.shape) for t in images]
+    if len(set(shapes)) > 1:  # name the file (or id) whose image does not fit the batch, and the remedy
+        first = shapes[0]
+        j = next(i for i, sh in enumerate(shapes) if sh != first)
+        raise InputError(f"cannot batch {_where(items, j)}: its image is {shapes[j]} but {_where(items, 0)}'s is "
+                         f"{first}; "
+                         "set size: (and channels:) in the dataset spec so that every image is resized alike")
     try:
         x = torch.stack(images)
         y = torch.stack(labels)
     except RuntimeError as exc:
-        raise InputError(f"cannot batch dataset items (sizes differ?): {exc}") from None
+        raise InputError(f"cannot batch dataset items (labels differ in shape?): {exc}") from None
     return {"image": x, "label": y, "id": ids}
+
+
+def _where(items: Sequence[Any], i: int) -> str:
+    """An item's file (or id) for an error message."""
+    it = items[i]
+    return str(it.get("path") or it.get("id") or f"item {i}") if isinstance(it, dict) else f"item {i}"
 
 
 def dataset_task(data: Any, task: str | None = None) -> str:

@@ -374,3 +374,17 @@ def test_training_commands_of_docs_scaling_run_as_written(tmp_path, monkeypatch)
         ran.append(args)
     assert ["--resume", "--out", "runs/small-cnn"] == ran[2][1:]
     assert len(ran) == 4  # one process, torchrun, torchrun --resume, SLURM
+
+
+def test_attack_constructors_refuse_linf_budgets_above_one():
+    from torch import nn
+
+    from medxai.attacks import APGD, PGD
+    from medxai.errors import ConfigError
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    for cls in (PGD, APGD):
+        with pytest.raises(ConfigError, match="did you mean 8/255"):
+            cls(model, eps=8)
+    PGD(model, eps=3.0, norm="l2")  # an L2 budget of 3 is a budget
+    PGD(model, eps=torch.tensor([1 / 255, 2 / 255]))  # per-sample budgets

@@ -106,6 +106,9 @@ class PGD:
             raise InputError(f"keep must be one of {KEEPS}, got {keep!r}")
         if not callable(loss) and loss not in LOSSES:
             raise InputError(f"loss must be one of {LOSSES} or a callable, got {loss!r}")
+        from medxai.attacks.budget import check_budget
+
+        check_budget(float(torch.as_tensor(eps).max()), norm)  # Linf above 1: "did you mean 8/255?"
         self.model = model
         self.eps = eps
         self.steps = int(steps)

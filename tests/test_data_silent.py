@@ -275,3 +275,20 @@ def test_chexpert_test_from_train_is_seeded_by_patient(tmp_path):
     assert len(open_dataset(spec, split="val")) == 1
     with pytest.raises(ConfigError, match="test_fraction"):
         open_dataset({**spec, "test_fraction": 0.0}, split="test")
+
+
+def test_audit_of_chexpert_small_states_where_the_test_split_came_from(tmp_path):
+    """CheXpert-v1.0-small has no test.csv: the example's mapping audits it and the report says so."""
+    import yaml as _yaml
+
+    from medxai.pipeline.config import load_config
+    from medxai.pipeline.data import build_datasets
+
+    root = _chexpert(tmp_path, patients=12)
+    example = _yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "chexpert-multilabel.yaml")
+                              .read_text())
+    spec = {**example["data"]["spec"], "root": str(root), "test_fraction": 0.25, "uncertainty": "zeros"}
+    cfg = load_config({"models": [{"name": "m"}], "data": {"spec": spec, "use": "real"}})
+    ds, desc = build_datasets(cfg.data)
+    assert len(ds["test"]) > 0 and len(ds["val"]) == 1
+    assert "test split from train.csv (seeded 25% by patient, split_seed 0)" in desc["description"]

@@ -99,6 +99,9 @@ def _real(cfg: DataConfig, splits: tuple[str, ...], size: int | None,
     layout = {"csv": "CSV", "chexpert": "CheXpert", "medmnist": "MedMNIST"}.get(parsed.layout, parsed.layout.title())
     desc = (f"{layout} layout at {root}"
             + (f" ({table})" if table else "") + (f", classes {classes}" if classes else ""))
+    sources = {split: d.split_source for split, d in ds.items() if getattr(d, "split_source", None)}
+    if sources:  # e.g. CheXpert-small has no test.csv: say where each split came from
+        desc += "; " + ", ".join(f"{split} split from {src}" for split, src in sources.items())
     return ds, {"source": "real", "spec": cfg.spec, "description": desc}
 
 

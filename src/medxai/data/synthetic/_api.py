@@ -11,7 +11,7 @@ import numpy as np
 from medxai._util.registry import Registry
 from medxai._util.seed import derive_seed
 from medxai.data.synthetic._base import SyntheticStudy
-from medxai.data.synthetic._draw import clip, glyph_mask
+from medxai.data.synthetic._draw import clip, glyph_mask, grating
 from medxai.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
@@ -20,6 +20,7 @@ MIN_SIZE, MAX_SIZE = 16, 2048
 # Independent random streams per image, so that e.g. the lesions drawn never shift the anatomy.
 LABEL, ANATOMY, LESION, NOISE, SHORTCUT = 0, 1, 2, 3, 4
 SITE = 10  # opt-in acquisition-site metadata (``sites=True``): (SITE, 0) draws site/sex/age, (SITE, 1) site noise
+NONROBUST = 11  # opt-in non-robust texture (``nonrobust=amp``): which class's grating and its phase
 
 
 @dataclass
@@ -167,6 +168,66 @@ def _acquire(image: np.ndarray, ctx: Context, opts: Mapping[str, Any]) -> np.nda
         np.float32)
 
 
+# ------------------------------------------------------------------------------ non-robust texture
+
+#: Largest ``nonrobust`` amplitude accepted, in /255.
+NONROBUST_MAX = 32.0
+
+
+def _prob(name: str, key: str, v: Any) -> float:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) \
+            or not 0.0 <= float(v) <= 1.0:
+        raise ConfigError(f"{name}: {key} must be a probability in [0, 1], got {v!r}")
+    return float(v)
+
+
+def resolve_nonrobust(name: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """Pop ``nonrobust`` (amplitude, /255) / ``nonrobust_rate`` / ``nonrobust_conflict``; recorded only when on."""
+    amp = opts.pop("nonrobust", None)
+    rate, conflict = opts.pop("nonrobust_rate", None), opts.pop("nonrobust_conflict", None)
+    if amp is None:
+        if rate is not None or conflict is not None:
+            raise ConfigError(f"{name}: nonrobust_rate / nonrobust_conflict need nonrobust=<amplitude /255>")
+        return {}
+    if isinstance(amp, (bool, np.bool_)) or not isinstance(amp, (int, float, np.integer, np.floating)) \
+            or not 0.0 <= float(amp) <= NONROBUST_MAX:
+        raise ConfigError(f"{name}: nonrobust must be an amplitude in [0, {NONROBUST_MAX:g}] (/255), got {amp!r}")
+    return {"nonrobust": float(amp), "nonrobust_rate": _prob(name, "nonrobust_rate", 1.0 if rate is None else rate),
+            "nonrobust_conflict": _prob(name, "nonrobust_conflict", 0.0 if conflict is None else conflict)}
+
+
+def texture_class(base_seed: int, label: int, k: int, split: str, opts: Mapping[str, Any]) -> tuple[int, float]:
+    """Which class's grating an image carries, and its phase (radians), from its seed alone (no rendering).
+
+    In "test", a share ``nonrobust_conflict`` is forced to another class; otherwise the label's own with
+    probability ``nonrobust_rate``, else another class (uniform over the other k - 1).
+    """
+    u_conflict, u_rate, u_pick, u_phase = np.random.default_rng((base_seed, NONROBUST)).random(4)
+    agree = u_rate < float(opts["nonrobust_rate"])
+    if split == "test" and u_conflict < float(opts["nonrobust_conflict"]):
+        agree = False
+    cls = int(label) if agree or k < 2 else (int(label) + 1 + min(int(u_pick * (k - 1)), k - 2)) % k
+    return cls, float(2 * np.pi * u_phase)
+
+
+def _texture(ctx: Context, spec: StudySpec, split: str, opts: Mapping[str, Any]) -> tuple[int, np.ndarray]:
+    """An image's texture class and its additive float32 (H, W) texture (amplitude ``nonrobust`` /255)."""
+    cls, phase = texture_class(ctx.base_seed, ctx.label, len(spec.class_names), split, opts)
+    return cls, grating(ctx.size, cls, phase) * np.float32(float(opts["nonrobust"]) / 255.0)
+
+
+def _quantize(image: np.ndarray, size: int) -> np.ndarray:
+    """A float (C, H, W) image about [0, 1] as uint8 (H, W, C)."""
+    chw = clip(image, 0.0, 1.0)
+    chw *= np.float32(255.0)
+    chw += np.float32(0.5)
+    chw = chw.astype(np.uint8)
+    img = np.empty((size, size, chw.shape[0]), np.uint8)
+    for c in range(chw.shape[0]):  # channel by channel: far faster than one transposing copy
+        img[..., c] = chw[c]
+    return img
+
+
 # ------------------------------------------------------------------------------------ public API
 
 
@@ -209,13 +270,9 @@ def _one(spec: StudySpec, index: int, size: int, seed: int, split: str, shortcut
     meta = site_metadata(base, opts) if opts.get("sites") else None
     if meta is not None and meta["site"] == "B":
         out.image = _acquire(out.image, ctx, opts)
-    chw = clip(out.image, 0.0, 1.0)
-    chw *= np.float32(255.0)
-    chw += np.float32(0.5)
-    chw = chw.astype(np.uint8)
-    img = np.empty((size, size, chw.shape[0]), np.uint8)
-    for c in range(chw.shape[0]):  # channel by channel: far faster than one transposing copy
-        img[..., c] = chw[c]
+    tex = _texture(ctx, spec, split, opts) if opts.get("nonrobust") is not None else None
+    plain = _quantize(out.image, size) if tex is not None and counterfactual else None  # without the texture
+    img = _quantize(out.image if tex is None else out.image + tex[1][None], size)
     mask = out.mask
     present, gmask = False, None
     clean = img.copy() if counterfactual else None
@@ -228,6 +285,8 @@ def _one(spec: StudySpec, index: int, size: int, seed: int, split: str, shortcut
         gmask = glyph_mask(rng, size) if present else np.zeros((size, size), bool)
         if present:
             img[gmask] = np.round(np.asarray(out.glyph_value) * 255).astype(np.uint8)
+            if plain is not None:
+                plain[gmask] = img[gmask]
             mask = mask & ~gmask
             out.extra_masks = {k: v & ~gmask for k, v in out.extra_masks.items()}
     label = ctx.label
@@ -235,6 +294,10 @@ def _one(spec: StudySpec, index: int, size: int, seed: int, split: str, shortcut
            "extra_masks": out.extra_masks, "id": f"{spec.name}-{split}-{int(index):06d}"}
     if counterfactual:
         res["counterfactual"] = clean
+    if tex is not None:
+        res["texture_class"] = tex[0]
+        if plain is not None:
+            res["without_texture"] = plain
     if meta is not None:
         res["groups"] = site_groups(meta)
     return res
@@ -250,7 +313,9 @@ def generate_one(study: str, index: int, size: int = 128, seed: int = 0, split: 
     bool (H, W); ``id``. Identical to row ``index`` of :func:`generate` with the same arguments.
     ``counterfactual=True`` adds ``counterfactual``: the uint8 (H, W, C) image as rendered before the
     shortcut marker was pasted (equal to ``image`` when no marker is present), e.g. for a "remove the
-    shortcut" intervention (DeGrave et al. 2021).
+    shortcut" intervention (DeGrave et al. 2021). With option ``nonrobust`` (skin-lesion, fundus-dr) it
+    also returns ``texture_class`` (int: whose grating the image carries) and, with ``counterfactual=True``,
+    ``without_texture``: the uint8 image rendered without the texture (marker included), see docs/synthetic.md.
     """
     spec = _check_args(study, size, seed, split, shortcut)
     if not isinstance(index, (int, np.integer)) or int(index) < 0:
@@ -279,6 +344,10 @@ def generate(study: str, n: int, size: int = 128, seed: int = 0, split: str = "t
       site B darker (exposure x ``1 - 0.3 s``) and noisier (Gaussian sd ``0.06 s``), s =
       ``site_shift`` (default 1, in [0, 3]); :func:`generate_one` then returns ``groups``
       {"site", "sex", "age" (band "[40, 60)")}. Off by default (renders unchanged).
+    - ``skin-lesion``, ``fundus-dr``: ``nonrobust=a`` adds a faint class-specific grating of amplitude
+      a/255 over the whole image (Ilyas et al. 2019's non-robust features), the label's own with
+      probability ``nonrobust_rate`` (default 1), and in "test" another class's on a share
+      ``nonrobust_conflict`` (default 0); see :func:`texture_class` and docs/synthetic.md. Off by default.
 
     ``shortcut=p`` draws an "R" marker in a top corner on abnormal images (any grade > 0,
     PNEUMONIA, mel, any positive finding) with probability p and on the others with 1 - p in the

@@ -329,3 +329,31 @@ def blend(img: np.ndarray, alpha: np.ndarray, colour, where: tuple[slice, slice]
         alpha = alpha[where]
     sub = img[:, where[0], where[1]]
     sub += alpha[None] * (colour - sub)
+
+
+#: Class gratings of the ``nonrobust`` texture, one per class: (a, b, P) draws
+#: sin(2 pi (a y + b x) / P + phase) at pixel (y, x): 0 vertical / 1 horizontal stripes of period 4 px,
+#: 2 / 3 the two diagonals (period 2.8 px), 4 a steeper oblique (period 2.7 px).
+GRATINGS = ((0, 1, 4), (1, 0, 4), (1, 1, 4), (1, -1, 4), (2, 1, 6))
+
+
+@lru_cache(maxsize=16)
+def _grating_index(size: int, cls: int) -> np.ndarray:
+    """(a y + b x) mod P of class ``cls``'s grating at every pixel, intp (size, size), read-only."""
+    a, b, p = GRATINGS[cls]
+    y, x = np.arange(size)[:, None], np.arange(size)[None, :]
+    idx = ((a * y + b * x) % p).astype(np.intp)
+    idx.flags.writeable = False
+    return idx
+
+
+def grating(size: int, cls: int, phase: float) -> np.ndarray:
+    """Class ``cls``'s grating (``GRATINGS``) at ``phase`` (radians): float32 (size, size) in [-1, 1].
+
+    The P distinct values come from ``unit`` (rounded trig on scalars), so the bytes match on any machine.
+    """
+    if not 0 <= cls < len(GRATINGS):
+        raise ValueError(f"grating class must be in [0, {len(GRATINGS)}), got {cls}")
+    p = GRATINGS[cls][2]
+    vals = np.array([unit(2 * math.pi * m / p + phase)[1] for m in range(p)], F32)
+    return vals[_grating_index(size, cls)]

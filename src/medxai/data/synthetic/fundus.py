@@ -36,6 +36,7 @@ from medxai.data.synthetic._api import (
     StudySpec,
     draw_class,
     register,
+    resolve_nonrobust,
     resolve_shares,
 )
 from medxai.data.synthetic._draw import (
@@ -373,7 +374,7 @@ def render(ctx: Context) -> Rendered:
 
 
 def _resolve(options: dict) -> dict:
-    return resolve_shares("fundus-dr", KAGGLE_SHARES, options)
+    return {**resolve_shares("fundus-dr", KAGGLE_SHARES, options), **resolve_nonrobust("fundus-dr", options)}
 
 
 SPEC = register(StudySpec(

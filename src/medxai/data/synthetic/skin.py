@@ -34,6 +34,7 @@ from medxai.data.synthetic._api import (
     StudySpec,
     draw_class,
     register,
+    resolve_nonrobust,
     resolve_shares,
 )
 from medxai.data.synthetic._draw import (
@@ -218,6 +219,6 @@ def render(ctx: Context) -> Rendered:
 SPEC = register(StudySpec(
     name="skin-lesion", class_names=CLASSES, task="multiclass", channels=3, render=render,
     draw_label=draw_class, abnormal=lambda label: int(label) == 1,
-    resolve=lambda o: resolve_shares("skin-lesion", HAM_SHARES, o),
+    resolve=lambda o: {**resolve_shares("skin-lesion", HAM_SHARES, o), **resolve_nonrobust("skin-lesion", o)},
     mirrors="HAM10000 / ISIC 2018 dermoscopy, three classes nv, mel, bkl", extra_masks=("evidence",),
 ))

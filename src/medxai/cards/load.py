@@ -70,7 +70,10 @@ def _run_probe(card: ModelCard, net: nn.Module, x: torch.Tensor) -> torch.Tensor
         z = z[0]
     if not isinstance(z, torch.Tensor) or z.ndim < 1 or z.shape[0] != x.shape[0]:
         raise ModelError(f"{card.path}: the model must return one (B, K) tensor, got {type(z).__name__}")
-    return z.reshape(z.shape[0], -1).float()
+    z = z.reshape(z.shape[0], -1).float()
+    if not bool(torch.isfinite(z).all()):
+        raise ModelError(f"{card.path}: the model returns NaN or Inf on a probe batch of the card's input: refused")
+    return z
 
 
 def _check_outputs(card: ModelCard, z: torch.Tensor) -> list[str]:

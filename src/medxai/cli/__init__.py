@@ -11,7 +11,7 @@ __all__ = ["app", "main", "state"]
 
 def _load_commands() -> None:
     """Import every command module: each registers its commands on ``app`` at import time."""
-    from medxai.cli import attack, audit, data, explain, score, store, train  # noqa: F401
+    from medxai.cli import attack, audit, data, explain, pretrain, score, store, train  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

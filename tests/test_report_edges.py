@@ -63,19 +63,21 @@ def test_top_k_captions_name_each_maps_finding_from_the_saved_targets(ml_run):
     xp = rep["explanations"]
     names = rep["data"]["class_names"]
     st_dir = next((out / "stages" / "explain").rglob("maps.safetensors"))
-    targets = load_file(str(st_dir))["targets"]
-    assert targets.ndim == 2 and targets.shape[1] == 2
+    saved = load_file(str(st_dir))
+    targets, probs = saved["targets"], saved["probs"]
+    assert targets.ndim == 2 and targets.shape[1] == 2 and probs.shape == (len(targets), len(names))
     assert xp["top_k"] == 2 and [img["rank"] for img in xp["images"]] == [1, 2, 1, 2]
     caps = xp["captions"]["m|saliency"]
     assert len(caps) == len(xp["overlays"]["m|saliency"]) == len(xp["images"]) == 4
     for c, (i, r) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
         top = [names[int(k)] for k in targets[i]]
-        assert caps[c] == f"top-2 most probable: {', '.join(top)} · explains: {top[r]} (rank {r + 1})"
+        p = float(probs[i, int(targets[i, r])])
+        assert caps[c] == f"top-2 most probable: {', '.join(top)} · explains: {top[r]} (rank {r + 1}) (p {p:.2f})"
     html = (out / "report.html").read_text()
     assert "explains: " + names[int(targets[0, 0])] in html  # rendered before any script runs
 
 
-def _explain_one(tmp_path: Path, target: str) -> dict:
+def _explain_one(tmp_path: Path, target: str, probs: torch.Tensor | None = None) -> dict:
     from safetensors.torch import save_file
 
     from medxai.pipeline.report_data import _explanation_section
@@ -85,7 +87,8 @@ def _explain_one(tmp_path: Path, target: str) -> dict:
                        "explain": {"methods": ["saliency"], "n_show": 2, "target": target}})
     d = tmp_path / target / "stage"
     d.mkdir(parents=True)
-    save_file({"maps": torch.rand(3, 1, 8, 8), "targets": torch.tensor([1, 0, 1])}, str(d / "maps.safetensors"))
+    saved = {"maps": torch.rand(3, 1, 8, 8), "targets": torch.tensor([1, 0, 1])}
+    save_file({**saved, **({"probs": probs} if probs is not None else {})}, str(d / "maps.safetensors"))
     sample = EvalSample(torch.rand(3, 1, 8, 8), torch.tensor([0, 0, 1]), ["a", "b", "c"])
     st = StageResult("explain/m/saliency", "k", d, {}, False, 0.0)
     return _explanation_section(cfg, tmp_path / target, {("m", "saliency"): st}, sample, ["m"], ["saliency"],
@@ -100,6 +103,15 @@ def test_single_label_captions_say_label_prediction_and_what_is_explained(tmp_pa
     assert pred["top_k"] is None and len(pred["overlays"]["m|saliency"]) == 2
     lab = _explain_one(tmp_path, "label")
     assert lab["captions"]["m|saliency"][0] == "explains: PNEUMONIA (the label; prediction not recorded)"
+
+
+def test_captions_show_the_probabilities_the_explain_stage_recorded(tmp_path):
+    probs = torch.tensor([[0.2, 0.8], [0.9, 0.1], [0.35, 0.65]])
+    pred = _explain_one(tmp_path, "predicted", probs)
+    assert pred["captions"]["m|saliency"] == ["predicted: PNEUMONIA (p 0.80) · explains: PNEUMONIA",
+                                              "predicted: NORMAL (p 0.90) · explains: NORMAL"]
+    lab = _explain_one(tmp_path / "l", "label", torch.tensor([[0.7, 0.3], [0.9, 0.1], [0.35, 0.65]]))
+    assert lab["captions"]["m|saliency"][0] == "predicted: NORMAL (p 0.70) · explains: PNEUMONIA (the label) (p 0.30)"
 
 
 # ---------------------------------------------------------------- 2. comparisons without a pair

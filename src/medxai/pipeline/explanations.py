@@ -66,10 +66,21 @@ def explain_stage(d: Path, model: torch.nn.Module, s: EvalSample, method: str, o
     t0 = time.perf_counter()
     targets = explanation_targets(model, s, ecfg.target, task, ecfg.top_k)
     maps = explain_maps(model, s.x, targets, method, opts, ecfg.output)
-    save_safetensors(d / "maps.safetensors", {"maps": maps, "targets": targets},
+    probs = _probabilities(model, s.x, task)
+    save_safetensors(d / "maps.safetensors", {"maps": maps, "targets": targets, "probs": probs},
                      metadata={"method": method, "output": ecfg.output, "target": ecfg.target})
     return {"method": method, "n": len(s), "ids": s.ids, "output": ecfg.output, "target_policy": ecfg.target,
             "targets": targets.tolist(), "seconds": time.perf_counter() - t0}
+
+
+@torch.no_grad()
+def _probabilities(model: torch.nn.Module, x: torch.Tensor, task: str) -> torch.Tensor:
+    """(N, K) probabilities of the explained images (softmax; sigmoid for multilabel), for the captions."""
+    from medxai.evaluate.predict import model_device
+
+    dev = model_device(model)
+    z = torch.cat([model(x[i:i + CHUNK].to(dev)).float().cpu() for i in range(0, len(x), CHUNK)])
+    return torch.sigmoid(z) if task == "multilabel" else torch.softmax(z, dim=1)
 
 
 def _load_maps(ex: StageResult) -> tuple[torch.Tensor, torch.Tensor]:

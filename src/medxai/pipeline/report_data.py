@@ -228,7 +228,7 @@ def _explanation_section(cfg: AuditConfig, out: Path, explained: dict[tuple[str,
     rows = [i for i, _ in cells]
     maps = {k: _cell_maps(t["maps"], cells) for k, t in loaded.items()}
     rule = _target_rule(cfg, task)
-    findings = {k: _cell_findings(t.get("targets"), cells, class_names) for k, t in loaded.items()}
+    findings = {k: _cell_findings(t.get("targets"), cells, class_names, t.get("probs")) for k, t in loaded.items()}
     captions = {f"{mo}|{me}": [_caption(f, rule, task) for f in findings[(mo, me)]] for mo, me in loaded}
     assets = out / "report_assets"
     scales: dict[str, float] = {}
@@ -269,9 +269,10 @@ def _cell_maps(m: torch.Tensor, cells: list[tuple[int, int]]) -> torch.Tensor:
     return m[[i for i, _ in cells]]
 
 
-def _cell_findings(targets: torch.Tensor | None, cells: list[tuple[int, int]],
-                   class_names: list[str]) -> list[dict]:
-    """Per cell: the finding the map explains and, for top-k, every explained finding of its image."""
+def _cell_findings(targets: torch.Tensor | None, cells: list[tuple[int, int]], class_names: list[str],
+                   probs: torch.Tensor | None = None) -> list[dict]:
+    """Per cell: the finding the map explains (and its probability when the stage recorded them),
+    for top-k every explained finding of its image, and the image's most probable class."""
     def name(c: int) -> str:
         return class_names[c] if 0 <= c < len(class_names) else str(c)
 
@@ -280,22 +281,29 @@ def _cell_findings(targets: torch.Tensor | None, cells: list[tuple[int, int]],
     t = targets.long()
     out = []
     for i, r in cells:
-        row = [name(int(c)) for c in t[i].reshape(-1).tolist()]
-        out.append({"explains": row[min(r, len(row) - 1)], "all": row, "rank": r + 1})
+        classes = [int(c) for c in t[i].reshape(-1).tolist()]
+        c = classes[min(r, len(classes) - 1)]
+        cell = {"explains": name(c), "all": [name(k) for k in classes], "rank": r + 1}
+        if probs is not None and i < len(probs):
+            cell["p"] = float(probs[i, c])
+            cell["top"], cell["p_top"] = name(int(probs[i].argmax())), float(probs[i].max())
+        out.append(cell)
     return out
 
 
 def _caption(f: dict, rule: str, task: str) -> str:
-    """What one overlay shows, in words: the prediction where the target is it, then the finding.
-
-    Probabilities are not shown: no stage records them for the explained images."""
+    """What one overlay shows, in words: the prediction (with its probability where the stage
+    recorded them), then the finding the map explains."""
+    p = f" (p {f['p']:.2f})" if "p" in f else ""
     if rule == "label" or not f["all"]:
+        if "top" in f:
+            return f"predicted: {f['top']} (p {f['p_top']:.2f}) · explains: {f['explains']} (the label){p}"
         return f"explains: {f['explains']}" + (" (the label; prediction not recorded)" if f["all"] else "")
     if len(f["all"]) > 1:
         return (f"top-{len(f['all'])} most probable: {', '.join(f['all'])} · explains: {f['explains']} "
-                f"(rank {f['rank']})")
+                f"(rank {f['rank']}){p}")
     kind = "most probable" if task == "multilabel" else "predicted"
-    return f"{kind}: {f['explains']} · explains: {f['explains']}"
+    return f"{kind}: {f['explains']}{p} · explains: {f['explains']}"
 
 
 def _score_rows(scores: dict[tuple[str, str], StageResult]) -> tuple[list[dict], dict[str, bool]]:

@@ -292,3 +292,33 @@ def test_audit_of_chexpert_small_states_where_the_test_split_came_from(tmp_path)
     ds, desc = build_datasets(cfg.data)
     assert len(ds["test"]) > 0 and len(ds["val"]) == 1
     assert "test split from train.csv (seeded 25% by patient, split_seed 0)" in desc["description"]
+
+
+def test_folder_audit_with_colliding_file_names_compares_every_pair(tmp_path):
+    """LESION/img0.png and NORMAL/img0.png once shared the id img0: paired comparisons lost half the
+    images (n 0, n_dropped 10). With path ids every image is paired."""
+    import torch
+    from torch import nn
+
+    import medxai
+
+    rng = np.random.default_rng(0)
+    for cls, bright in (("LESION", 200), ("NORMAL", 60)):
+        for i in range(6):
+            arr = (rng.random((16, 16)) * 50).astype(np.uint8)
+            arr[4:10, 4:10] = bright
+            path = tmp_path / "data" / "test" / cls / f"img{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr).save(path)
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    b = nn.Sequential(nn.Conv2d(1, 2, 5, padding=2), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    res = medxai.audit({"a": a, "b": b}, str(tmp_path / "data"), out=tmp_path / "run",
+                       attack={"enabled": False}, corruption={"enabled": False}, intervention={"enabled": False},
+                       explain={"methods": ["saliency"], "n_score": 12, "n_show": 2},
+                       score={"metrics": ["sparseness"], "sanity": False, "n_boot": 10, "compare": [["b", "a"]]},
+                       evaluation={"n_boot": 10})
+    ids = [img["id"] for img in res.report["explanations"]["images"]]
+    assert len(set(ids)) == len(ids) and any(i.startswith("test/LESION/") for i in ids)
+    (cmp,) = [c for c in res.report["scores"]["comparisons"] if c["metric"] == "sparseness"]
+    assert cmp["n"] == 12 and cmp["n_dropped"] == 0

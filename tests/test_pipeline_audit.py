@@ -202,3 +202,15 @@ def test_example_config_runs_on_its_synthetic_stand_in(example, tmp_path):
     if example == "pneumonia-mobilenet.yaml":
         assert report["shortcut"]["rows"]
     assert (tmp_path / "run" / "report.html").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("bad,match", [({"explain": {"methods": ["gradcamm"]}}, "explain.methods: 'gradcamm'"),
+                                       ({"score": {"metrics": ["pointing"]}}, "score.metrics"),
+                                       ({"corruption": {"names": ["fog2"]}}, "corruption.names: 'fog2'")])
+def test_unknown_names_fail_before_any_stage_runs(tmp_path, bad, match):
+    from medxai.errors import ConfigError
+
+    raw = {**copy.deepcopy(TINY), **bad}
+    with pytest.raises(ConfigError, match=match):
+        run_audit(load_config(raw), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before the data stage: nothing trained, nothing written

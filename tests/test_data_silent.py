@@ -292,6 +292,16 @@ def test_audit_of_chexpert_small_states_where_the_test_split_came_from(tmp_path)
     ds, desc = build_datasets(cfg.data)
     assert len(ds["test"]) > 0 and len(ds["val"]) == 1
     assert "test split from train.csv (seeded 25% by patient, split_seed 0)" in desc["description"]
+    # and the whole audit runs on it and says so in the report
+    from medxai.pipeline.audit import run_audit
+
+    raw = {"name": "cx", "data": {"spec": spec, "use": "real", "size": 16},
+           "models": [{"name": "m", "arch": "small-cnn", "train": {"epochs": 1, "batch_size": 8}}],
+           "attack": {"enabled": False}, "corruption": {"enabled": False},
+           "explain": {"methods": ["saliency"], "n_show": 2, "n_score": 4},
+           "score": {"metrics": ["sparseness"], "sanity": False, "n_boot": 10}, "evaluation": {"n_boot": 10}}
+    res = run_audit(load_config(raw), tmp_path / "run")
+    assert "test split from train.csv (seeded 25% by patient" in res.report["data"]["description"]
 
 
 def test_folder_audit_with_colliding_file_names_compares_every_pair(tmp_path):

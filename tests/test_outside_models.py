@@ -432,3 +432,25 @@ def test_config_mixes_trained_models_and_cards(world, tmp_path):
     assert res.report["models"]["onnx"]["card"]["format"] == "onnx"
     assert (tmp_path / "run" / "stages" / "train" / "trained").is_dir()
     assert not (tmp_path / "run" / "stages" / "train" / "onnx").exists()
+
+
+def test_store_explain_and_score_take_model_cards(world, tmp_path, audits):
+    """medxai store explain --model: the same saliency maps as the audit; store score finds the model
+    through the card recorded in the store (deletion needs it)."""
+    from medxai.distributed import MapStore
+
+    _, _, ref_dir, _ = audits
+    store = tmp_path / "store"
+    _invoke(["store", "explain", "--model", world["cards"]["onnx"], "--data", world["data"], "--methods", "saliency",
+             "--n", "8", "--dtype", "float32", "--store", str(store), "--device", "cpu"])
+    ms = MapStore.open(store)
+    shards = [ms.read(i) for i in range(ms.n_shards)]
+    ids = [s for _, meta in shards for s in meta["ids"]]
+    maps = torch.cat([t["maps/onnx/saliency"] for t, _ in shards])
+    ref = load_file(str(next((ref_dir / "stages" / "explain" / "cnn" / "saliency").glob("*/maps.safetensors"))))
+    res = json.loads(next((ref_dir / "stages" / "explain" / "cnn" / "saliency").glob("*/result.json")).read_text())
+    want = ref["maps"][[res["ids"].index(i) for i in ids]]
+    torch.testing.assert_close(maps, want, atol=1e-5, rtol=0)
+    _invoke(["store", "score", "--store", str(store), "--metrics", "deletion", "--n-boot", "0", "--device", "cpu"])
+    summary = json.loads((store / "scores" / "summary.json").read_text())
+    assert "onnx/saliency" not in summary["skipped"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from medxai.cli._app import app, parse_metric_options, run_names, state
+from medxai.cli._app import Models, app, parse_metric_options, state
 from medxai.errors import ConfigError, DataError
 
 store_app = typer.Typer(help="Explain and score whole datasets into a chunked, resumable store (torchrun-ready).",
@@ -22,12 +22,14 @@ app.add_typer(store_app, name="store")
 
 
 
-def _open(data: str, split: str, size: int | None, n: int | None) -> Any:
+def _open(data: str, split: str, size: int | None, n: int | None, classes: list[str] | None = None) -> Any:
     from medxai.data import open_dataset
 
     kw: dict[str, Any] = {"split": split}
     if size is not None:
         kw["size"] = size
+    if classes is not None:  # the models' class order, by name (recorded in the store for store score)
+        kw["classes"] = classes
     ds = open_dataset(data, **kw)
     if len(ds) == 0:
         raise ConfigError(f"dataset {data!r} split {split!r} is empty")
@@ -72,9 +74,22 @@ def _echo(msg: str) -> None:
         typer.echo(msg)
 
 
+def _open_for(models: Models, data: str, split: str, size: int | None, n: int | None) -> tuple[Any, list | None]:
+    """The split, read in the models' class order by name (runs' order; cards' positive class second)."""
+    from medxai.cards import data_class_order
+
+    ds = _open(data, split, size, n)
+    cards = dict(zip(models.names[len(models.runs):], models.cards, strict=True))
+    order = data_class_order(cards, list(ds.class_names), ds.task)
+    if models.runs:
+        order = models.run_class_order(list(ds.class_names), order)
+    return (_open(data, split, size, n, order), order) if order is not None else (ds, None)
+
+
 @store_app.command("explain")
 def store_explain(
-    run: list[Path] = typer.Option(..., "--run", help="A training run directory (repeat for several models)."),
+    run: list[Path] = typer.Option([], "--run", help="A training run directory (repeat for several models)."),
+    model: list[Path] = typer.Option([], "--model", "-m", help="An outside model's card YAML (repeat for several)."),
     data: str = typer.Option(..., "--data", help="Dataset spec for medxai.data.open_dataset (path or YAML)."),
     store: Path = typer.Option(..., "--store", "--out", "-o", help="Store folder (created; a rerun completes it)."),
     methods: str = typer.Option("saliency,gradcam", "--methods", help="Comma-separated method names."),
@@ -93,8 +108,6 @@ def store_explain(
     """Explain every image of a dataset split with several models and methods into a sharded store."""
     from medxai.distributed import explain_dataset, setup
     from medxai.explain import REGISTRY
-    from medxai.runs import load_run
-
     info = setup()
     names = [m.strip() for m in methods.split(",") if m.strip()]
     if not names:
@@ -105,21 +118,17 @@ def store_explain(
 
     dev = torch.device(device) if device else (torch.device("cuda", info.local_rank) if torch.cuda.is_available()
                                                else torch.device("cpu"))
-    loaded = [load_run(r, device=dev) for r in run]
-    names_of_runs = run_names(run)
-    if size is None:
-        meta_size = loaded[0][1].meta.get("image_size")
-        size = int(meta_size[0]) if isinstance(meta_size, (list, tuple)) and meta_size else None
-    ds = _open(data, split, size, n)
+    models = Models.from_options(run, model)
+    size = models.size() if size is None else size
+    ds, classes = _open_for(models, data, split, size, n)
+    loaded = models.load(dev, list(ds.class_names))
     kw = {} if output is None else {"output": output}
-    res = explain_dataset({nm: m for nm, (m, _) in zip(names_of_runs, loaded, strict=True)}, ds,
-                          {m: dict(kw) for m in names}, store, target=target, batch_size=batch_size,
-                          shard_size=shard_size, dtype=dtype, device=dev, overwrite=overwrite,
+    res = explain_dataset({nm: m for nm, m, _ in loaded}, ds, {m: dict(kw) for m in names}, store, target=target,
+                          batch_size=batch_size, shard_size=shard_size, dtype=dtype, device=dev, overwrite=overwrite,
                           progress=not state.quiet,
-                          config={"data": data, "split": split, "size": size, "n": n,
-                                  "run_dirs": {nm: str(r) for nm, r in zip(names_of_runs, run, strict=True)},
-                                  "class_names": {nm: ri.class_names for nm, (_, ri) in zip(names_of_runs, loaded,
-                                                                                             strict=True)}})
+                          config={"data": data, "split": split, "size": size, "n": n, "classes": classes,
+                                  "run_dirs": {nm: str(ri.run_dir) for nm, _, ri in loaded},
+                                  "class_names": {nm: ri.class_names for nm, _, ri in loaded}})
     _echo(f"store {store}: {len(ds)} images in {res.n_shards} shard(s); computed {len(res.computed)}, "
           f"already there {len(res.skipped)} ({res.world_size} process(es), {res.seconds:.1f}s)")
 
@@ -159,16 +168,17 @@ def store_score(
     if any(need in mi.needs for mi in infos for need in ("images", "model", "explainer")):
         spec = data or extra.get("data")
         if spec:
-            dataset = _open(spec, extra.get("split", "test"), extra.get("size"), extra.get("n"))
-        from medxai.runs import load_run
+            dataset = _open(spec, extra.get("split", "test"), extra.get("size"), extra.get("n"), extra.get("classes"))
+        from medxai.metrics.maps_folder import load_model
 
         dirs = {Path(r).resolve().name: Path(r) for r in (run or [])}
         recorded = dict(extra.get("run_dirs") or {})
+        classes = dict(extra.get("class_names") or {})
         models = {}
         for name, d in recorded.items():
             path = dirs.get(name, Path(d))
-            if path.exists():
-                models[name] = load_run(path, device=dev)[0]
+            if path.exists():  # a run directory, or an outside model's card (.yaml)
+                models[name] = load_model(path, dev, classes.get(name))
         if not models:
             raise DataError(store, f"metrics that need the model need the runs {sorted(recorded) or '(none named)'}, "
                             "and none of their folders exists; pass --run RUN (matched by folder name)")

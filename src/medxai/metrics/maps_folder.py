@@ -20,7 +20,7 @@ from medxai.metrics.registry import nan_reason
 from medxai.metrics.scoring import metric_infos, score_samples
 from medxai.metrics.statistics import summarize
 
-__all__ = ["CSV_COLUMNS", "read_maps", "score_maps"]
+__all__ = ["CSV_COLUMNS", "load_model", "read_maps", "score_maps"]
 
 CSV_COLUMNS = ["id", "model", "method", "metric", "value", "category", "higher_is_better"]
 
@@ -75,7 +75,7 @@ def _annotations(spec: str | None, split: str, ids: list[str], size: tuple[int, 
     return {"masks": stack("mask", False), "shortcut_masks": stack("shortcut_mask", True)}
 
 
-def _load_model(path: Path, device: torch.device, class_names: list[str] | None) -> Any:
+def load_model(path: Path, device: torch.device, class_names: list[str] | None) -> Any:
     """A run directory's model, or an outside model from its card (``.yaml``), outputs in ``class_names``' order."""
     if path.is_file() and path.suffix.lower() in (".yaml", ".yml"):
         from medxai.cards import load_card
@@ -125,7 +125,7 @@ def score_maps(maps: Path, metrics: Sequence[str] | str, *, data: str | None = N
         if rname not in models:
             path = run_dirs.get(rname) or (Path(info["runs"][rname]["dir"]) if rname in info.get("runs", {}) else None)
             classes = info.get("runs", {}).get(rname, {}).get("class_names")
-            models[rname] = _load_model(path, dev, classes) if path is not None and path.exists() else None
+            models[rname] = load_model(path, dev, classes) if path is not None and path.exists() else None
         return models[rname]
 
     rows: list[dict[str, Any]] = []

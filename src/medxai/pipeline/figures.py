@@ -108,3 +108,16 @@ def explanation_grid(images: torch.Tensor, maps: dict[tuple[str, str], torch.Ten
             if cap:
                 ax.text(0.5, -0.04, f"explains: {cap[i]}", transform=ax.transAxes, ha="center", va="top", fontsize=5)
     _save(fig, path)
+
+
+@plain_text
+def class_means_figure(means: dict[str, np.ndarray], path: Path) -> None:
+    """One panel per class: the mean normalised attribution map of its images, one colour scale."""
+    vmax = max((float(m.max()) for m in means.values()), default=1.0) or 1.0
+    fig, axes = plt.subplots(1, len(means), figsize=(2.2 * len(means), 2.4), squeeze=False)
+    for ax, (name, m) in zip(axes[0], means.items(), strict=True):
+        ax.imshow(m, cmap="inferno", vmin=0, vmax=vmax)
+        ax.set_title(name, fontsize=8)
+        ax.axis("off")
+    fig.suptitle("mean attribution map per class", fontsize=9)
+    _save(fig, path)

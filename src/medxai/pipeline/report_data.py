@@ -425,11 +425,13 @@ def findings(report: dict, by_key: dict, models: list[str], methods: list[str], 
                                 f"{100 * s['peak_rate']:.0f}% of test images that carry it "
                                 f"({100 * s['share']:.0f}% of positive attribution lies on it)."})
     att = report["robustness"].get("attack")
-    if att and len(att["eps"]) > 1 and set(att["models"]) - chance:
+    # a success rate over no correctly classified image is 0 by construction, not robustness: left out
+    judged = {n: a for n, a in (att or {}).get("models", {}).items() if n not in chance and a.get("n") != 0}
+    if att and len(att["eps"]) > 1 and judged:
         i = len(att["eps"]) - 1
-        parts = [f"{n} {100 * a['success_rate'][i]:.0f}%" for n, a in att["models"].items() if n not in chance]
+        parts = [f"{n} {100 * a['success_rate'][i]:.0f}%" for n, a in judged.items()]
         out.append({"kind": "robustness", "eps": att["eps"][i],
-                    "success_rate": {n: a["success_rate"][i] for n, a in att["models"].items()},
+                    "success_rate": {n: a["success_rate"][i] for n, a in judged.items()},
                     "text": f"Attack success rate at eps {att['eps_labels'][i]} ({att['norm']}): "
                             + ", ".join(parts) + "."})
     cor = report["robustness"].get("corruption")

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +92,7 @@ def discovery_stage(d: Path, model: torch.nn.Module, s: EvalSample, ex: StageRes
 
     from medxai.errors import InputError
     from medxai.metrics.spray import mean_map_per_class, plot_spray, spray
+    from medxai.pipeline.figures import class_means_figure
 
     maps = load_file(str(ex.dir / "maps.safetensors"))["maps"]
     maps = maps[:, 0] if maps.ndim == 5 else maps  # top-k: the most probable finding's maps
@@ -107,7 +107,7 @@ def discovery_stage(d: Path, model: torch.nn.Module, s: EvalSample, ex: StageRes
         return {"reason": str(exc)}
     plot_spray(res, x, maps[:n], d / "clusters.png", ids=ids, y_true=y, y_pred=pred)
     if y is not None:
-        _class_means(mean_map_per_class(maps[:n], y, class_names), d / "class_means.png")
+        class_means_figure(mean_map_per_class(maps[:n], y, class_names), d / "class_means.png")
     clusters = res.clusters(y_true=y, y_pred=pred, ids=ids)
     for cl in clusters:
         cl["label_counts"] = {class_names[int(k)] if str(k).isdigit() and int(k) < len(class_names) else str(k): v
@@ -116,24 +116,3 @@ def discovery_stage(d: Path, model: torch.nn.Module, s: EvalSample, ex: StageRes
             "labels": dict(zip(ids, (int(v) for v in res.labels), strict=True)), "png": "clusters.png",
             "class_means_png": "class_means.png" if y is not None else None}
 
-
-def _class_means(means: dict[str, np.ndarray], path: Path) -> None:
-    """One panel per class: the mean normalised attribution map of its images (one colour scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from medxai._util.io import atomic_write_bytes
-
-    vmax = max((float(m.max()) for m in means.values()), default=1.0) or 1.0
-    fig, axes = plt.subplots(1, len(means), figsize=(2.2 * len(means), 2.4), squeeze=False)
-    for ax, (name, m) in zip(axes[0], means.items(), strict=True):
-        ax.imshow(m, cmap="inferno", vmin=0, vmax=vmax)
-        ax.set_title(name, fontsize=8, parse_math=False)
-        ax.axis("off")
-    fig.suptitle("mean attribution map per class", fontsize=9)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())

@@ -33,7 +33,10 @@ def _ok(v: Any) -> bool:
 
 
 def discrimination_metric(task: str) -> str:
-    return {"binary": "auc", "multilabel": "auc_macro", "ordinal": "kappa_quadratic"}.get(task, "balanced_accuracy")
+    """The task's discrimination metric: the one the subgroup analysis reports too."""
+    from medxai.evaluate.subgroups import HEADLINE_METRIC
+
+    return HEADLINE_METRIC[task]
 
 
 def chance_level(metric: str, n_classes: int) -> float:
@@ -148,13 +151,13 @@ def _adversarial(rep: dict, m: str, v: VerdictConfig, cfg: AuditConfig) -> dict:
 
 
 def _wilson(p: Any, n: Any) -> tuple[Any, Any]:
-    """The Wilson score 95% interval of a proportion p of n trials."""
+    """The Wilson score 95% interval of a proportion p of n trials (scipy's binomtest)."""
     if not _ok(p) or not isinstance(n, int) or n < 1:
         return None, None
-    z = 1.959963984540054
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    from scipy.stats import binomtest
+
+    ci = binomtest(round(p * n), n).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def _corruption(rep: dict, m: str, v: VerdictConfig, cfg: AuditConfig) -> dict:

@@ -48,6 +48,7 @@ _STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "not measured":
 
 def _print_scorecard(con: Console, sc: dict) -> None:
     """One table per model: dimension, value with CI, status (and why), then the verdict in words."""
+    from rich.markup import escape
     from rich.table import Table
 
     for name, card in sc.get("models", {}).items():
@@ -58,15 +59,9 @@ def _print_scorecard(con: Console, sc: dict) -> None:
             v = "-" if row["value"] is None else f"{row['value']:.3f}"
             ci = "-" if row["ci_low"] is None or row["ci_high"] is None else f"{row['ci_low']:.2f}-{row['ci_high']:.2f}"
             status = row["status"] + (f" ({row['reason']})" if row.get("reason") else "")
-            table.add_row(row["dimension"], row["metric"], v, ci, f"[{_STYLE[row['status']]}]{_esc(status)}[/]")
+            table.add_row(row["dimension"], row["metric"], v, ci, f"[{_STYLE[row['status']]}]{escape(status)}[/]")
         con.print(table)
         con.print(card["verdict"], markup=False)
-
-
-def _esc(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
 
 
 def _raw_config(config: Path | None, models: list[Path], data: str | None, split: str | None,

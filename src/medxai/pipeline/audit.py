@@ -160,7 +160,7 @@ def _open_data(cfg: AuditConfig, cards: dict[str, ModelCard],
 
     splits = ("train", "val", cfg.data.split) if cfg.models_trained() else (cfg.data.split,)
     splits = tuple(dict.fromkeys(splits))
-    opts = data_options(cfg, cards)
+    opts = data_options(cfg, cards, synthetic)
     datasets, desc = build_datasets(cfg.data, synthetic=synthetic, splits=splits, **opts)
     order = _positive_order(cfg, desc, data_class_order(cards, desc["class_names"], desc["task"]))
     if order is not None:

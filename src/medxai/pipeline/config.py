@@ -55,6 +55,12 @@ class DataConfig(_Strict):
     split: str = "test"  # the split evaluated, attacked, explained and scored
     positive_class: str | None = None  # binary: the class binary metrics call positive (default: the second)
 
+    def use_synthetic(self, override: bool | None = None) -> bool:
+        """Whether the audit runs on the synthetic stand-in (``--synthetic`` overrides ``use``)."""
+        if override is not None:
+            return override
+        return self.use == "synthetic" or (self.use == "auto" and self.spec is None)
+
     @field_validator("split")
     @classmethod
     def _split(cls, v: str) -> str:

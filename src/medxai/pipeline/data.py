@@ -45,9 +45,7 @@ def build_datasets(cfg: DataConfig, *, synthetic: bool | None = None,
     are read in, by name) go to ``open_dataset`` for real data. A split without images is refused
     naming the splits the layout has.
     """
-    auto_synth = cfg.use == "synthetic" or (cfg.use == "auto" and cfg.spec is None)
-    use_synth = synthetic if synthetic is not None else auto_synth
-    if use_synth:
+    if cfg.use_synthetic(synthetic):
         ds, desc = _synthetic(cfg, splits)
     else:
         ds, desc = _real(cfg, splits, cfg.size if size is None else size, options)

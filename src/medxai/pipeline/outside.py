@@ -24,7 +24,7 @@ def read_cards(cfg: AuditConfig) -> dict[str, ModelCard]:
     return {mc.name: read_card(mc.card) for mc in cfg.models if mc.card}
 
 
-def data_options(cfg: AuditConfig, cards: dict[str, ModelCard]) -> dict[str, Any]:
+def data_options(cfg: AuditConfig, cards: dict[str, ModelCard], synthetic: bool | None = None) -> dict[str, Any]:
     """``size`` and ``channels`` for the data from the cards (empty without cards)."""
     if not cards:
         return {}
@@ -38,16 +38,13 @@ def data_options(cfg: AuditConfig, cards: dict[str, ModelCard]) -> dict[str, Any
     if h != w:
         raise ModelError(f"input size [{h}, {w}]: only square inputs are supported (images are resized by the "
                          "shorter side and centre-cropped)")
-    stated = cfg.data.synthetic.size if _synthetic(cfg) else cfg.data.size
-    if stated is not None and stated != h and (_synthetic(cfg) or cfg.models_trained()):
+    synth = cfg.data.use_synthetic(synthetic)
+    stated = cfg.data.synthetic.size if synth and cfg.data.synthetic else cfg.data.size
+    if stated is not None and stated != h and (synth or cfg.models_trained()):
         raise ModelError(f"data size {stated} differs from the cards' input size {h}")
     if c not in (1, 3):
         raise ModelError(f"input.channels {c}: datasets are read as 1 (grey) or 3 (RGB) channels")
     return {"size": h, "channels": c}
-
-
-def _synthetic(cfg: AuditConfig) -> bool:
-    return cfg.data.use == "synthetic" or (cfg.data.use == "auto" and cfg.data.spec is None)
 
 
 def describe_resize(options: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@
 - ``parse_eps("2.5/255")``, ``parse_eps_list("0.2/255,0.4/255")``: budgets from text (no eval).
 """
 
+from medxai.attacks import autoattack, minnorm  # noqa: F401  (filled by issue 18)
 from medxai.attacks.apgd import APGD, attack_list, dlr_loss
 from medxai.attacks.budget import format_eps, parse_eps, parse_eps_list
 from medxai.attacks.evaluate import METRICS, evaluate

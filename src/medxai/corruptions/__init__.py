@@ -8,7 +8,7 @@ the fundus study's camera faults ``motion_blur``, ``light_leakage``, ``underexpo
 its formula and table; spatial parameters scale with the image size (tables at 224 px).
 """
 
-from medxai.corruptions import blur, digital, fundus, noise, photometric  # noqa: F401  (register)
+from medxai.corruptions import blur, digital, fundus, modality, noise, photometric  # noqa: F401  (register)
 from medxai.corruptions.base import REGISTRY, Corruption, apply, list_corruptions, max_severity, size_scale
 from medxai.corruptions.fundus import field_of_view
 from medxai.corruptions.gallery import example_fundus, gallery

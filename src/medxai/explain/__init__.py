@@ -10,14 +10,19 @@ from medxai.explain import (
     api,
     attention,
     cam,
+    cam_family,
+    deeplift,
     gradient,
     integrated_gradients,
     lime,
+    lrp,
     lrp_vit,
     occlusion,
     postprocess,
     rise,
+    shap,
     visualize,
+    wrappers,
 )
 from medxai.explain.base import Attribution, preserve_model, resolve_targets, select_output
 from medxai.explain.engine import perturbed_outputs
@@ -27,8 +32,8 @@ __all__ = ["REGISTRY", "Attribution", "perturbed_outputs", "preserve_model", "re
 
 # gradient methods, IG, CAMs, perturbation methods, ViT attention and LRP, post-processing, plots, API
 # (the ``postprocess`` function re-exported here shadows its module's name)
-for _mod in (gradient, integrated_gradients, cam, occlusion, lime, rise, attention, lrp_vit,
-             postprocess, visualize, api):
+for _mod in (gradient, integrated_gradients, cam, cam_family, deeplift, lrp, shap, wrappers, occlusion, lime, rise,
+             attention, lrp_vit, postprocess, visualize, api):
     for _public in _mod.__all__:
         globals()[_public] = getattr(_mod, _public)
         __all__.append(_public)

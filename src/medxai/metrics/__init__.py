@@ -30,6 +30,7 @@ tensor([1.])
 
 from __future__ import annotations
 
+from medxai.metrics import faithfulness_extra, randomisation_extra, robustness  # noqa: F401  (register)
 from medxai.metrics.complexity import complexity, effective_complexity, sparseness, total_variation
 from medxai.metrics.faithfulness import (
     CurveResult,

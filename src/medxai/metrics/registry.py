@@ -18,7 +18,7 @@ from torch import nn
 from medxai._util.registry import Registry
 from medxai.errors import ConfigError
 
-CATEGORIES = ("localisation", "faithfulness", "randomisation", "complexity", "shortcut")
+CATEGORIES = ("localisation", "faithfulness", "randomisation", "complexity", "shortcut", "robustness")
 #: what a metric can need; "mask" is satisfied by a mask or by boxes when ``boxes_ok``
 NEEDS = ("mask", "boxes", "model", "images", "explainer", "shortcut_mask")
 

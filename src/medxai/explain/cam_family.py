@@ -1,0 +1,7 @@
+"""CAM variants beyond Grad-CAM(++): HiResCAM, XGradCAM, LayerCAM, EigenCAM, ScoreCAM, AblationCAM, FullGrad.
+
+Placeholder: filled in by issue 18."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

@@ -35,7 +35,14 @@ def split_kwargs(cls: type, kw: dict) -> tuple[dict, dict, dict]:
     The constructor wins a name both accept (e.g. a CAM's ``relu``); ``attribute(**kw)`` methods
     are looked through to ``_compute`` / ``_attribute``. Unknown names raise ConfigError.
     """
-    init_names, _ = _params(cls.__init__)
+    init_names, init_var_kw = _params(cls.__init__)
+    if init_var_kw:  # ``**kw`` passed up: the base classes' constructors name what it accepts
+        for base in cls.__mro__[1:]:
+            if "__init__" in vars(base):
+                more, var = _params(base.__init__)
+                init_names |= more
+                if not var:
+                    break
     attr_names, var_kw = _params(cls.attribute)
     if var_kw:
         for inner in ("_compute", "_attribute"):
@@ -78,7 +85,14 @@ def explain(model: nn.Module, x: torch.Tensor, method: str, target: int | torch.
     """
     cls = REGISTRY.get(method)
     init_kw, attr_kw, post_kw = split_kwargs(cls, kw)
-    init_names, _ = _params(cls.__init__)
+    init_names, init_var_kw = _params(cls.__init__)
+    if init_var_kw:  # ``**kw`` passed up: the base classes' constructors name what it accepts
+        for base in cls.__mro__[1:]:
+            if "__init__" in vars(base):
+                more, var = _params(base.__init__)
+                init_names |= more
+                if not var:
+                    break
     if "upsample" in init_names and "upsample" not in init_kw:
         init_kw["upsample"] = False
     explainer = cls(model, **init_kw)

@@ -1,4 +1,4 @@
-"""Gradient maps: Saliency, Input x Gradient, SmoothGrad, Guided Backprop.
+"""Gradient maps: Saliency, Input x Gradient, SmoothGrad, Guided Backprop, Deconvnet.
 
 All methods speak the captum contract ``Method(model, **cfg).attribute(x, target=None, top_k=None)``
 and return (B, C, H, W) for one target per sample, (B, T, C, H, W) for several. Several targets
@@ -24,7 +24,7 @@ from medxai.explain.base import (
 from medxai.explain.engine import for_chunks, model_batch_for
 from medxai.explain.registry import REGISTRY
 
-__all__ = ["GuidedBackprop", "InputXGradient", "Saliency", "SmoothGrad", "guided_relus"]
+__all__ = ["Deconvnet", "GuidedBackprop", "InputXGradient", "Saliency", "SmoothGrad", "deconv_relus", "guided_relus"]
 
 #: default bytes of autograd state (saved activations + inputs + gradients) per model call
 DEFAULT_MEMORY_BUDGET = 2**30
@@ -288,19 +288,26 @@ class _GuidedReLU(torch.autograd.Function):
         return grad.clamp(min=0) * (out > 0).to(grad.dtype)
 
 
+class _DeconvReLU(torch.autograd.Function):
+    """ReLU whose backward is ``relu(grad)``, ignoring the forward mask (Zeiler & Fergus 2014)."""
+
+    @staticmethod
+    def forward(ctx, inp: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return inp.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return grad.clamp(min=0)
+
+
 @contextmanager
-def guided_relus(model: nn.Module) -> Iterator[list[nn.Module]]:
-    """Within the block every ``nn.ReLU`` module of ``model`` backpropagates like guided backprop.
-
-    A forward hook replaces the module's output by ``_GuidedReLU`` of its input (for an inplace
-    ReLU the input already holds relu(input), which gives the same mask). Hooks are removed on exit,
-    also on error. Functional ReLUs (``F.relu`` inside ``forward``) are not modules and stay plain.
-    """
-
+def _patched_relus(model: nn.Module, fn: type[torch.autograd.Function]) -> Iterator[list[nn.Module]]:
+    """Within the block every ``nn.ReLU`` module's output is ``fn.apply(input)`` (a forward hook);
+    hooks removed on exit, also on error."""
     handles = []
 
     def hook(_m: nn.Module, inp: tuple, _out: torch.Tensor) -> torch.Tensor:
-        return _GuidedReLU.apply(inp[0])
+        return fn.apply(inp[0])
 
     relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
     try:
@@ -310,6 +317,26 @@ def guided_relus(model: nn.Module) -> Iterator[list[nn.Module]]:
     finally:
         for h in handles:
             h.remove()
+
+
+@contextmanager
+def guided_relus(model: nn.Module) -> Iterator[list[nn.Module]]:
+    """Within the block every ``nn.ReLU`` module of ``model`` backpropagates like guided backprop.
+
+    A forward hook replaces the module's output by ``_GuidedReLU`` of its input (for an inplace
+    ReLU the input already holds relu(input), which gives the same mask). Hooks are removed on exit,
+    also on error. Functional ReLUs (``F.relu`` inside ``forward``) are not modules and stay plain.
+    """
+    with _patched_relus(model, _GuidedReLU) as relus:
+        yield relus
+
+
+@contextmanager
+def deconv_relus(model: nn.Module) -> Iterator[list[nn.Module]]:
+    """Within the block every ``nn.ReLU`` module backpropagates ``relu(grad)`` (deconvnet rule).
+    Same mechanism and restoration as :func:`guided_relus`."""
+    with _patched_relus(model, _DeconvReLU) as relus:
+        yield relus
 
 
 @REGISTRY.register("guided_backprop")
@@ -326,5 +353,23 @@ class GuidedBackprop(GradientAttribution):
         with guided_relus(self.model) as relus:
             if not relus:
                 raise InputError("GuidedBackprop needs nn.ReLU modules in the model; found none")
+            g, _, _ = input_gradients(self.model, x, spec, self.output)
+        return g
+
+
+@REGISTRY.register("deconvnet", "deconvolution")
+class Deconvnet(GradientAttribution):
+    """Zeiler & Fergus 2014 (Springenberg 2015, fig. 1 "deconvnet"): the backward pass through every
+    ``nn.ReLU`` module is ``relu(grad)``, whatever the forward input's sign (captum's Deconvolution).
+    (B, [T,] C, H, W), signed; ``explain`` reduces channels by max of |.|. Functional ReLUs stay plain.
+    """
+
+    needs_hooks = True
+    default_reduce = "max_abs"
+
+    def _compute(self, x: torch.Tensor, spec: TargetSpec) -> torch.Tensor:
+        with deconv_relus(self.model) as relus:
+            if not relus:
+                raise InputError("Deconvnet needs nn.ReLU modules in the model; found none")
             g, _, _ = input_gradients(self.model, x, spec, self.output)
         return g

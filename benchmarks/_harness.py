@@ -187,3 +187,13 @@ def row(work: str, peer: str | None, medxai_s: float | None, peer_s: float | Non
     if r["met"] is False and miss_reason:
         r["reason"] = miss_reason
     return r
+
+
+def import_quantus():
+    """Quantus 0.6.0 with ``np.trapz`` restored (numpy 2 removed it; Quantus' IROF still calls it)."""
+    import numpy as np
+    import quantus
+
+    if not hasattr(np, "trapz"):
+        np.trapz = np.trapezoid  # noqa: NPY201
+    return quantus

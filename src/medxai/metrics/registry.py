@@ -151,6 +151,12 @@ ALIASES = {
     "tv": "total_variation",
     "mprt": "model_randomisation",
     "shortcut": "shortcut_share",
+    "emprt": "efficient_mprt",
+    "smprt": "smooth_mprt",
+    "ris": "relative_input_stability",
+    "ros": "relative_output_stability",
+    "lipschitz": "local_lipschitz_estimate",
+    "sensitivity": "max_sensitivity",
 }
 
 
@@ -171,6 +177,20 @@ NAN_REASONS: dict[str, str] = {
     "complexity": "an all-zero map (no distribution to take the entropy of)",
     "shortcut_share": "the image carries no shortcut marker, or the map has no positive attribution",
     "model_randomisation": "a constant map (rank correlation undefined)",
+    "faithfulness_correlation": "the output drops or the subset attribution sums are constant over the runs "
+                                "(Pearson undefined), e.g. the baseline equals the image",
+    "monotonicity_correlation": "the group attributions or output variances are constant (Spearman undefined)",
+    "irof": "the clean output of the target is 0 (curve f(x^k) / f(x) undefined; logit output only)",
+    "sufficiency": "no reference map within the distance threshold (Quantus returns 0)",
+    "smooth_mprt": "a constant smoothed map (rank correlation undefined)",
+    "efficient_mprt": "the original map is constant (zero histogram entropy: relative rise undefined)",
+    "focus": "the batch has no partner images for the sample's mosaic, or the mosaic map has no positive relevance",
+    "max_sensitivity": "normalise=True and the clean explanation is all zero (relative change undefined)",
+    "avg_sensitivity": "normalise=True and the clean explanation is all zero (relative change undefined)",
+    "local_lipschitz_estimate": "a given perturbation equal to zero (||x - x'|| = 0: 0/0)",
+    "relative_input_stability": "no perturbation kept the predicted class (all discarded, Agarwal et al. 2022)",
+    "relative_output_stability": "no perturbation kept the predicted class (all discarded, Agarwal et al. 2022)",
+    "infidelity": "normalise=True and I . Phi = 0 for every perturbation (an all-zero map: beta undefined)",
 }
 
 

@@ -6,7 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medxai.corruptions import FUNDUS_FAULTS, REGISTRY, apply, example_fundus, list_corruptions, max_severity
+from medxai.corruptions import (
+    FUNDUS_FAULTS,
+    MODALITIES,
+    REGISTRY,
+    apply,
+    example_fundus,
+    list_corruptions,
+    max_severity,
+)
 from medxai.errors import ConfigError, InputError
 
 ALL = ["brightness", "contrast", "defocus_blur", "gamma", "gaussian_blur", "gaussian_noise", "haze",
@@ -33,6 +41,10 @@ def test_registry_names_and_levels():
     assert all(max_severity(n) == 5 for n in ALL if n not in FUNDUS_FAULTS)
     assert all(len(REGISTRY.get(n).table) == max_severity(n) for n in ALL)
     assert list_corruptions("fundus") == ["light_leakage"]
+    # the modalities' artefacts run only when asked for
+    extra = sorted(set(list_corruptions(modalities=True)) - set(ALL))
+    assert extra and all(REGISTRY.get(n).kind in MODALITIES for n in extra)
+    assert sorted(list_corruptions(modalities=True)) == sorted(ALL + extra)
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -51,9 +51,16 @@ def register(name: str, *, table: Sequence, kind: str, source: str) -> Callable[
     return deco
 
 
-def list_corruptions(kind: str | None = None) -> list[str]:
-    """Registered corruption names (optionally of one ``kind``), sorted."""
-    return [n for n, c in REGISTRY.items() if kind is None or c.kind == kind]
+#: kinds of the imaging modalities' own artefacts: run when asked for (by kind or name), not by default
+MODALITIES = ("mri", "ultrasound", "dermoscopy", "histology")
+
+
+def list_corruptions(kind: str | None = None, *, modalities: bool = False) -> list[str]:
+    """Registered corruption names of one ``kind``, or (None) the general ones that apply to any
+    image, plus the modality artefacts (``MODALITIES``) with ``modalities=True``; sorted."""
+    if kind is not None:
+        return [n for n, c in REGISTRY.items() if c.kind == kind]
+    return [n for n, c in REGISTRY.items() if modalities or c.kind not in MODALITIES]
 
 
 def max_severity(name: str) -> int:

@@ -53,7 +53,8 @@ def gallery(x: torch.Tensor, path: str | Path, names: Sequence[str] | None = Non
             ax.imshow(out[..., 0] if out.shape[2] == 1 else out, cmap="gray" if out.shape[2] == 1 else None,
                       vmin=0, vmax=1, interpolation="nearest")
             ax.set_title("clean" if s == 0 else f"{name} {s}", fontsize=6, pad=2)
-    fig.tight_layout(pad=0.2, h_pad=1.2)  # each label closer to its own image than to the row above
+    # each label closer to its own image than to the row above; a single row needs room for its titles
+    fig.tight_layout(pad=0.2 if len(names) > 1 else 0.6, h_pad=1.2)
     path = Path(path)
 
     def write(p: Path) -> None:

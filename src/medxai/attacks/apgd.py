@@ -10,6 +10,11 @@ last one, or if the step was not halved last time and the best loss did not impr
 Losses: "ce" (any number of classes K >= 2) and "dlr" (the difference of logits ratio, needs
 K >= 3: ``-(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3 + 1e-12)``). ``attack_list(K)`` names the
 untargeted attacks that apply to a K-class task.
+
+``APGDT`` is APGD-T (section 4 of the paper, the AutoAttack variant): per target class t, APGD maximising
+the targeted DLR loss ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)``, which needs K >= 4 (it uses
+the 3rd and 4th largest logits). For K < 4 the substitute is the targeted margin ``z_t - z_y`` (the
+numerator alone; with K = 2 it is the untargeted logit margin), recorded as loss "margin".
 """
 
 from __future__ import annotations
@@ -34,6 +39,22 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     top_is_y = (srt[:, -1] == zy)
     other = torch.where(top_is_y, srt[:, -2], srt[:, -1])
     return -(zy - other) / (srt[:, -1] - srt[:, -3] + 1e-12)
+
+
+def targeted_dlr_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Targeted DLR (Croce & Hein 2020, section 4) per sample (B,); needs at least 4 classes."""
+    if logits.shape[1] < 4:
+        raise InputError(f"the targeted DLR loss needs >= 4 classes, got {logits.shape[1]} (use loss='margin')")
+    z = logits.float()
+    srt, _ = z.sort(dim=1)
+    zy, zt = z.gather(1, y.view(-1, 1)).view(-1), z.gather(1, target.view(-1, 1)).view(-1)
+    return -(zy - zt) / (srt[:, -1] - 0.5 * (srt[:, -3] + srt[:, -4]) + 1e-12)
+
+
+def targeted_margin_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``z_t - z_y`` per sample (B,): the targeted substitute for K < 4 classes."""
+    z = logits.float()
+    return z.gather(1, target.view(-1, 1)).view(-1) - z.gather(1, y.view(-1, 1)).view(-1)
 
 
 def attack_list(num_classes: int) -> list[str]:
@@ -143,4 +164,54 @@ class APGD(PGD):
                 cand_loss = torch.where(found, torch.full_like(l_best, float("inf")), l_best)
                 better = (found & ~out_succ) | ((found == out_succ) & (cand_loss > out_loss))
                 out[better], out_succ[better], out_loss[better] = cand[better], found[better], cand_loss[better]
+        return out
+
+
+class APGDT(APGD):
+    """APGD-T: for each of ``n_targets`` target classes (the 2nd, 3rd, ... largest clean logits), APGD maximising
+    the targeted DLR loss (K >= 4) or the targeted margin ``z_t - z_y`` (K < 4, or ``loss="margin"``).
+
+    Success is misclassification (``argmax != y``), as in the reference. Each target runs on the samples
+    still correctly classified; per sample the first misclassified point found, else ``x``.
+    ``n_targets`` is capped at K - 1 (AutoAttack standard: 9).
+    """
+
+    def __init__(self, model: nn.Module, eps: float | torch.Tensor, steps: int = 100, norm: str = "linf",
+                 n_targets: int = 9, loss: str = "auto", seed: int | None = 0, rho: float = 0.75) -> None:
+        if loss not in ("auto", "dlr", "margin"):
+            raise InputError(f"APGD-T loss must be 'auto', 'dlr' or 'margin', got {loss!r}")
+        super().__init__(model, eps, steps=steps, norm=norm, restarts=1, loss="ce", seed=seed, rho=rho)
+        self.n_targets, self.target_loss = int(n_targets), loss
+        self._target: torch.Tensor | None = None
+        self.loss_used: str | None = None
+
+    def losses(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        fn = targeted_dlr_loss if self.loss_used == "dlr" else targeted_margin_loss
+        return fn(logits, y, self._target)
+
+    def perturb(self, x: torch.Tensor, y: torch.Tensor, *, delta0: torch.Tensor | None = None) -> torch.Tensor:
+        check_images(x, "x")
+        y = self._check_y(x, y)
+        eps = per_sample(self.eps, x.shape[0], x, "eps").view(-1)
+        with attack_mode(self.model), torch.no_grad():
+            logits = self.model(x)
+        k = logits.shape[1]
+        self.loss_used = ("dlr" if k >= 4 else "margin") if self.target_loss == "auto" else self.target_loss
+        order = logits.argsort(dim=1, descending=True)
+        out = x.detach().clone()
+        robust = logits.argmax(1) == y
+        for j in range(1, min(self.n_targets, k - 1) + 1):
+            idx = robust.nonzero().view(-1)
+            if idx.numel() == 0:
+                break
+            self._target = order[idx, j]
+            sub_eps, self.eps = self.eps, eps[idx]
+            try:
+                adv = super().perturb(x[idx], y[idx])
+            finally:
+                self.eps, self._target = sub_eps, None
+            with attack_mode(self.model), torch.no_grad():
+                fooled = self.model(adv).argmax(1) != y[idx]
+            out[idx[fooled]] = adv[fooled]
+            robust[idx[fooled]] = False
         return out

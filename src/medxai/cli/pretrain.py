@@ -72,6 +72,13 @@ def pretrain_command(
     result = pretrain(model, ds, objective, epochs=epochs, out=out, progress=not state.quiet, **train, **options)
     from rich.console import Console
 
-    Console(highlight=False).print(f"pretrained {arch} ({objective}) on {len(ds)} images, {epochs} epoch(s): loss "
-                                   f"{result.losses[0]:.4f} -> {result.losses[-1]:.4f}; wrote {result.weights} "
-                                   f"and {result.record}")
+    console = Console(highlight=False)
+    console.print(f"pretrained {arch} ({objective}) on {len(ds)} images, {epochs} epoch(s): loss "
+                  f"{result.losses[0]:.4f} -> {result.losses[-1]:.4f}; wrote {result.weights} and {result.record}")
+    if objective == "dino":
+        import math
+
+        last, k = result.history[-1], result.settings["options"]["out_dim"]
+        console.print(f"last epoch: teacher entropy {last['teacher_entropy']:.3f} nats (log K = {math.log(k):.3f}), "
+                      f"KL(mean teacher || uniform) {last['teacher_kl_uniform']:.3f}, "
+                      f"teacher MI {last['teacher_mi']:.3f} (collapse: MI ~ 0; see docs/pretrain.md)")

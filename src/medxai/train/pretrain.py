@@ -9,7 +9,8 @@ Objectives:
 - ``dino``: self-distillation with no labels (Caron et al., "Emerging Properties in
   Self-Supervised Vision Transformers", ICCV 2021): student and EMA teacher with a projection
   head (MLP -> L2-normalised bottleneck -> weight-normalised prototypes), multi-crop (2 global,
-  a few local crops), teacher centring and sharpening, cross-entropy across views.
+  a few local crops), teacher centring and sharpening (optional temperature warm-up), cross-entropy
+  across views (Eq. 3); collapse statistics per epoch (``collapse_stats``, the paper's Section 5.3).
 - ``supervised``: cross-entropy classification on a labelled dataset (a linear head on the
   pooled features, dropped from the written file).
 
@@ -38,7 +39,8 @@ from medxai.errors import ConfigError, DataError
 from medxai.models.vit import Block, VisionTransformer, resample_pos_embed
 
 __all__ = ["OBJECTIVES", "DINOHead", "ImageFiles", "MAEDecoder", "PretrainResult", "backbone_state_dict",
-           "dino_multicrop", "open_pretrain_data", "patchify", "pretrain", "random_masking", "save_pretrained"]
+           "collapse_stats", "dino_multicrop", "open_pretrain_data", "patchify", "pretrain", "random_masking",
+           "save_pretrained"]
 
 OBJECTIVES = ("mae", "dino", "supervised")
 FORMAT = "medxai.pretrained/1"
@@ -46,8 +48,9 @@ FORMAT = "medxai.pretrained/1"
 
 @dataclass
 class PretrainResult:
-    """What ``pretrain`` did: the mean loss per epoch, per-epoch records (DINO adds
-    ``teacher_entropy`` and ``teacher_spread``; supervised adds ``accuracy``), the settings used,
+    """What ``pretrain`` did: the mean loss per epoch, per-epoch records (DINO adds ``teacher_entropy``,
+    ``student_kl``, ``teacher_kl_uniform``, ``teacher_mi``, ``teacher_spread``, see ``collapse_stats``;
+    supervised adds ``accuracy``), the settings used,
     the written files (None without ``out``), the wall time and the objective's state."""
 
     objective: str
@@ -321,60 +324,87 @@ class _MAE:
 class _DINO:
     """Self-distillation (Caron et al. 2021); options: out_dim 64 (K prototypes), hidden_dim 128,
     bottleneck_dim 32, n_local 4, local_size (3/7 of the image, a multiple of the patch), global_scale
-    (0.4, 1), local_scale (0.05, 0.4), student_temp 0.1, teacher_temp 0.04, center_momentum 0.9,
-    momentum 0.996 (-> 1, cosine), clip_grad 3.0."""
+    (0.4, 1), local_scale (0.05, 0.4), student_temp 0.1, teacher_temp 0.04 (reached linearly from
+    warmup_teacher_temp over warmup_teacher_temp_epochs), center_momentum 0.9, momentum 0.996 (-> 1,
+    cosine), freeze_last_layer 0 epochs, clip_grad 3.0."""
 
     def __init__(self, model: VisionTransformer, gen: torch.Generator, out_dim: int = 64, hidden_dim: int = 128,
                  bottleneck_dim: int = 32, n_local: int = 4, local_size: int | None = None,
                  global_scale: tuple[float, float] = (0.4, 1.0), local_scale: tuple[float, float] = (0.05, 0.4),
-                 student_temp: float = 0.1, teacher_temp: float = 0.04, center_momentum: float = 0.9,
-                 momentum: float = 0.996, clip_grad: float | None = 3.0) -> None:
+                 student_temp: float = 0.1, teacher_temp: float = 0.04, warmup_teacher_temp: float | None = None,
+                 warmup_teacher_temp_epochs: int = 0, center_momentum: float = 0.9, momentum: float = 0.996,
+                 freeze_last_layer: int = 0, clip_grad: float | None = 3.0) -> None:
         p, size = model.patch_size, model.patch_embed.img_size[0]
+        if not 0 <= momentum <= 1 or not 0 <= center_momentum <= 1:
+            raise ConfigError(f"momentum {momentum} and center_momentum {center_momentum} must lie in [0, 1]")
+        if min(student_temp, teacher_temp, warmup_teacher_temp or teacher_temp) <= 0:
+            raise ConfigError("DINO temperatures must be > 0")
         self.model, self.gen = model, gen
         self.head = DINOHead(model.embed_dim, out_dim, hidden_dim, bottleneck_dim)
         self.teacher = copy.deepcopy(nn.ModuleDict({"backbone": model, "head": self.head})).eval()
         self.teacher.requires_grad_(False)
         self.global_size, self.local_size = size, local_size or max(p, round(size * 96 / 224 / p) * p)
         self.center = torch.zeros(1, out_dim)
-        self.clip_grad, self.total_steps, self.step = clip_grad, 1, 0
+        self.clip_grad, self.total_steps, self.steps_per_epoch, self.step = clip_grad, 1, 1, 0
         self.options = {"out_dim": out_dim, "hidden_dim": hidden_dim, "bottleneck_dim": bottleneck_dim,
                         "n_local": n_local, "local_size": self.local_size, "global_size": size,
                         "global_scale": list(global_scale), "local_scale": list(local_scale),
                         "student_temp": student_temp, "teacher_temp": teacher_temp,
-                        "center_momentum": center_momentum, "momentum": momentum, "clip_grad": clip_grad}
+                        "warmup_teacher_temp": teacher_temp if warmup_teacher_temp is None else warmup_teacher_temp,
+                        "warmup_teacher_temp_epochs": int(warmup_teacher_temp_epochs),
+                        "center_momentum": center_momentum, "momentum": momentum,
+                        "freeze_last_layer": int(freeze_last_layer), "clip_grad": clip_grad}
 
     def modules(self) -> list[nn.Module]:
         return [self.model, self.head]
+
+    def teacher_temp(self) -> float:
+        """The teacher temperature this epoch: linear from ``warmup_teacher_temp`` to ``teacher_temp``
+        over ``warmup_teacher_temp_epochs`` epochs (the official code's per-epoch schedule), then constant."""
+        o, epoch = self.options, self.step // max(1, self.steps_per_epoch)
+        n = o["warmup_teacher_temp_epochs"]
+        if epoch >= n:
+            return float(o["teacher_temp"])
+        frac = epoch / (n - 1) if n > 1 else 0.0  # np.linspace(start, end, n)[epoch], as the official code
+        return float(o["warmup_teacher_temp"] + (o["teacher_temp"] - o["warmup_teacher_temp"]) * frac)
 
     def teacher_probs(self, x: torch.Tensor) -> torch.Tensor:
         """The teacher's centred, sharpened softmax (B, K) for images (B, C, H, W)."""
         with torch.no_grad():
             t = self.teacher["head"](pooled(self.teacher["backbone"], x))
-            return F.softmax((t - self.center.to(t)) / self.options["teacher_temp"], dim=-1)
+            return F.softmax((t - self.center.to(t)) / self.teacher_temp(), dim=-1)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The mean over (teacher global view i, student view v != i) of H(P_t,i, P_s,v), DINO's Eq. 3
+        with the centring and sharpening of Eq. 4 / Section 3.1; statistics of collapse (``collapse_stats``)."""
         o = self.options
         views = dino_multicrop(x, self.global_size, self.local_size, o["n_local"], self.gen,
                                tuple(o["global_scale"]), tuple(o["local_scale"]))
         with torch.no_grad():
             t_out = self.teacher["head"](pooled(self.teacher["backbone"], torch.cat(views[:2])))
             self.center = self.center.to(t_out)
-            q = F.softmax((t_out - self.center) / o["teacher_temp"], dim=-1)
+            q = F.softmax((t_out - self.center) / self.teacher_temp(), dim=-1)
         s_out = [self.head(pooled(self.model, torch.cat(views[:2])))]
         s_out += [self.head(pooled(self.model, torch.cat(views[2:])))] if len(views) > 2 else []
         logp = F.log_softmax(torch.cat(s_out) / o["student_temp"], dim=-1).chunk(len(views))
-        q_views = q.chunk(2)
         total, n_terms = x.new_zeros(()), 0
-        for iq, qv in enumerate(q_views):
+        for iq, qv in enumerate(q.chunk(2)):
             for v, lp in enumerate(logp):
                 if v != iq:
                     total, n_terms = total + (-qv * lp).sum(dim=-1).mean(), n_terms + 1
+        loss = total / n_terms
         with torch.no_grad():
             m = o["center_momentum"]
             self.center = self.center * m + t_out.mean(dim=0, keepdim=True) * (1 - m)
-            entropy = -(q * q.clamp_min(1e-12).log()).sum(dim=-1).mean()
-            spread = (q - q.mean(dim=0, keepdim=True)).abs().sum(dim=-1).mean() / 2
-        return total / n_terms, {"teacher_entropy": float(entropy), "teacher_spread": float(spread)}
+            stats = collapse_stats(q)
+            stats["student_kl"] = float(loss) - stats["teacher_entropy"]
+        return loss, stats
+
+    def before_step(self, epoch: int) -> None:
+        """DINO's ``cancel_gradients_last_layer``: no update of the prototypes in the first
+        ``freeze_last_layer`` epochs (``epoch`` counted from 1)."""
+        if epoch <= self.options["freeze_last_layer"]:
+            self.head.prototypes.grad = None
 
     def after_step(self) -> None:
         """EMA update of the teacher, momentum cosine from ``momentum`` to 1 over all steps."""
@@ -385,6 +415,21 @@ class _DINO:
         with torch.no_grad():
             for pt, ps in zip(self.teacher.parameters(), student.parameters(), strict=True):
                 pt.mul_(m).add_(ps.detach(), alpha=1 - m)
+
+
+def collapse_stats(q: torch.Tensor) -> dict[str, float]:
+    """Collapse statistics of teacher probabilities ``q`` (N, K) (DINO Section 5.3 / Fig. 7):
+    ``teacher_entropy`` mean_i h(q_i) (0: one-prototype collapse, log K: uniform collapse);
+    ``teacher_kl_uniform`` KL(mean_i q_i || U) = log K - h(mean q) (log K: every image on the same
+    prototype); ``teacher_mi`` h(mean q) - mean_i h(q_i), the information the prototype carries about
+    the image (0 for both collapses, at most log K); ``teacher_spread`` mean_i TV(q_i, mean q). In nats."""
+    def h(p: torch.Tensor) -> torch.Tensor:
+        return -(p * p.clamp_min(1e-12).log()).sum(dim=-1)
+
+    mean = q.mean(dim=0)
+    ent, ent_mean = float(h(q).mean()), float(h(mean))
+    return {"teacher_entropy": ent, "teacher_kl_uniform": math.log(q.shape[1]) - ent_mean,
+            "teacher_mi": ent_mean - ent, "teacher_spread": float((q - mean).abs().sum(dim=-1).mean() / 2)}
 
 
 class _Supervised:
@@ -458,7 +503,7 @@ def _epochs(obj: Any, loader: DataLoader, opt: torch.optim.Optimizer, epochs: in
     from medxai.train.loop import NonFiniteLossError
 
     total, warmup, step = epochs * len(loader), round(warmup_epochs * len(loader)), 0
-    obj.total_steps = total
+    obj.total_steps, obj.steps_per_epoch = total, len(loader)
     params = [p for m in obj.modules() for p in m.parameters() if p.requires_grad]
     for epoch in range(1, epochs + 1):
         for m in obj.modules():
@@ -474,6 +519,8 @@ def _epochs(obj: Any, loader: DataLoader, opt: torch.optim.Optimizer, epochs: in
                 raise NonFiniteLossError(epoch, i, float(loss), None)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if hasattr(obj, "before_step"):
+                obj.before_step(epoch)
             if getattr(obj, "clip_grad", None):
                 nn.utils.clip_grad_norm_(params, obj.clip_grad)
             opt.step()

@@ -27,7 +27,9 @@ TINY = {
                    "objective": {"name": "adversarial", "eps": "2/255", "steps": 2}}},
     ],
     "evaluation": {"n_boot": 50},
-    "attack": {"eps": [0, "1/255", "4/255"], "steps": 2, "n": 48},
+    "attack": {"eps": [0, "1/255", "4/255"], "steps": 2, "n": 48,
+               "autoattack": {"enabled": True, "n": 16, "steps": 4, "queries": 40},
+               "radius": {"enabled": True, "n": 16}},
     "corruption": {"names": ["gaussian_noise", "motion_blur"], "severities": [1, 5], "n": 32},
     "explain": {"methods": ["saliency", "gradcam"], "target": "label", "n_show": 4, "n_score": 32},
     "score": {"metrics": ["pointing_game", "energy_pointing_game", "sparseness"], "sanity_methods": ["saliency"],
@@ -55,6 +57,18 @@ def test_audit_numbers_and_findings(tiny_run):
         # clean accuracy of the same 48 test images the evaluation stage used
         assert att["success_rate"][0] == 0 and att["success_rate"] == sorted(att["success_rate"])
         assert att["robust_accuracy"][0] == pytest.approx(m["accuracy"]["value"], abs=1e-12)
+        aa, rad = att["autoattack"], att["radius"]
+        # AutoAttack on the first 16 images at the largest budget: binary, so targeted DLR is replaced
+        assert aa["n"] == 16 and aa["eps"] == pytest.approx(4 / 255) and aa["attacks_ran"][0] == "apgd-ce"
+        assert "apgd-t(margin)" in aa["attacks_ran"] and aa["notes"]
+        after = [aa["clean_accuracy"], *(aa["robust_accuracy_after"][k] for k in aa["attacks_ran"])]
+        assert after == sorted(after, reverse=True) and aa["robust_accuracy"] == after[-1]
+        assert sum(aa["broken_by"].values()) == round((aa["clean_accuracy"] - aa["robust_accuracy"]) * 16)
+        # each image's DeepFool radius: misclassified (0), found (> 0) or not found (None)
+        assert rad["n"] == 16 and rad["n_misclassified"] + rad["n_found"] + rad["n_not_found"] == 16
+        assert rad["n_misclassified"] == round((1 - aa["clean_accuracy"]) * 16)
+        if rad["n_found"]:
+            assert 0 < rad["q25"] <= rad["median"] <= rad["q75"]
     # every finding's numbers are the report's numbers
     for f in report["findings"]:
         if f["kind"] == "robustness":
@@ -72,6 +86,7 @@ def test_audit_numbers_and_findings(tiny_run):
     assert report["sanity"] and all(len(s["spearman"]) == len(s["layers"]) for s in report["sanity"])
     html = (out / "report.html").read_text()
     assert "Findings" in html and "<script src" not in html
+    assert "Standard AutoAttack" in html and "apgd-t(margin)" in html and "Robustness radius" in html
 
 
 def test_rerun_trains_nothing_and_one_method_change_recomputes_only_it(tiny_run):

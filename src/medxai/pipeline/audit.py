@@ -241,7 +241,13 @@ def _robustness(a: _Audit) -> None:
     for name, st in a.model_stages.items():
         if cfg.attack.enabled:
             parts = {"train": st.key, "attack": cfg.attack.model_dump(), "data": a.data_key}
-            a.attacks[name] = a.runner.run(f"attack/{name}", parts, partial(_attack_stage, a, name)).result
+            a.attacks[name] = dict(a.runner.run(f"attack/{name}", parts, partial(_attack_stage, a, name)).result)
+            for key, stage in (("autoattack", _autoattack_stage), ("radius", _radius_stage)):
+                sub = getattr(cfg.attack, key)
+                if sub.enabled:
+                    p = {"train": st.key, "data": a.data_key, "norm": cfg.attack.norm, "eps": cfg.attack.eps,
+                         key: sub.model_dump()}
+                    a.attacks[name][key] = a.runner.run(f"{key}/{name}", p, partial(stage, a, name)).result
         if cfg.corruption.enabled:
             parts = {"train": st.key, "data": a.data_key, "corruption": cfg.corruption.model_dump()}
             a.corruptions[name] = a.runner.run(f"corrupt/{name}", parts, partial(_corruption_stage, a, name)).result
@@ -433,6 +439,36 @@ def _attack_stage(a: _Audit, name: str, d: Path) -> dict:
     c = a.cfg.attack
     s = a.sample.subset(c.n)
     return attack_eval(a.model(name), (s.x, s.y), eps_list=c.eps, norm=c.norm, steps=c.steps, task=a.task)
+
+
+def _autoattack_stage(a: _Audit, name: str, d: Path) -> dict:
+    """Standard AutoAttack at one budget: robust accuracy after each attack and which attacks ran."""
+    from medxai.attacks import AutoAttack, format_eps
+
+    c = a.cfg.attack
+    if a.task == "multilabel":
+        return {"reason": "AutoAttack needs one class per image (multilabel tasks are not supported)"}
+    eps = c.autoattack.eps if c.autoattack.eps is not None else max(c.eps)
+    s = a.sample.subset(c.autoattack.n)
+    r = AutoAttack(a.model(name), eps, norm=c.norm, seed=a.cfg.seed, steps=c.autoattack.steps,
+                   n_queries=c.autoattack.queries).run(s.x, s.y)
+    broken = [b for b in r.broken_by if b and b != "clean"]
+    return {"eps": eps, "eps_label": format_eps(eps, c.norm), "norm": c.norm, "n": len(s.y),
+            "clean_accuracy": r.clean_accuracy, "robust_accuracy": r.robust_accuracy,
+            "robust_accuracy_after": r.robust_accuracy_after, "attacks_ran": list(r.attacks_ran),
+            "broken_by": {k: broken.count(k) for k in dict.fromkeys(broken)}, "notes": list(r.notes)}
+
+
+def _radius_stage(a: _Audit, name: str, d: Path) -> dict:
+    """Each image's minimum-norm adversarial perturbation (pixel units) and its quartiles."""
+    from medxai.attacks import robustness_radius
+
+    c = a.cfg.attack
+    if a.task == "multilabel":
+        return {"reason": "minimum-norm attacks need one class per image (multilabel tasks are not supported)"}
+    s = a.sample.subset(c.radius.n)
+    norm = c.norm if c.radius.method == "deepfool" else "l2"  # CW is an L2 attack
+    return robustness_radius(a.model(name), s.x, s.y, norm=norm, method=c.radius.method).summary()
 
 
 def _corruption_stage(a: _Audit, name: str, d: Path) -> dict:

@@ -105,12 +105,39 @@ class ModelConfig(_Strict):
         return bool(self.card or self.given)
 
 
+class AutoAttackConfig(_Strict):
+    """Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square) at one budget on the first ``n`` images."""
+
+    enabled: bool = False
+    eps: float | None = None  # pixel units; default: the largest budget of attack.eps
+    n: int = 100
+    steps: int = 100  # APGD / FAB iterations (the reference's 100)
+    queries: int = 5000  # Square's query budget (the reference's 5000)
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _eps(cls, v: Any) -> float | None:
+        from medxai.attacks.budget import parse_eps
+
+        return None if v is None else parse_eps(v)
+
+
+class RadiusConfig(_Strict):
+    """Each image's minimum-norm adversarial perturbation (DeepFool or CW-L2) on the first ``n`` images."""
+
+    enabled: bool = False
+    method: Literal["deepfool", "cw"] = "deepfool"
+    n: int = 100
+
+
 class AttackConfig(_Strict):
     enabled: bool = True
     norm: Literal["linf", "l2"] = "linf"
     eps: list[float] = Field(default_factory=lambda: [0.0, 1 / 255, 2 / 255, 4 / 255])
     steps: int = 5
     n: int = 200
+    autoattack: AutoAttackConfig = Field(default_factory=AutoAttackConfig)
+    radius: RadiusConfig = Field(default_factory=RadiusConfig)
 
     @field_validator("eps", mode="before")
     @classmethod

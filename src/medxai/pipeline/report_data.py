@@ -197,7 +197,8 @@ def _robustness_section(cfg: AuditConfig, attacks: dict[str, dict], corruptions:
             "norm": cfg.attack.norm, "steps": cfg.attack.steps, "eps": eps,
             "eps_labels": [format_eps(e, cfg.attack.norm) for e in eps],
             "models": {n: {"success_rate": a["success_rate"], "robust_accuracy": a["robust_accuracy"],
-                           "n": a.get("n_correct", a.get("n"))}
+                           "n": a.get("n_correct", a.get("n")),
+                           **{k: a[k] for k in ("autoattack", "radius") if k in a}}
                        for n, a in attacks.items()}}
     if corruptions:
         first = next(iter(corruptions.values()))

@@ -131,6 +131,27 @@ def _attack_figure(att: dict) -> str:
 
 
 @plain_text
+def _radius_figure(att: dict) -> str | None:
+    """Histogram of each model's per-image robustness radius (images with an example found)."""
+    radii = {n: [v for v in (a.get("radius") or {}).get("radii") or [] if v is not None and v > 0]
+             for n, a in att["models"].items()}
+    radii = {n: v for n, v in radii.items() if v}
+    if not radii:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    hi = max(max(v) for v in radii.values())
+    bins = [hi * i / 20 for i in range(21)]
+    for name, v in radii.items():
+        ax.hist(v, bins=bins, histtype="step", linewidth=1.5, label=name)
+    norm = next(a["radius"]["norm"] for a in att["models"].values() if a.get("radius", {}).get("norm"))
+    ax.set_xlabel(f"minimum-norm perturbation ({norm}, pixel units)")
+    ax.set_ylabel("images")
+    ax.set_title("robustness radius per image")
+    ax.legend(fontsize=8)
+    return _fig_uri(fig)
+
+
+@plain_text
 def _corruption_figure(cor: dict) -> str:
     models = list(cor["models"])
     rows = list(next(iter(cor["models"].values()))["drops"])
@@ -228,6 +249,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     rob = report.get("robustness") or {}
     if rob.get("attack"):
         assets["attack"] = _attack_figure(rob["attack"])
+        if (uri := _radius_figure(rob["attack"])) is not None:
+            assets["radius"] = uri
     if rob.get("corruption"):
         assets["corruption"] = _corruption_figure(rob["corruption"])
     if a.get("gallery"):

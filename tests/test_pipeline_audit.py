@@ -32,7 +32,8 @@ TINY = {
                "radius": {"enabled": True, "n": 16}},
     "corruption": {"names": ["gaussian_noise", "motion_blur"], "severities": [1, 5], "n": 32},
     "explain": {"methods": ["saliency", "gradcam"], "target": "label", "n_show": 4, "n_score": 32},
-    "score": {"metrics": ["pointing_game", "energy_pointing_game", "sparseness"], "sanity_methods": ["saliency"],
+    "score": {"metrics": ["pointing_game", "energy_pointing_game", "sparseness", "max_sensitivity"],
+              "options": {"max_sensitivity": {"n_perturbations": 3}}, "sanity_methods": ["saliency"],
               "sanity_n": 4, "n_boot": 50},
 }
 
@@ -83,6 +84,15 @@ def test_audit_numbers_and_findings(tiny_run):
     assert 0 <= pg["mean"] <= 1 and pg["n"] + pg["n_nan"] == 32
     # normal images carry no lesion: their localisation scores are NaN, never counted as hits
     assert pg["n_nan"] > 0
+    # explanation robustness re-explains noisy copies with the audited method: a relative change >= 0
+    ms = summ[("standard", "gradcam", "max_sensitivity")]
+    assert ms["n"] == 32 and ms["mean"] >= 0
+    row = next(r for r in report["scorecard"]["models"]["standard"]["rows"]
+               if r["dimension"] == "explanation robustness")
+    assert row["metric"] == "max_sensitivity (saliency)" and row["value"] == pytest.approx(
+        summ[("standard", "saliency", "max_sensitivity")]["mean"])
+    # a graded status, or the at-chance guard's (this tiny model may know nothing yet)
+    assert row["status"] in ("pass", "warn", "fail") or row["reason"] == "not meaningful for a model at chance"
     assert report["sanity"] and all(len(s["spearman"]) == len(s["layers"]) for s in report["sanity"])
     html = (out / "report.html").read_text()
     assert "Findings" in html and "<script src" not in html

@@ -273,7 +273,8 @@ def _explain(a: _Audit) -> None:
             a.explained[(name, method)] = ex
             a.scores[(name, method)] = a.runner.run(
                 f"score/{name}/{method}", {"explain": ex.key, "score": cfg.score.model_dump()},
-                _on_model(a, name, score_stage, x_sample, ex, cfg.score, task))
+                _on_model(a, name, score_stage, x_sample, ex, cfg.score, task,
+                          method=(method, opts, cfg.explain.output)))
 
 
 def _sanity(a: _Audit) -> None:

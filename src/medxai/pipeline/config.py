@@ -245,10 +245,13 @@ class VerdictConfig(_Strict):
     localisation: dict[str, float] = _limits(0.50, 0.30)  # localisation_metric, mean over images with masks
     localisation_metric: str = "energy_pointing_game"
     faithfulness: dict[str, float] = _limits(0.05, 0.0)  # deletion AUC of random maps minus the method's
+    # relative change of the map under imperceptible input noise (lower is better), when scored
+    explanation_robustness: dict[str, float] = _limits(0.20, 0.50)
+    explanation_robustness_metric: str = "max_sensitivity"
     sanity_spearman: float = 0.5  # mean Spearman |map| after cascading randomisation must fall below
 
     @field_validator("discrimination", "calibration_ece", "subgroup_gap", "attack_success", "corruption_drop",
-                     "shortcut_flip", "localisation", "faithfulness")
+                     "shortcut_flip", "localisation", "faithfulness", "explanation_robustness")
     @classmethod
     def _pass_warn(cls, v: dict[str, float]) -> dict[str, float]:
         if set(v) != {"pass", "warn"}:

@@ -96,11 +96,13 @@ def _per_sample(v: torch.Tensor | np.ndarray) -> list[float | None]:
 
 
 def score_stage(d: Path, model: torch.nn.Module, s: EvalSample, ex: StageResult, scfg: ScoreConfig,
-                task: str, seed: int = 0) -> dict:
+                task: str, seed: int = 0, method: tuple[str, dict[str, Any], str] | None = None) -> dict:
     """Per-sample scores of one (model, method) by every configured metric, plus the shortcut.
 
     Scored by ``medxai.metrics.score_samples`` (as ``medxai score`` and ``medxai store score``);
-    top-k maps score each (image, rank) against that finding's mask, ids ``"id#rank"``.
+    top-k maps score each (image, rank) against that finding's mask, ids ``"id#rank"``. ``method``
+    (name, options, output) is the explainer the maps came from: metrics that re-explain perturbed
+    inputs (the explanation-robustness metrics) call it.
     """
     from medxai.metrics import score_samples
 
@@ -108,9 +110,16 @@ def score_stage(d: Path, model: torch.nn.Module, s: EvalSample, ex: StageResult,
     names = list(scfg.metrics)
     if scfg.shortcut and s.shortcut_masks is not None and "shortcut_share" not in names:
         names.append("shortcut_share")
+    explainer = None
+    if method is not None:
+        name, opts, output = method
+
+        def explainer(m: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return explain_maps(m, x, t, name, opts, output)
+
     res = score_samples(maps, names, ids=s.ids, images=s.x, masks=s.masks, has_mask=s.has_mask,
                         shortcut_masks=s.shortcut_masks, targets=targets, model=model, options=scfg.options,
-                        seed=seed)
+                        seed=seed, explainer=explainer)
     out: dict[str, Any] = {"ids": res.ids, "metrics": {}, "skipped": dict(res.skipped),
                            "skipped_samples": res.skipped_samples}
     for col, vals in res.columns.items():

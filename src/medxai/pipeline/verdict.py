@@ -24,7 +24,8 @@ from medxai.pipeline.config import AuditConfig, VerdictConfig
 __all__ = ["DIMENSIONS", "chance_level", "scorecard"]
 
 DIMENSIONS = ("discrimination", "calibration", "subgroups", "adversarial robustness", "corruption robustness",
-              "shortcut reliance", "explanation localisation", "explanation faithfulness", "sanity")
+              "shortcut reliance", "explanation localisation", "explanation faithfulness", "explanation robustness",
+              "sanity")
 AT_CHANCE = "not meaningful for a model at chance"
 
 
@@ -217,6 +218,20 @@ def _faithfulness(rep: dict, m: str, v: VerdictConfig, cfg: AuditConfig) -> dict
                 detail=f"{r['method']} {r['method_mean']:.3f} vs random {r['random_mean']:.3f} ({r['n']} images)")
 
 
+def _explanation_robustness(rep: dict, m: str, v: VerdictConfig, cfg: AuditConfig) -> dict:
+    """How much the map changes under imperceptible input noise (max-sensitivity by default); only
+    when the audit scored it (it re-explains every image several times)."""
+    metric = v.explanation_robustness_metric
+    s = _summary_row(rep, m, metric)
+    if s is None:
+        why = next((n["reason"] for n in rep["scores"].get("not_measured", []) if n["model"] == m
+                    and n["metric"] == metric), None)
+        return _missing("explanation robustness", metric, v.explanation_robustness, False,
+                        why or f"{metric} was not scored (add it to score.metrics)")
+    return _row("explanation robustness", f"{metric} ({s['method']})", s["mean"], v.explanation_robustness, False,
+                ci=(s.get("ci_low"), s.get("ci_high")))
+
+
 def _sanity(rep: dict, m: str, v: VerdictConfig, cfg: AuditConfig) -> dict:
     rows = [s for s in rep.get("sanity", []) if s["model"] == m and _ok(s.get("score"))]
     limits = {"pass": v.sanity_spearman, "warn": v.sanity_spearman}
@@ -231,7 +246,7 @@ def _sanity(rep: dict, m: str, v: VerdictConfig, cfg: AuditConfig) -> dict:
 
 _DIMENSION_FNS: tuple[Callable[[dict, str, VerdictConfig, AuditConfig], dict], ...] = (
     _discrimination, _calibration, _subgroups, _adversarial, _corruption, _shortcut, _localisation, _faithfulness,
-    _sanity)
+    _explanation_robustness, _sanity)
 
 
 def _verdict(name: str, rows: list[dict]) -> str:

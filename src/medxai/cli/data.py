@@ -69,7 +69,8 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
 
 @data_app.command("synth")
 def synth(
-    study: str = typer.Argument(..., help="Synthetic study: cxr-pneumonia, cxr-multilabel, fundus-dr, skin-lesion."),
+    study: str = typer.Argument(..., help="Synthetic study: cxr-pneumonia, cxr-multilabel, fundus-dr, skin-lesion, "
+                                          "ct-nodule (volumes)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     n: int = typer.Option(1000, "--n", help="Images in all splits together."),
     size: int = typer.Option(128, "--size", help="Image side in pixels."),
@@ -78,16 +79,25 @@ def synth(
     splits: str = typer.Option(DEFAULT_SPLITS, "--splits", help="Fractions of N per split."),
     option: list[str] = typer.Option([], "--option", help="Study option KEY=VALUE (repeatable), e.g. balanced=true."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace splits already written."),
+    fmt: str | None = typer.Option(None, "--format", help="Volume studies: nifti (default) or dicom (a series "
+                                                          "folder per volume)."),
 ) -> None:
     """Write a synthetic study in the real datasets' layouts, with lesion masks beside."""
     from rich.console import Console
 
+    from medxai.data.synthetic import VOLUME_STUDIES
     from medxai.data.write import write_synthetic
 
     if n < 1:
         raise ConfigError(f"--n must be at least 1, got {n}")
     counts = parse_splits(splits, n)
     opts = parse_options(option)
+    if study in VOLUME_STUDIES:
+        _synth_volumes(study, out, counts, size=size, seed=seed, shortcut=shortcut, fmt=fmt or "nifti",
+                       overwrite=overwrite, options=opts)
+        return
+    if fmt is not None:
+        raise ConfigError(f"--format applies to volume studies ({', '.join(VOLUME_STUDIES)}), not {study}")
     with progress() as bar:
         def make(split: str, total: int):
             task = bar.add_task(f"{study} {split}", total=total)
@@ -97,6 +107,25 @@ def synth(
                                    overwrite=overwrite, progress=make, **opts)
     meta = json.loads(manifest.read_text())  # printed under -q too: it hides progress bars only
     Console().print(f"wrote {sum(counts.values())} images of {study} ({meta['layout']} layout, splits "
+                    f"{meta['splits']}) to {out}", highlight=False)
+
+
+def _synth_volumes(study: str, out: Path, counts: dict[str, int], *, size: int, seed: int, shortcut: float | None,
+                   fmt: str, overwrite: bool, options: dict[str, Any]) -> None:
+    """``medxai data synth ct-nodule``: NIfTI files (or DICOM series) + volumes.csv + masks + medxai.json."""
+    from rich.console import Console
+
+    from medxai.data.volumes import write_synthetic_volumes
+
+    with progress() as bar:
+        def make(split: str, total: int):
+            task = bar.add_task(f"{study} {split}", total=total)
+            return lambda k: bar.advance(task, k)
+
+        manifest = write_synthetic_volumes(study, out, counts, size=size, seed=seed, shortcut=shortcut, fmt=fmt,
+                                           overwrite=overwrite, progress=make, **options)
+    meta = json.loads(manifest.read_text())
+    Console().print(f"wrote {sum(counts.values())} volumes of {study} (volumes layout, {fmt}, splits "
                     f"{meta['splits']}) to {out}", highlight=False)
 
 

@@ -528,12 +528,14 @@ def open_dataset(spec: str | os.PathLike | dict[str, Any] | DatasetSpec, split: 
     """Open a dataset from a path (layout auto-detected), a dict, or a YAML file.
 
     ``split``: "train" | "val" | "test" | None (all). ``size``: resize the shorter side and
-    centre-crop to ``size`` x ``size`` (masks nearest). ``transform``: an item transform applied
-    last. ``on_error``: "raise" (first bad record raises DataError) or "skip" (bad records are
-    skipped and listed in ``.skipped`` as (path, reason)). ``validate=True`` decodes every image up
-    front; the default (None) does so with ``on_error="skip"``, so undecodable images are dropped and
-    listed too and ``len`` counts readable records only (``validate=False``: headers only, and an
-    undecodable image raises DataError when read, never replaced by another). ``overrides``: any
+    centre-crop to ``size`` x ``size`` (masks nearest); for the ``volumes`` layout (NIfTI / DICOM series,
+    :class:`medxai.data.volumes.VolumeDataset`) resample to a ``size`` cube (trilinear, masks nearest).
+    ``transform``: an item transform applied last. ``on_error``: "raise" (first bad record raises
+    DataError) or "skip" (bad records are skipped and listed in ``.skipped`` as (path, reason)).
+    ``validate=True`` decodes every image up front; the default (None) does so with
+    ``on_error="skip"``, so undecodable images are dropped and listed too and ``len`` counts readable
+    records only (``validate=False``: headers only, and an undecodable image raises DataError when
+    read, never replaced by another). ``overrides``: any
     :class:`~medxai.data.layouts.DatasetSpec` key (e.g. ``uncertainty``, ``findings``, ``mask_dir``,
     ``allow_outside_root``, ``max_pixels``, ``bits``, ``window``, ``frame``, ``splits``, ``test_from``).
     """
@@ -547,6 +549,12 @@ def open_dataset(spec: str | os.PathLike | dict[str, Any] | DatasetSpec, split: 
         if not parsed.npz:
             raise ConfigError("medmnist layout needs 'npz' (the .npz file, relative to the root)")
         ds: Any = ArrayDataset(root / parsed.npz, split, parsed, size=size, transform=transform)
+    elif parsed.layout == "volumes":  # NIfTI files / DICOM series (medxai.data.volumes); size: a cube side
+        from medxai.data.volumes import open_volumes
+
+        ds = open_volumes(parsed, root, split, size=size, transform=transform, on_error=on_error)
+        if validate or (validate is None and on_error == "skip"):
+            ds.validate()
     else:
         table = build_table(parsed, root, split, on_error)
         ds = ImageDataset(table, parsed, size=size, transform=transform, on_error=on_error)

@@ -23,7 +23,7 @@ LUMA = (0.299, 0.587, 0.114)
 #: Named DICOM windows (center, width) in the modality LUT's units (Hounsfield units for CT).
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "lung": (-600.0, 1500.0), "mediastinum": (40.0, 400.0), "brain": (40.0, 80.0), "bone": (400.0, 1800.0),
-    "abdomen": (40.0, 400.0)}
+    "abdomen": (40.0, 400.0), "soft_tissue": (50.0, 350.0)}
 
 Window = tuple[float, float] | list[float] | str | None
 Bits = int | str | None

@@ -47,6 +47,9 @@ __all__ = ["MANIFEST", "DatasetSpec", "Record", "Table", "bin_label", "build_tab
 
 #: Group values that mean "not recorded" (compared lower-cased, stripped); they become "missing".
 MISSING_VALUES = ("", "na", "n/a", "nan", "none", "null", "unknown")
+#: Window names only the volume reader knows (medxai.data.volumes.VOLUME_WINDOWS).
+#: What a volume path ends with (NIfTI); volume CSVs and folders are detected by it.
+VOLUME_SUFFIXES = (".nii", ".nii.gz")
 
 
 class DatasetSpec(BaseModel):
@@ -54,7 +57,7 @@ class DatasetSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    layout: Literal["auto", "folder", "csv", "chexpert", "medmnist"] = "auto"
+    layout: Literal["auto", "folder", "csv", "chexpert", "medmnist", "volumes"] = "auto"
     root: str | None = None
     csv: str | None = None
     image_column: str | None = None
@@ -87,6 +90,28 @@ class DatasetSpec(BaseModel):
     allow_outside_root: bool = False
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0)
     groups: dict[str, str | dict[str, Any]] = Field(default_factory=dict)
+    # volumes layout (medxai.data.volumes): the CSV's mask column, a voxel spacing (mm) and / or a grid to
+    # resample to
+    mask_column: str | None = None
+    spacing: list[float] | None = None
+    volume_size: int | list[int] | None = None
+
+    @field_validator("spacing")
+    @classmethod
+    def _check_spacing(cls, value: list[float] | None) -> list[float] | None:
+        """[sd, sh, sw] in mm, each finite and positive."""
+        if value is not None and (len(value) != 3 or not all(math.isfinite(v) and v > 0 for v in value)):
+            raise ValueError(f"spacing must be [sd, sh, sw] in mm, three positive numbers, got {value}")
+        return value
+
+    @field_validator("volume_size")
+    @classmethod
+    def _check_volume_size(cls, value: int | list[int] | None) -> int | list[int] | None:
+        """A cube side or [D, H, W], positive."""
+        sizes = [value] if isinstance(value, int) else value
+        if sizes is not None and (len(sizes) not in (1, 3) or any(v < 1 for v in sizes)):
+            raise ValueError(f"volume_size must be a positive integer or [D, H, W], got {value}")
+        return value
 
     @field_validator("bits", mode="before")
     @classmethod
@@ -102,7 +127,8 @@ class DatasetSpec(BaseModel):
         """"minmax", a preset name, or [center, width] with width > 0."""
         if isinstance(value, str):
             if value.strip().lower() not in ("minmax", *WINDOW_PRESETS):
-                raise ValueError(f"window must be minmax, [center, width] or one of {sorted(WINDOW_PRESETS)}, "
+                raise ValueError(f"window must be minmax, [center, width] or one of "
+                                 f"{sorted(WINDOW_PRESETS)}, "
                                  f"got {value!r}")
             return value.strip().lower()
         if value is not None and (len(value) != 2 or not all(map(math.isfinite, value)) or value[1] <= 0):
@@ -321,6 +347,55 @@ def _has_images(folder: Path) -> bool:
     return False
 
 
+def _has_volumes(folder: Path, depth: int = 2) -> bool:
+    """The first image file met in ``folder`` (and up to ``depth`` levels below, depth first, stopping at the
+    first decision) is a NIfTI file. DICOM series folders are not detected (their slices look like 2-D
+    DICOMs): give layout: volumes."""
+    return _first_kind(folder, depth) == "volume"
+
+
+def _first_kind(folder: Path, depth: int) -> str | None:
+    try:
+        kids = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    except OSError:
+        return None
+    for p in kids:
+        low = p.name.lower()
+        if low.endswith(VOLUME_SUFFIXES) and p.is_file():
+            return "volume"
+        if low.endswith(IMAGE_SUFFIXES) and p.is_file():
+            return "image"
+    for p in kids if depth > 0 else ():
+        kind = _first_kind(p, depth - 1) if p.is_dir() else None
+        if kind is not None:
+            return kind
+    return None
+
+
+def _volume_csv(path: Path, root: Path, cols: list[str]) -> bool:
+    """A CSV whose ``path`` column's first value is a NIfTI file or a folder (a volume CSV)."""
+    import csv
+
+    if "path" not in cols:
+        return False
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            row = next(csv.DictReader(fh), None)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    value = str((row or {}).get("path") or "").strip()
+    if not value or "\x00" in value:
+        return False
+    return value.lower().endswith(VOLUME_SUFFIXES) or _is_dir(root / value)
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def _detect(root: Path, spec: DatasetSpec, depth: int = 0) -> dict[str, Any]:
     """Guess the layout of ``root``; returns the spec keys to set."""
     if spec.csv:
@@ -328,7 +403,7 @@ def _detect(root: Path, spec: DatasetSpec, depth: int = 0) -> dict[str, Any]:
         cols = _csv_columns(csv)
         if "Path" in cols and any(c in cols for c in (CHEXPERT_FRONTAL, "Cardiomegaly", "No Finding")):
             return {"layout": "chexpert"}
-        return {"layout": "csv"}
+        return {"layout": "volumes" if _volume_csv(csv, root, cols) else "csv"}
     if spec.npz:
         return {"layout": "medmnist"}
     for name in ("train.csv", "valid.csv"):
@@ -344,6 +419,8 @@ def _detect(root: Path, spec: DatasetSpec, depth: int = 0) -> dict[str, Any]:
     if len(npz) == 1 and not any(p.is_dir() for p in kids):
         return {"layout": "medmnist", "npz": npz[0].name}
     dirs = [p for p in kids if p.is_dir()]
+    if any(p.name not in {spec.mask_dir, *spec.extra_mask_dirs.values()} and _has_volumes(p) for p in dirs):
+        return {"layout": "volumes"}
     if any(p.name.lower() in SPLIT_ALIASES for p in dirs):
         return {"layout": "folder"}
     if len(dirs) == 1 and depth < 2:  # a wrapper folder, e.g. chest_xray/chest_xray/{train,val,test}
@@ -360,7 +437,8 @@ def _detect(root: Path, spec: DatasetSpec, depth: int = 0) -> dict[str, Any]:
         return {"layout": "folder"}
     csvs = [p for p in kids if p.suffix.lower() == ".csv"]
     if len(csvs) == 1:
-        return {"layout": "csv", "csv": csvs[0].name}
+        return {"layout": "volumes" if _volume_csv(csvs[0], root, _csv_columns(csvs[0])) else "csv",
+                "csv": csvs[0].name}
     raise DataError(root, "cannot detect the dataset layout (no medxai.json, train.csv/valid.csv, trainLabels.csv, "
                           "HAM10000 metadata, .npz, or {train,val,test}/CLASS folders); give a spec with 'layout'")
 

@@ -361,14 +361,12 @@ def _net3d():
 
 @pytest.mark.parametrize("cls", [GradCAM, HiResCAM, ScoreCAM])
 def test_volumes_upsample_trilinear(cls):
-    """5-D activations (B, K, D, h, w) -> (D, H, W) of a 5-D input. ``attribute`` checks images as
-    (B, C, H, W), so the 3-D path is run through ``_compute`` inside ``preserve_model``."""
+    """5-D activations (B, K, D, h, w) -> (D, H, W) of a 5-D input, through ``attribute`` and
+    ``explain`` (volumes in, (B, 1, D, H, W) maps out)."""
     model = _net3d()
     g = torch.Generator().manual_seed(2)
     x = torch.rand(2, 1, 8, 8, 8, generator=g, dtype=torch.float64)
     t = torch.tensor([1, 2])
-    with pytest.raises(InputError):
-        cls(model, layer="4").attribute(x, t)
     assert find_cam_layer(model, x)[0] == "4"  # automatic: the last 5-D output with more than one position
     cam = cls(model, layer="4")
     with preserve_model(model):
@@ -393,6 +391,11 @@ def test_volumes_upsample_trilinear(cls):
     ref = F.interpolate(raw.clamp(min=0), size=(8, 8, 8), mode="trilinear", align_corners=False)
     assert ours.shape == (2, 1, 1, 8, 8, 8)
     torch.testing.assert_close(ours[:, 0], ref, atol=1e-10, rtol=1e-7)
+    torch.testing.assert_close(cls(model, layer="4").attribute(x, t), ref, atol=1e-10, rtol=1e-7)
+    from medxai.explain import explain
+
+    name = {GradCAM: "gradcam", HiResCAM: "hirescam", ScoreCAM: "scorecam"}[cls]
+    torch.testing.assert_close(explain(model, x, name, t, layer="4"), ref, atol=1e-10, rtol=1e-7)
 
 
 def test_input_requiring_grad_changes_nothing_and_backward_stops_at_the_layer():

@@ -34,7 +34,7 @@ def _size(name: str) -> int:
 
 
 def test_registry_lists_every_model() -> None:
-    assert set(M.list_models()) == EXPECTED
+    assert set(M.list_models()) == EXPECTED | {"small-cnn3d"}  # the volume model: tests/test_volumes_models.py
     assert M.REGISTRY.names() == M.list_models()
     with pytest.raises(ConfigError, match="resnet50"):
         M.create("resnet51", 2)

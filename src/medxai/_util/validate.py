@@ -1,4 +1,5 @@
-"""Validation at the door: images in [0, 1] as (B, C, H, W), per-sample targets."""
+"""Validation at the door: images in [0, 1] as (B, C, H, W) (or volumes (B, C, D, H, W) where the caller
+allows them), per-sample targets."""
 
 from __future__ import annotations
 
@@ -6,18 +7,25 @@ import torch
 
 from medxai.errors import InputError
 
+#: the layout of each accepted rank, for the messages
+LAYOUTS = {4: "(B, C, H, W)", 5: "(B, C, D, H, W)"}
 
-def check_images(x: torch.Tensor, name: str = "x", *, ndim: int = 4) -> torch.Tensor:
+
+def check_images(x: torch.Tensor, name: str = "x", *, ndim: int | tuple[int, ...] = 4) -> torch.Tensor:
     """Refuse anything that is not a finite float tensor in [0, 1] of shape (B, C, H, W).
 
-    Nothing is clamped: out-of-range input is an error, because normalisation lives in the model.
+    ``ndim`` gives the accepted ranks: 4 (images, the default), 5 (volumes (B, C, D, H, W)) or
+    ``(4, 5)`` for a caller that handles both. Nothing is clamped: out-of-range input is an
+    error, because normalisation lives in the model.
     """
     if not isinstance(x, torch.Tensor):
         raise InputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise InputError(f"{name} must be a float tensor in [0, 1], got dtype {x.dtype}")
-    if x.ndim != ndim:
-        raise InputError(f"{name} must have {ndim} dimensions (B, C, H, W), got shape {tuple(x.shape)}")
+    ranks = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+    if x.ndim not in ranks:
+        want = " or ".join(f"{r} dimensions {LAYOUTS.get(r, '')}".rstrip() for r in ranks)
+        raise InputError(f"{name} must have {want}, got shape {tuple(x.shape)}")
     if x.numel() == 0:
         raise InputError(f"{name} is empty (shape {tuple(x.shape)})")
     finite = torch.isfinite(x)

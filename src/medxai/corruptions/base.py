@@ -35,17 +35,21 @@ class Corruption:
     kind: str
     table: tuple = field(default_factory=tuple)
     source: str = ""
+    #: input ranks it takes: (4,) images only, (4, 5) volumes (B, C, D, H, W) too
+    image_ndims: tuple[int, ...] = (4,)
 
 
 #: name -> ``Corruption``.
 REGISTRY: Registry[Corruption] = Registry("corruption")
 
 
-def register(name: str, *, table: Sequence, kind: str, source: str) -> Callable[[CorruptionFn], CorruptionFn]:
-    """Register ``fn`` under ``name``; its severities are 1..len(table)."""
+def register(name: str, *, table: Sequence, kind: str, source: str,
+             volumes: bool = False) -> Callable[[CorruptionFn], CorruptionFn]:
+    """Register ``fn`` under ``name``; its severities are 1..len(table); ``volumes``: it also takes
+    (B, C, D, H, W) (its spatial code runs over the trailing dims and is tested on volumes)."""
 
     def deco(fn: CorruptionFn) -> CorruptionFn:
-        REGISTRY.add(name, Corruption(name, fn, len(table), kind, tuple(table), source))
+        REGISTRY.add(name, Corruption(name, fn, len(table), kind, tuple(table), source, (4, 5) if volumes else (4,)))
         return fn
 
     return deco
@@ -73,13 +77,17 @@ def size_scale(x: torch.Tensor) -> float:
 
 
 def apply(x: torch.Tensor, name: str, severity: int, seed: int | None = None) -> torch.Tensor:
-    """Corrupt a batch: x (B, C, H, W) float in [0, 1] -> same shape, dtype and device, in [0, 1].
+    """Corrupt a batch: x (B, C, H, W) (volumes (B, C, D, H, W) where the corruption takes them) float in
+    [0, 1] -> same shape, dtype and device, in [0, 1].
 
     ``severity`` 0 returns an unchanged copy; 1..``max_severity(name)`` otherwise. ``seed`` makes
     the random draws deterministic (a generator on x's device); None uses torch's global RNG.
     """
-    check_images(x, "x")
     c = REGISTRY.get(name)
+    if x.ndim == 5 and 5 not in c.image_ndims:
+        raise InputError(f"corruption {name!r} takes images (B, C, H, W), not volumes; volume-ready: "
+                         f"{[n for n, k in REGISTRY.items() if 5 in k.image_ndims]}")
+    check_images(x, "x", ndim=c.image_ndims)
     if isinstance(severity, bool) or int(severity) != severity or not 0 <= int(severity) <= c.max_severity:
         raise InputError(f"severity of {name!r} must be an integer in 0..{c.max_severity}, got {severity!r}")
     severity = int(severity)

@@ -94,7 +94,7 @@ def motion_image(x: torch.Tensor, severity: int, gen: torch.Generator | None) ->
     return from_spectrum(shift_lines(spectrum(x), moved, t * torch.sin(theta), t * torch.cos(theta)))
 
 
-@register("kspace_motion", table=MOTION, kind="mri", source="Shaw et al. 2019; torchio RandomMotion")
+@register("kspace_motion", table=MOTION, kind="mri", source="Shaw et al. 2019; torchio RandomMotion", volumes=True)
 def kspace_motion(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
     """Rigid motion during the scan: ``min(|F^-1 K'|, 1)`` with K' from ``motion_image``;
     (shift px at 224, fraction of lines) = (3, .1), (5, .15), (8, .2), (10, .25), (12, .3)."""
@@ -111,7 +111,8 @@ def ghosting_image(x: torch.Tensor, severity: int) -> torch.Tensor:
     return from_spectrum(spectrum(x) * scale)
 
 
-@register("ghosting", table=GHOSTING, kind="mri", source="torchio RandomGhosting (Perez-Garcia et al. 2021)")
+@register("ghosting", table=GHOSTING, kind="mri", source="torchio RandomGhosting (Perez-Garcia et al. 2021)",
+          volumes=True)
 def ghosting(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
     """Periodic motion (breathing, pulsation): n ghosts spaced H / n along the phase-encode axis;
     (n, s) = (4, 0.2) .. (4, 1.0); see ``ghosting_image``."""
@@ -138,7 +139,7 @@ def spike_image(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> 
     return from_spectrum(k + r * peak * spot.unsqueeze(1))
 
 
-@register("spike", table=SPIKE, kind="mri", source="torchio RandomSpike (herringbone artefact)")
+@register("spike", table=SPIKE, kind="mri", source="torchio RandomSpike (herringbone artefact)", volumes=True)
 def spike(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
     """Herringbone stripes from one k-space spike of r = (.1, .2, .35, .5, .75) times the spectrum's
     peak at 0.4 of the Nyquist radius; see ``spike_image``."""
@@ -159,7 +160,7 @@ def gibbs_image(x: torch.Tensor, severity: int) -> torch.Tensor:
     return from_spectrum(spectrum(x) * gibbs_mask(x, GIBBS[severity - 1]))
 
 
-@register("gibbs", table=GIBBS, kind="mri", source="MONAI GibbsNoise (Morelli et al. 2011)")
+@register("gibbs", table=GIBBS, kind="mri", source="MONAI GibbsNoise (Morelli et al. 2011)", volumes=True)
 def gibbs(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
     """Truncation ringing: k-space kept within rho = (.8, .65, .5, .4, .3) of the Nyquist radius
     (a fraction of the image's own spectrum, so it does not scale: ringing period ~ 2 / rho px)."""
@@ -191,7 +192,7 @@ def bias_log_field(x: torch.Tensor, severity: int, gen: torch.Generator | None) 
     return log
 
 
-@register("bias_field", table=BIAS, kind="mri", source="torchio RandomBiasField (Sudre et al. 2017)")
+@register("bias_field", table=BIAS, kind="mri", source="torchio RandomBiasField (Sudre et al. 2017)", volumes=True)
 def bias_field(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
     """Coil sensitivity: ``y = x exp(L)`` (``bias_log_field``), then ``y * max(x) / max(y)`` per
     image and channel (the scanner scales each image to its maximum), so no clip is needed;
@@ -209,7 +210,8 @@ def rician_image(x: torch.Tensor, severity: int, gen: torch.Generator | None) ->
     return torch.complex(x + sigma * n1, sigma * n2)
 
 
-@register("rician_noise", table=RICIAN, kind="mri", source="Gudbjartsson & Patz 1995; MONAI RandRicianNoise")
+@register("rician_noise", table=RICIAN, kind="mri", source="Gudbjartsson & Patz 1995; MONAI RandRicianNoise",
+          volumes=True)
 def rician_noise(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
     """Magnitude of complex Gaussian noise: ``min(sqrt((x + s n1)^2 + (s n2)^2), 1)``,
     sigma = (.02, .04, .06, .09, .12); background becomes Rayleigh (mean sigma sqrt(pi / 2))."""

@@ -1,6 +1,7 @@
 """Photometric corruptions: brightness, contrast (ImageNet-C), gamma, under- and over-exposure
 (the fundus study's camera faults), haze. None has a spatial length, so none scales with size
-(haze's smooth veil is drawn on a fixed coarse grid and resized to the image).
+(haze's smooth veil is drawn on a fixed coarse grid and resized to the image). All but haze also
+take volumes (B, C, D, H, W) (contrast's mean is then per volume and channel).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from medxai.corruptions.base import rand, register
+from medxai.errors import InputError
 
 BRIGHTNESS = (0.1, 0.2, 0.3, 0.4, 0.5)
 CONTRAST = (0.4, 0.3, 0.2, 0.1, 0.05)
@@ -20,7 +22,7 @@ HAZE_VARIATION = 0.1
 HAZE_GRID = 4
 
 
-@register("brightness", table=BRIGHTNESS, kind="photometric", source="ImageNet-C")
+@register("brightness", table=BRIGHTNESS, kind="photometric", source="ImageNet-C", volumes=True)
 def brightness(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
     """HSV value + c, c = 0.1 .. 0.5 (ImageNet-C), computed without a colour-space round trip:
     with hue and saturation fixed RGB is proportional to V = max_c x, so
@@ -35,14 +37,14 @@ def brightness(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> t
     return torch.where(v > 0, x * (v_new / v.clamp_min(1e-12)), v_new.expand_as(x))
 
 
-@register("contrast", table=CONTRAST, kind="photometric", source="ImageNet-C")
+@register("contrast", table=CONTRAST, kind="photometric", source="ImageNet-C", volumes=True)
 def contrast(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
     """``(x - m) * c + m`` with m the per-image, per-channel mean; c = 0.4 .. 0.05 (ImageNet-C)."""
-    m = x.mean(dim=(2, 3), keepdim=True)
+    m = x.mean(dim=tuple(range(2, x.ndim)), keepdim=True)
     return ((x - m) * CONTRAST[severity - 1] + m).clamp(0, 1)
 
 
-@register("gamma", table=GAMMA, kind="photometric", source="ours")
+@register("gamma", table=GAMMA, kind="photometric", source="ours", volumes=True)
 def gamma(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
     """``x ** g``, g = 1.25, 1.5, 2, 2.5, 3 (ours): mid-tones darken, black and white stay."""
     return x.pow(GAMMA[severity - 1])
@@ -63,14 +65,16 @@ def _exposure(x: torch.Tensor, ev: float) -> torch.Tensor:
     return linear_to_srgb((srgb_to_linear(x) * 2.0**ev).clamp(0, 1))
 
 
-@register("underexposure", table=UNDER_EV, kind="photometric", source="fundus study; definitions.md section 3")
+@register("underexposure", table=UNDER_EV, kind="photometric", source="fundus study; definitions.md section 3",
+          volumes=True)
 def underexposure(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
     """Exposure change by EV = -0.5, -1, -1.5, -2 stops: the image is taken as sRGB-encoded,
     linearised, multiplied by ``2 ** EV``, clipped to [0, 1] and re-encoded."""
     return _exposure(x, UNDER_EV[severity - 1])
 
 
-@register("overexposure", table=OVER_EV, kind="photometric", source="fundus study; definitions.md section 3")
+@register("overexposure", table=OVER_EV, kind="photometric", source="fundus study; definitions.md section 3",
+          volumes=True)
 def overexposure(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.Tensor:
     """As ``underexposure`` with EV = +0.5, +1, +1.5, +2: highlights clip to white."""
     return _exposure(x, OVER_EV[severity - 1])
@@ -81,7 +85,10 @@ def haze(x: torch.Tensor, severity: int, gen: torch.Generator | None) -> torch.T
     """Koschmieder's model ``out = x * t + A * (1 - t)`` with airlight A = 1 (a white veil) and
     transmission ``t = clip(t0 + 0.1 * m, 0, 1)``, t0 = 0.85, 0.7, 0.55, 0.4, 0.25 (ours); m in
     [-1, 1] is a smooth random field per image (uniform noise on a 4 x 4 grid, bicubic-resized to
-    the image, so it looks alike at every size). Same seed: the veil thickens pointwise with severity."""
+    the image, so it looks alike at every size). Same seed: the veil thickens pointwise with severity.
+    2-D only."""
+    if x.ndim != 4:
+        raise InputError(f"haze is a 2-D corruption of (B, C, H, W) images, got shape {tuple(x.shape)}")
     b, _, h, w = x.shape
     m = rand((b, 1, HAZE_GRID, HAZE_GRID), gen, x) * 2 - 1
     m = F.interpolate(m, size=(h, w), mode="bicubic", align_corners=True).clamp(-1, 1)

@@ -29,20 +29,25 @@ def _params(fn: object) -> tuple[set[str], bool]:
     return names, var_kw
 
 
+def _init_names(cls: type) -> set[str]:
+    """The constructor's keyword names; a ``**kw`` passed up adds the base classes' constructors' names."""
+    names, var_kw = _params(cls.__init__)
+    for base in cls.__mro__[1:] if var_kw else ():
+        if "__init__" in vars(base):
+            more, var_kw = _params(base.__init__)
+            names |= more
+            if not var_kw:
+                break
+    return names
+
+
 def split_kwargs(cls: type, kw: dict) -> tuple[dict, dict, dict]:
     """Split ``kw`` into (constructor, attribute, postprocess) keyword arguments by signature.
 
     The constructor wins a name both accept (e.g. a CAM's ``relu``); ``attribute(**kw)`` methods
     are looked through to ``_compute`` / ``_attribute``. Unknown names raise ConfigError.
     """
-    init_names, init_var_kw = _params(cls.__init__)
-    if init_var_kw:  # ``**kw`` passed up: the base classes' constructors name what it accepts
-        for base in cls.__mro__[1:]:
-            if "__init__" in vars(base):
-                more, var = _params(base.__init__)
-                init_names |= more
-                if not var:
-                    break
+    init_names = _init_names(cls)
     attr_names, var_kw = _params(cls.attribute)
     if var_kw:
         for inner in ("_compute", "_attribute"):
@@ -68,7 +73,7 @@ def split_kwargs(cls: type, kw: dict) -> tuple[dict, dict, dict]:
 
 def explain(model: nn.Module, x: torch.Tensor, method: str, target: int | torch.Tensor | list | None = None,
             *, top_k: int | None = None, **kw) -> torch.Tensor | tuple:
-    """Explain ``x`` (B, C, H, W) in [0, 1] with the registered ``method`` (``REGISTRY.names()``).
+    """Explain ``x`` (B, C, H, W) (or volumes (B, C, D, H, W)) in [0, 1] with the registered ``method``.
 
     Builds ``REGISTRY[method](model, **constructor_kw)``, calls ``attribute(x, target, top_k=,
     **attribute_kw)`` and post-processes in this order (``postprocess``): channels reduced by
@@ -80,19 +85,13 @@ def explain(model: nn.Module, x: torch.Tensor, method: str, target: int | torch.
     to them too); ``normalize`` ("none" default) and ``percentile``. Keyword arguments are split
     by signature (``split_kwargs``); an unknown one raises ConfigError.
 
-    Returns (B, 1, H, W), or (B, T, 1, H, W) with ``top_k`` or a (B, T) target; a method that
+    Returns (B, 1, H, W), or (B, T, 1, H, W) with ``top_k`` or a (B, T) target (volumes: (B, [T,] 1,
+    D, H, W), upsampled trilinearly); a method that
     returns a tuple (e.g. IG with ``return_convergence_delta=True``) gives (maps, *rest).
     """
     cls = REGISTRY.get(method)
     init_kw, attr_kw, post_kw = split_kwargs(cls, kw)
-    init_names, init_var_kw = _params(cls.__init__)
-    if init_var_kw:  # ``**kw`` passed up: the base classes' constructors name what it accepts
-        for base in cls.__mro__[1:]:
-            if "__init__" in vars(base):
-                more, var = _params(base.__init__)
-                init_names |= more
-                if not var:
-                    break
+    init_names = _init_names(cls)
     if "upsample" in init_names and "upsample" not in init_kw:
         init_kw["upsample"] = False
     explainer = cls(model, **init_kw)
@@ -102,9 +101,10 @@ def explain(model: nn.Module, x: torch.Tensor, method: str, target: int | torch.
         out, rest = out[0], tuple(out[1:])
     if not isinstance(out, torch.Tensor):
         raise ConfigError(f"{method!r} returned {type(out).__name__}, not a map tensor")
+    sd = x.ndim - 2  # 2 for images, 3 for volumes: maps (B, [T,] C, *spatial)
     reduce = post_kw.pop("reduce_channels", getattr(explainer, "default_reduce", "sum"))
-    if out.shape[-3] == 1:
+    if out.shape[-(sd + 1)] == 1:
         reduce = None
     maps = postprocess(out, reduce_channels=reduce, upsample=post_kw.pop("upsample_mode", "bilinear"),
-                       size=tuple(x.shape[-2:]), **post_kw)
+                       size=tuple(x.shape[2:]), spatial_dims=sd, **post_kw)
     return (maps, *rest) if rest else maps

@@ -80,6 +80,7 @@ def _upsample_mode(upsample: bool | str | None) -> str | None:
 
 class _AttentionMethod(GradientAttribution):
     """Shared: ViT lookup, target resolution from the explaining forward, grid and upsampling."""
+    image_ndims = (4,)  # ViT token maps are 2-D
 
     default_reduce = None  # one channel
 

@@ -1,6 +1,8 @@
 """The explainer contract shared by every method: ``Method(model, **cfg).attribute(x, target=...)``.
 
-- ``x``: float (B, C, H, W) in [0, 1] (checked, never clamped).
+- ``x``: float (B, C, H, W) in [0, 1] (checked, never clamped); volumes (B, C, D, H, W) for the
+  methods whose ``image_ndims`` include 5 (the gradient methods, IG, the CAMs, occlusion, LIME,
+  RISE): their maps come back (B, [T,] C|1, D, H, W).
 - ``target``: int, (B,) tensor, None (the predicted class), or a (B, T) tensor of several targets
   per sample; ``top_k=k`` picks each sample's k most probable outputs from one forward pass.
   With a (B, T) target (or ``top_k``) the result gains a target axis: (B, T, ...).
@@ -184,6 +186,8 @@ class Attribution:
     needs_grad = True
     #: whether the method puts forward hooks on the model's layers (CAMs, guided backprop)
     needs_hooks = False
+    #: accepted input ranks: 4 = images (B, C, H, W), 5 = volumes (B, C, D, H, W)
+    image_ndims: tuple[int, ...] = (4,)
 
     def __init__(self, model: nn.Module, *, output: str = "logit") -> None:
         if output not in OUTPUTS:
@@ -202,7 +206,7 @@ class Attribution:
 
     def attribute(self, x: torch.Tensor, target: int | torch.Tensor | list | None = None, *,
                   top_k: int | None = None, **kw):
-        check_images(x)
+        check_images(x, ndim=self.image_ndims)
         if self.needs_hooks and (why := hooks_unavailable(self.model)):
             raise ModelError(f"{self.name} is unavailable for this model: {why}")
         spec = TargetSpec(target, top_k)

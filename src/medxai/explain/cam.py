@@ -291,6 +291,9 @@ class _CAMBase(GradientAttribution):
         for layer, leaf, g in zip(layers, leaves, grads, strict=True):
             gg = None if g is None else self._grid(g.flatten(0, 1)).unflatten(0, g.shape[:2])
             s = LayerState(self._grid(leaf.detach()), gg, x, targets, scores, layer, leaf.detach(), self._grid)
+            if s.a.ndim != x.ndim:  # e.g. a 2.5-D model: a 2-D layer inside a volume model
+                raise ConfigError(f"the CAM layer's grid {tuple(s.a.shape[2:])} has {s.a.ndim - 2} spatial axes "
+                                  f"but the input has {x.ndim - 2}: choose a layer with the input's axes")
             cam = self._layer_map(s)
             cam = cam.clamp(min=0) if self.relu else cam
             maps.append(upsample_maps(cam, x.shape[2:]) if self.upsample else cam)

@@ -188,6 +188,7 @@ class FullGrad(GradientAttribution):
     authors' code); each bias term per channel c (eq. 4's sum over c; as pytorch-grad-cam, which rescales
     before it resizes). Returns (B, [T,] 1, H, W), unnormalised. One forward, T backwards to the input.
     """
+    image_ndims = (4,)  # volumes: not checked yet
 
     default_reduce = None
     needs_hooks = True

@@ -3,7 +3,9 @@
 One engine serves occlusion, LIME, RISE and the deletion / insertion / ROAD metrics: the caller
 says how to build perturbed inputs for (sample, perturbation) pairs; the engine flattens all
 B x P pairs, builds and runs them in chunks bounded by a memory budget, under ``no_grad``, and
-gathers the requested outputs. Nothing leaves torch and the device of ``x``.
+gathers the requested outputs. Nothing leaves torch and the device of ``x``. Images (B, C, H, W)
+and volumes (B, C, D, H, W) alike: chunks are sized by the bytes of one input, so a volume's
+perturbed copies (occlusion, LIME, RISE, deletion) run a few per model call.
 
 ``for_chunks`` is the one chunking loop of medxai's explainers and metrics (this engine, the
 gradient methods' path / noise chunks, the imputation solves): when a chunk raises a GPU
@@ -21,7 +23,7 @@ from torch import nn
 from medxai.errors import InputError
 from medxai.explain.base import select_output
 
-#: make_inputs(sample_idx (M,), perturbation_idx (M,)) -> perturbed images (M, C, H, W)
+#: make_inputs(sample_idx (M,), perturbation_idx (M,)) -> perturbed images (M, C, H, W) or volumes (M, C, D, H, W)
 MakeInputs = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes of perturbed input per chunk
@@ -79,7 +81,7 @@ def for_chunks(total: int, chunk: int, run: Callable[[int, int], None], *, what:
 
 def chunk_size_for(x: torch.Tensor, memory_budget: int = DEFAULT_MEMORY_BUDGET,
                    max_batch: int | None = None, factor: float = 1.0) -> int:
-    """How many images (C, H, W) of ``x`` fit in ``memory_budget`` bytes (at least 1).
+    """How many images (C, H, W) (or volumes (C, D, H, W)) of ``x`` fit in ``memory_budget`` bytes (at least 1).
 
     ``factor`` accounts for memory per image beyond the input itself (activations).
     """
@@ -114,14 +116,15 @@ def sample_runs(si: torch.Tensor) -> list[tuple[int, slice]]:
 
 
 class InputBuffer:
-    """A reusable (n, C, H, W) batch like ``x`` for ``make_inputs`` to fill in place.
+    """A reusable (n, C, H, W) (or (n, C, D, H, W)) batch like ``x`` for ``make_inputs`` to fill in place.
 
     Reusing one buffer across chunks avoids re-faulting fresh pages for every chunk (several ms per
     chunk of 64 images at 128 px on CPU). Safe because the engine consumes each chunk's outputs
     before it asks for the next inputs. ``channels_last`` lays the batch out NHWC, which oneDNN
     convolutions run faster than NCHW (same values up to float rounding); None: on CPU when
     ``model`` has a 2-D convolution (or is not given). Filling an NHWC buffer costs about 3x an NCHW
-    one, so a model without convolutions (nothing to gain) gets NCHW.
+    one, so a model without convolutions (nothing to gain) gets NCHW. Volumes are always laid out
+    contiguously (NCDHW).
     """
 
     def __init__(self, x: torch.Tensor, channels_last: bool | None = None, model: nn.Module | None = None) -> None:
@@ -165,7 +168,7 @@ def perturbed_outputs(
 
     Args:
         model: classifier returning logits (N, K); called in its current mode.
-        x: (B, C, H, W) clean images (only shape/device/dtype are used here).
+        x: (B, C, H, W) clean images or (B, C, D, H, W) volumes (only shape/device/dtype are used here).
         n_perturb: P, perturbations per sample.
         make_inputs: builds the perturbed inputs for flat (sample, perturbation) index pairs.
         targets: None -> all outputs (B, P, K); (B,) -> (B, P); (B, T) -> (B, P, T).

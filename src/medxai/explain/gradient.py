@@ -1,7 +1,8 @@
 """Gradient maps: Saliency, Input x Gradient, SmoothGrad, Guided Backprop, Deconvnet.
 
 All methods speak the captum contract ``Method(model, **cfg).attribute(x, target=None, top_k=None)``
-and return (B, C, H, W) for one target per sample, (B, T, C, H, W) for several. Several targets
+and return (B, C, H, W) for one target per sample, (B, T, C, H, W) for several; volumes
+(B, C, D, H, W) give (B, [T,] C, D, H, W) (nothing here depends on the spatial rank). Several targets
 per sample cost ONE forward pass and T input-gradient computations (``torch.autograd.grad`` with a
 retained graph), never T forwards. Targets given as None / ``top_k`` are resolved from that same
 forward pass. Definitions: ``definitions.md`` section 1.
@@ -39,6 +40,9 @@ class GradientAttribution(Attribution):
     #: run the batch in sample chunks, halved on GPU out-of-memory (``for_chunks``); methods that
     #: chunk their own model calls (IG, SmoothGrad) turn this off
     split_on_oom: bool = True
+    #: images (B, C, H, W) and volumes (B, C, D, H, W): input gradients and CAMs (``cam.upsample_maps``)
+    #: do not depend on the spatial rank
+    image_ndims = (4, 5)
 
     def _explain(self, x: torch.Tensor, spec: TargetSpec, **kw):
         if self.split_on_oom:
@@ -120,9 +124,49 @@ def saved_bytes_per_image(model: nn.Module, x1: torch.Tensor) -> int:
     return total + 3 * x1.numel() * x1.element_size()
 
 
+def peak_bytes_per_image(model: nn.Module, x1: torch.Tensor) -> int | None:
+    """Measured peak bytes above the start of one forward + input-gradient backward of ONE image:
+    ``torch.cuda.max_memory_allocated`` on a GPU (its peak statistics are reset), the CPU
+    allocator's memory events of ``torch.profiler`` on the CPU (None when a profiler is already
+    running). Unlike ``saved_bytes_per_image`` this includes the backward's transient buffers
+    (on the CPU a 3-D convolution's input gradient unfolds its input: C k^3 x the output volume)."""
+    xg = x1.detach().requires_grad_(True)
+
+    def run() -> None:
+        with torch.enable_grad():
+            out = model(xg)
+            torch.autograd.grad(out.sum(), xg)
+
+    if x1.device.type == "cuda":
+        torch.cuda.synchronize(x1.device)
+        base = torch.cuda.memory_allocated(x1.device)
+        torch.cuda.reset_peak_memory_stats(x1.device)
+        run()
+        return int(torch.cuda.max_memory_allocated(x1.device) - base)
+    if x1.device.type != "cpu" or torch.autograd._profiler_enabled():
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
+    cur = peak = 0
+    for _, nb in events:
+        cur += nb
+        peak = max(peak, cur)
+    return peak
+
+
 class _ChunkSizer:
     """Images per model call for a memory budget, probed once per (shape, dtype, device); lowered for
-    good (per shape) when a chunk ran out of GPU memory (``settle``)."""
+    good (per shape) when a chunk ran out of GPU memory (``settle``).
+
+    Images: the budget bounds the autograd state saved per chunk (``saved_bytes_per_image``).
+    Volumes (5-D input): it bounds the measured peak of a chunk (``peak_bytes_per_image``, the
+    larger of the two), because a 3-D network's backward transients are several times its saved
+    state (small-cnn3d at 96^3 on CPU: 108 MB peak for 34 MB saved).
+    """
 
     def __init__(self, internal_batch_size: int | None, memory_budget: int) -> None:
         if internal_batch_size is not None and internal_batch_size < 1:
@@ -136,7 +180,10 @@ class _ChunkSizer:
             return self._cache[key]
         if self.internal_batch_size is not None:
             return self.internal_batch_size
-        n = max(1, int(self.memory_budget // saved_bytes_per_image(model, x[:1])))
+        per = saved_bytes_per_image(model, x[:1])
+        if x.ndim == 5:
+            per = max(per, peak_bytes_per_image(model, x[:1]) or 0)
+        n = max(1, int(self.memory_budget // per))
         if x.device.type == "cpu":  # cache-sized batches run faster on CPU (engine.model_batch_for)
             n = min(n, model_batch_for(x[:1]))
         self._cache[key] = n

@@ -57,8 +57,9 @@ def _reflect_index(n: int, r: int, device: torch.device) -> torch.Tensor:
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:
-    """Separable Gaussian blur of (B, C, H, W) over H and W, as ``scipy.ndimage.gaussian_filter``
-    (mode 'reflect', radius ``int(truncate * sigma + 0.5)``), in torch on x's device."""
+    """Separable Gaussian blur of (B, C, H, W) over H and W (of volumes (B, C, D, H, W) over D, H
+    and W), as ``scipy.ndimage.gaussian_filter`` (mode 'reflect', radius ``int(truncate * sigma +
+    0.5)``) on each image's spatial axes, in torch on x's device."""
     if sigma <= 0:
         return x.clone()
     r = int(truncate * sigma + 0.5)
@@ -66,7 +67,7 @@ def gaussian_blur(x: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch
     k = torch.exp(-0.5 * (k / sigma) ** 2)
     k = (k / k.sum()).to(x.dtype).view(1, 1, -1)
     out = x
-    for dim in (3, 2):
+    for dim in range(x.ndim - 1, 1, -1):
         n = out.shape[dim]
         moved = out.movedim(dim, -1)
         padded = moved.index_select(-1, _reflect_index(n, r, x.device))
@@ -83,10 +84,11 @@ class IntegratedGradients(GradientAttribution):
     ("expected gradients" style): ``"zero"`` (black, default); ``"uniform"`` (``n_baselines``
     draws of U(0, 1) from a generator seeded with ``seed``); ``"blur"`` (Gaussian blur of x,
     ``blur_sigma`` px = 10; ``blur_scaled=True`` scales sigma by max(H, W) / 224, the studies'
-    resolution); a number (constant image); a tensor (C, H, W), (B|1, C, H, W) or (S, B, C, H, W)
-    in [0, 1]; a callable ``attack(x, y) -> x_adv`` such as ``medxai.attacks.PGD`` (an
+    resolution (volumes: max(D, H, W) / 224)); a number (constant image); a tensor (C, H, W),
+    (B|1, C, H, W) or (S, B, C, H, W) in [0, 1]; a callable ``attack(x, y) -> x_adv`` such as ``medxai.attacks.PGD`` (an
     adversarial baseline; y = each sample's first target); or a list of the above (averaged).
 
+    Volumes (B, C, D, H, W) work alike (maps (B, [T,] C, D, H, W); the blur baseline is 3-D).
     Steps x samples go through the model in chunks bounded by ``memory_budget`` bytes of autograd
     state (measured once with a one-image probe) or ``internal_batch_size`` images; the result
     does not depend on the chunking. A chunk that runs out of GPU memory is halved and retried
@@ -137,7 +139,7 @@ class IntegratedGradients(GradientAttribution):
                 gen = torch.Generator(device=x.device).manual_seed(self.seed)
                 return torch.rand((self.n_baselines, *x.shape), generator=gen, device=x.device, dtype=x.dtype)
             if baseline in ("blur", "blurred"):
-                sigma = self.blur_sigma * (max(x.shape[-2:]) / 224 if self.blur_scaled else 1.0)
+                sigma = self.blur_sigma * (max(x.shape[2:]) / 224 if self.blur_scaled else 1.0)
                 return gaussian_blur(x, sigma).clamp(0, 1)[None]
             raise InputError(f"unknown baseline {baseline!r}: zero, uniform, blur, a number, a tensor, "
                              "an attack callable or a list of them")
@@ -153,11 +155,11 @@ class IntegratedGradients(GradientAttribution):
                 t = t[None]
             if t.ndim != x.ndim + 1 or t.shape[1] not in (1, b) or t.shape[2:] != x.shape[1:]:
                 raise InputError(f"baseline shape {tuple(baseline.shape)} does not fit x {tuple(x.shape)}")
-            check_images(t.flatten(0, 1), "baseline")
+            check_images(t.flatten(0, 1), "baseline", ndim=(4, 5))
             return t.expand(t.shape[0], b, *x.shape[1:])
         if callable(baseline):
             adv = baseline(x.detach(), y)
-            check_images(adv, "adversarial baseline")
+            check_images(adv, "adversarial baseline", ndim=(4, 5))
             if adv.shape != x.shape:
                 raise InputError(f"the attack returned shape {tuple(adv.shape)}, expected {tuple(x.shape)}")
             return adv.detach().to(x.dtype)[None]

@@ -52,11 +52,17 @@ def superpixels(x: torch.Tensor, method: str = "slic", **params) -> torch.Tensor
     ``slic`` (default n_segments=50, compactness=10, sigma=1) or ``quickshift`` (lime's
     kernel_size=4, max_dist=200, ratio=0.2); extra ``params`` go to the skimage function.
     One- and three-channel images are segmented as RGB (gray repeated), like lime.
+    Volumes (B, C, D, H, W) -> (B, D, H, W) supervoxels: 3-D SLIC (``channel_axis=None`` for one
+    channel, else the channels last; no Lab conversion; default n_segments=50, compactness=0.1,
+    sigma=1: compactness is relative to intensities in [0, 1], not to Lab's 0..100);
+    quickshift is 2-D only.
     """
     from skimage.segmentation import quickshift, slic
 
     if method not in SEGMENTATIONS:
         raise InputError(f"segmentation must be one of {SEGMENTATIONS} or a (B, H, W) tensor, got {method!r}")
+    if x.ndim == 5:
+        return _supervoxels(x, method, **params)
     imgs = x.detach().to("cpu", torch.float64).permute(0, 2, 3, 1).numpy()
     out = []
     for im in imgs:
@@ -73,6 +79,23 @@ def superpixels(x: torch.Tensor, method: str = "slic", **params) -> torch.Tensor
             kw = {"kernel_size": 4, "max_dist": 200, "ratio": 0.2, "rng": 0} | params
             seg = quickshift(im, **kw)
         out.append(torch.from_numpy(np.ascontiguousarray(seg)).long())
+    return relabel(torch.stack(out).to(x.device))
+
+
+def _supervoxels(x: torch.Tensor, method: str, **params) -> torch.Tensor:
+    """3-D SLIC supervoxels of (B, C, D, H, W) volumes -> (B, D, H, W) labels 0..F_b-1."""
+    from skimage.segmentation import slic
+
+    if method != "slic":
+        raise InputError("volumes are segmented with 3-D SLIC only (quickshift is 2-D)")
+    vols = x.detach().to("cpu", torch.float64).numpy()
+    out = []
+    for v in vols:
+        one = v.shape[0] == 1
+        im = v[0] if one else np.moveaxis(v, 0, -1)
+        kw = {"n_segments": 50, "compactness": 0.1, "sigma": 1.0, "start_label": 0,
+              "channel_axis": None if one else -1} | params
+        out.append(torch.from_numpy(np.ascontiguousarray(slic(im, **kw))).long())
     return relabel(torch.stack(out).to(x.device))
 
 
@@ -163,26 +186,28 @@ class LimeResult:
 
 def _fill(x: torch.Tensor, seg: torch.Tensor, n_max: int, hide_color) -> torch.Tensor:
     """The image shown where a superpixel is off: its mean colour (None) or a constant."""
-    b, c, h, w = x.shape
+    b, c = x.shape[:2]
+    n = seg[0].numel()
     if hide_color is None:
-        idx = seg.reshape(b, 1, h * w).expand(b, c, h * w)
+        idx = seg.reshape(b, 1, n).expand(b, c, n)
         sums = torch.zeros(b, c, n_max, dtype=x.dtype, device=x.device).scatter_add_(2, idx, x.reshape(b, c, -1))
         counts = torch.zeros(b, 1, n_max, dtype=x.dtype, device=x.device).scatter_add_(
-            2, seg.reshape(b, 1, -1), torch.ones(b, 1, h * w, dtype=x.dtype, device=x.device))
-        return (sums / counts.clamp(min=1)).gather(2, idx).reshape(b, c, h, w)
+            2, seg.reshape(b, 1, -1), torch.ones(b, 1, n, dtype=x.dtype, device=x.device))
+        return (sums / counts.clamp(min=1)).gather(2, idx).reshape(x.shape)
     col = torch.as_tensor(hide_color, dtype=x.dtype, device=x.device).reshape(-1)
     if col.numel() not in (1, c) or not bool(torch.isfinite(col).all()) or float(col.min()) < 0 or float(col.max()) > 1:
         raise InputError(f"hide_color must be None, a value in [0, 1] or {c} values in [0, 1]")
-    return col.reshape(1, -1, 1, 1).expand(b, c, h, w)
+    return col.reshape(1, -1, *([1] * (x.ndim - 2))).expand(x.shape)
 
 
 @REGISTRY.register("lime")
 class Lime(Attribution):
-    """LIME for images; ``attribute`` returns each pixel's superpixel weight (B, 1, H, W) per target.
+    """LIME for images; ``attribute`` returns each pixel's superpixel weight (B, 1, H, W) per target
+    (volumes: each voxel's supervoxel weight (B, 1, D, H, W), 3-D SLIC by default).
 
     Args:
         model: classifier returning logits (B, K).
-        segmentation: "slic" (default), "quickshift" or a (B, H, W) int tensor.
+        segmentation: "slic" (default), "quickshift" or a (B, H, W) int tensor ((B, D, H, W) for volumes).
         segmentation_params: extra keyword arguments of the skimage segmentation.
         num_samples: perturbed samples per image (1000; the first is all-on).
         hide_color: None (superpixel mean colour, lime's default) or a constant in [0, 1].
@@ -196,6 +221,7 @@ class Lime(Attribution):
     """
 
     needs_grad = False
+    image_ndims = (4, 5)
 
     def __init__(self, model: nn.Module, *, segmentation: str | torch.Tensor = "slic",
                  segmentation_params: dict | None = None, num_samples: int = 1000,
@@ -217,8 +243,8 @@ class Lime(Attribution):
         if isinstance(seg, str):
             return superpixels(x, seg, **self.segmentation_params)
         seg = torch.as_tensor(seg, device=x.device)
-        if seg.ndim == 2:
-            seg = seg.expand(x.shape[0], -1, -1)
+        if seg.ndim == x.ndim - 2:
+            seg = seg.expand(x.shape[0], *seg.shape)
         if seg.shape != (x.shape[0], *x.shape[2:]) or seg.is_floating_point():
             raise InputError(f"segments must be an int tensor of shape {(x.shape[0], *x.shape[2:])}, "
                              f"got {tuple(seg.shape)} {seg.dtype}")
@@ -283,7 +309,7 @@ class Lime(Attribution):
                             top_k: int | None = None, segments: torch.Tensor | None = None,
                             perturbations: torch.Tensor | None = None, seed: int | None = None) -> LimeResult:
         """The full LIME fit (always with a target axis T, even for a single target)."""
-        check_images(x)
+        check_images(x, ndim=self.image_ndims)
         with preserve_model(self.model):
             t = self.targets(x, target, top_k)
             return self._fit(x, t, segments, perturbations, seed)

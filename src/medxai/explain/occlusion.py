@@ -3,7 +3,8 @@
 ``attr(p) = mean over windows W containing p of [f(x) - f(x with W := baseline)]``.
 
 Windows are hyper-rectangles over (C, H, W) like captum's ``sliding_window_shapes``: a window
-(h, w) covers all channels, (c, h, w) occludes c channels at a time. Along each axis the window
+(h, w) covers all channels, (c, h, w) occludes c channels at a time. Volumes (B, C, D, H, W)
+take 3-D windows: (d, h, w) over all channels or (c, d, h, w) (captum's 4-D window shape). Along each axis the window
 starts at 0, stride, 2 stride, ... for ``ceil((size - win) / stride) + 1`` positions, so the last
 window may be cut off at the border when the stride does not divide ``size - win`` (captum's
 convention). All windows of all samples go through the model in memory-bounded chunks; the
@@ -32,25 +33,28 @@ from medxai.explain.registry import REGISTRY
 __all__ = ["Occlusion", "occlusion_windows"]
 
 
-def _as3(v: int | Sequence[int], channels: int, name: str) -> tuple[int, int, int]:
-    t = (int(v), int(v)) if isinstance(v, int) else tuple(int(a) for a in v)
-    if len(t) == 2:
+def _as_window(v: int | Sequence[int], channels: int, n_spatial: int, name: str) -> tuple[int, ...]:
+    """An int (every spatial axis), a spatial tuple (all channels) or (c, *spatial) -> (c, *spatial)."""
+    t = (int(v),) * n_spatial if isinstance(v, int) else tuple(int(a) for a in v)
+    if len(t) == n_spatial:
         t = (channels, *t)
-    if len(t) != 3 or min(t) < 1:
-        raise InputError(f"{name} must be an int, (h, w) or (c, h, w) of positive ints, got {v!r}")
-    return t  # type: ignore[return-value]
+    if len(t) != n_spatial + 1 or min(t) < 1:
+        lay = "(h, w) or (c, h, w)" if n_spatial == 2 else "(d, h, w) or (c, d, h, w)"
+        raise InputError(f"{name} must be an int, {lay} of positive ints, got {v!r}")
+    return t
 
 
-def occlusion_windows(shape: tuple[int, int, int], window: Sequence[int], stride: Sequence[int],
+def occlusion_windows(shape: tuple[int, ...], window: Sequence[int], stride: Sequence[int],
                       device: torch.device | None = None) -> list[torch.Tensor]:
-    """Per-axis coverage of every window position: three bool tensors (n_axis, size_axis).
+    """Per-axis coverage of every window position: one bool tensor (n_axis, size_axis) per axis.
 
-    ``shape`` (C, H, W); ``window`` and ``stride`` are (c, h, w). The window at grid position
-    (i, j, k) covers ``cover[0][i] x cover[1][j] x cover[2][k]``.
+    ``shape`` (C, H, W) or (C, D, H, W); ``window`` and ``stride`` likewise. The window at grid
+    position (i, j, k[, l]) covers the outer product ``cover[0][i] x cover[1][j] x ...``.
     """
 
     covers = []
-    for size, win, st, axis in zip(shape, window, stride, "CHW", strict=True):
+    axes = "CHW" if len(shape) == 3 else "CDHW"
+    for size, win, st, axis in zip(shape, window, stride, axes, strict=True):
         if win > size:
             raise InputError(f"occlusion window {tuple(window)} exceeds the input {tuple(shape)} along {axis}")
         if win < size and st > win:
@@ -63,13 +67,35 @@ def occlusion_windows(shape: tuple[int, int, int], window: Sequence[int], stride
     return covers
 
 
+def _outer(covers: list[torch.Tensor], idx: list[torch.Tensor]) -> torch.Tensor:
+    """(M, C, *S): for each of M windows the product of its per-axis coverages."""
+    k = len(covers)
+    out = None
+    for a, (cov, i) in enumerate(zip(covers, idx, strict=True)):
+        term = cov[i].view(-1, *([1] * a), cov.shape[1], *([1] * (k - 1 - a)))
+        out = term if out is None else out * term
+    return out
+
+
+def _spread(diff: torch.Tensor, covers: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """diff (B, n_0, .., n_k, T) -> (B, T, C, *S) summed over windows, and the window count (C, *S)."""
+    letters = "klmnop"[: len(covers)]
+    out_l = "cdefgh"[: len(covers)]
+    ops = ",".join(f"{a}{o}" for a, o in zip(letters, out_l, strict=True))
+    attr = torch.einsum(f"b{letters}t,{ops}->bt{out_l}", diff, *covers)
+    count = torch.einsum(f"{ops}->{out_l}", *covers)
+    return attr, count
+
+
 @REGISTRY.register("occlusion")
 class Occlusion(Attribution):
-    """Sliding-window occlusion: returns (B, C, H, W) per target, in the units of the output.
+    """Sliding-window occlusion: returns (B, C, H, W) (volumes: (B, C, D, H, W)) per target, in the
+    units of the output.
 
     Args:
         model: classifier returning logits (B, K).
-        window: int, (h, w) (all channels) or (c, h, w) px; default ``min(16, min(H, W) // 4)``.
+        window: int, (h, w) (all channels) or (c, h, w) px; for volumes int, (d, h, w) or
+            (c, d, h, w) voxels; default ``min(16, min(spatial) // 4)`` along every axis.
         stride: int, (h, w) or (c, h, w) px; default half the window. An int or pair uses the
             window's channel extent as channel stride (non-overlapping channel groups).
         baseline: value the window takes: a float or a tensor broadcastable to (B, C, H, W) in
@@ -81,6 +107,7 @@ class Occlusion(Attribution):
     """
 
     needs_grad = False
+    image_ndims = (4, 5)
 
     def __init__(self, model: nn.Module, *, window: int | Sequence[int] | None = None,
                  stride: int | Sequence[int] | None = None, baseline: float | torch.Tensor = 0.0,
@@ -91,18 +118,18 @@ class Occlusion(Attribution):
         self.batch_size, self.memory_budget = batch_size, memory_budget
         self.channels_last = channels_last
 
-    def _config(self, x: torch.Tensor, window, stride) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-        c, h, w = x.shape[1:]
+    def _config(self, x: torch.Tensor, window, stride) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        c, sp = x.shape[1], tuple(x.shape[2:])
         window = self.window if window is None else window
         stride = self.stride if stride is None else stride
         if window is None:
-            window = max(1, min(16, min(h, w) // 4))
-        win = _as3(window, c, "window")
+            window = max(1, min(16, min(sp) // 4))
+        win = _as_window(window, c, len(sp), "window")
         if stride is None:
-            stride = (win[0], max(1, win[1] // 2), max(1, win[2] // 2))
-        elif isinstance(stride, int) or len(stride) == 2:
-            stride = (win[0], *_as3(stride, c, "stride")[1:])
-        return win, _as3(stride, c, "stride")
+            stride = (win[0], *(max(1, w // 2) for w in win[1:]))
+        elif isinstance(stride, int) or len(stride) == len(sp):
+            stride = (win[0], *_as_window(stride, c, len(sp), "stride")[1:])
+        return win, _as_window(stride, c, len(sp), "stride")
 
     def _baseline(self, x: torch.Tensor, baseline) -> torch.Tensor:
         baseline = self.baseline if baseline is None else baseline
@@ -119,20 +146,19 @@ class Occlusion(Attribution):
                    baseline=None) -> torch.Tensor:
         win, st = self._config(x, window, stride)
         base = self._baseline(x, baseline)
-        cc, ch, cw = occlusion_windows(tuple(x.shape[1:]), win, st, x.device)
-        nc, nh, nw = cc.shape[0], ch.shape[0], cw.shape[0]
-        n_win = nc * nh * nw
-
         f = x.dtype
-        cc_f, ch_f, cw_f = cc.to(f), ch.to(f), cw.to(f)
-
+        covers = [c.to(f) for c in occlusion_windows(tuple(x.shape[1:]), win, st, x.device)]
+        grid = [c.shape[0] for c in covers]
+        n_win = math.prod(grid)
         buffer = InputBuffer(x, self.channels_last, self.model)
 
         def make(si: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
             p = (pi - 1).clamp(min=0)  # perturbation 0 is the clean image
-            kc, kh, kw = p // (nh * nw), (p // nw) % nh, p % nw
-            occluded = (cc_f[kc][:, :, None, None] * ch_f[kh][:, None, :, None] * cw_f[kw][:, None, None, :]
-                        * (pi > 0).to(f)[:, None, None, None])
+            idx = []
+            for n in reversed(grid):  # row-major unravel of the window index
+                idx.append(p % n)
+                p = p // n
+            occluded = _outer(covers, idx[::-1]) * (pi > 0).to(f).view(-1, *([1] * (x.ndim - 1)))
             out = buffer(len(si))
             for b, sl in sample_runs(si):
                 blend_into(out[sl], occluded[sl], base[b], x[b])
@@ -140,7 +166,6 @@ class Occlusion(Attribution):
 
         out = perturbed_outputs(self.model, x, n_win + 1, make, targets, output=self.output,
                                 batch_size=self.batch_size, memory_budget=self.memory_budget)
-        diff = (out[:, :1] - out[:, 1:]).reshape(x.shape[0], nc, nh, nw, -1)  # (B, nc, nh, nw, T)
-        attr = torch.einsum("bkmnt,kc,mi,nj->btcij", diff, cc_f, ch_f, cw_f)
-        count = torch.einsum("kc,mi,nj->cij", cc_f, ch_f, cw_f)
+        diff = (out[:, :1] - out[:, 1:]).reshape(x.shape[0], *grid, -1)  # (B, n_c, n_h, n_w, T)
+        attr, count = _spread(diff, covers)
         return attr / count

@@ -303,6 +303,7 @@ class GradientShap(GradientAttribution):
     batch (a map does not depend on the rest of the batch); ``attribute(generator=)`` uses the given
     generator instead. Points run in chunks bounded by ``memory_budget`` bytes of autograd state.
     """
+    image_ndims = (4,)  # volumes: not checked yet
 
     default_reduce = "sum"
     split_on_oom = False  # chunks its points itself

@@ -4,6 +4,8 @@ Conventions (definitions.md section 0):
 - maps: (B, H, W) or (B, 1, H, W) for one map per image, (B, T, H, W) for T targets per image.
   A 4-D map with C > 1 and no target axis to align it with is refused: reduce the channels
   explicitly first (e.g. ``maps.sum(1)`` or ``maps.abs().amax(1)``).
+- volumes: maps are 5-D, (B, 1, D, H, W) or (B, T, D, H, W) (a 4-D map is always 2-D: (B, T, H, W));
+  their masks are (B, D, H, W), (B, 1, D, H, W) or per-class (B, K, D, H, W); no boxes.
 - masks: bool or {0, 1} (B, H, W), (B, 1, H, W), per-target (B, T, H, W) or per-class
   (B, K, H, W) selected with ``targets``. Boxes (B, 4) or (B, T, 4) as x0, y0, x1, y1 in pixel
   indices, half-open: pixel (row r, column c) is inside iff x0 <= c < x1 and y0 <= r < y1.
@@ -27,8 +29,9 @@ def check_maps(maps: torch.Tensor, name: str = "maps") -> torch.Tensor:
         raise InputError(f"{name} must be a torch.Tensor, got {type(maps).__name__}")
     if not maps.is_floating_point():
         raise InputError(f"{name} must be a float tensor, got dtype {maps.dtype}")
-    if maps.ndim not in (3, 4):
-        raise InputError(f"{name} must have shape (B, H, W), (B, 1, H, W) or (B, T, H, W), got {tuple(maps.shape)}")
+    if maps.ndim not in (3, 4, 5):
+        raise InputError(f"{name} must have shape (B, H, W), (B, 1, H, W) or (B, T, H, W) (volumes: "
+                         f"(B, 1, D, H, W) or (B, T, D, H, W)), got {tuple(maps.shape)}")
     if maps.numel() == 0:
         raise InputError(f"{name} is empty (shape {tuple(maps.shape)})")
     if not bool(torch.isfinite(maps).all()):
@@ -37,9 +40,10 @@ def check_maps(maps: torch.Tensor, name: str = "maps") -> torch.Tensor:
 
 
 def single_maps(maps: torch.Tensor, name: str = "maps") -> torch.Tensor:
-    """One map per image: (B, H, W) or (B, 1, H, W) -> (B, H, W) (a view, never a copy)."""
+    """One map per image: (B, H, W) or (B, 1, H, W) -> (B, H, W); a volume's (B, 1, D, H, W) ->
+    (B, D, H, W) (a view, never a copy)."""
     check_maps(maps, name)
-    if maps.ndim == 4:
+    if maps.ndim in (4, 5):
         if maps.shape[1] != 1:
             raise InputError(
                 f"{name} has {maps.shape[1]} channels; give one map per image (B, H, W) or (B, 1, H, W): "
@@ -84,13 +88,16 @@ def align(
 
     ``targets`` ((B,) or (B, T) class indices) picks per-class masks (B, K, H, W) for each map.
     Returns (maps (B, T, H, W), masks (B, T, H, W) bool, squeeze) where ``squeeze`` says there is
-    one map per image, so scores come back as (B,) rather than (B, T).
+    one map per image, so scores come back as (B,) rather than (B, T). Volumes (5-D maps): the
+    same with (B, T, D, H, W).
     """
     check_maps(maps)
     if not isinstance(masks, torch.Tensor):
         raise InputError(f"{name} must be a torch.Tensor, got {type(masks).__name__}")
+    if maps.ndim == 5:
+        return _align_volumes(maps, masks, targets, name)
     m4 = maps[:, None] if maps.ndim == 3 else maps
-    b, tm, h, w = m4.shape
+    b, h, w = m4.shape[0], m4.shape[2], m4.shape[3]
     if masks.shape[0] != b:
         raise InputError(f"{name} has batch {masks.shape[0]} but maps have batch {b}")
     is_boxes = (masks.dtype != torch.bool and masks.shape[-1] == 4
@@ -104,6 +111,27 @@ def align(
             raise InputError(f"{name} are {tuple(s.shape[-2:])} but maps are {(h, w)}; resize one of them first")
     else:
         raise InputError(f"{name} must be (B, H, W), (B, K, H, W) or boxes (B, 4), got {tuple(masks.shape)}")
+    return _pick(m4, s, targets, name)
+
+
+def _align_volumes(maps: torch.Tensor, masks: torch.Tensor, targets, name: str
+                   ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """``align`` for 5-D maps (B, T, D, H, W): masks (B, D, H, W) or (B, 1|K, D, H, W), no boxes."""
+    b, sp = maps.shape[0], tuple(maps.shape[2:])
+    if masks.shape[0] != b:
+        raise InputError(f"{name} has batch {masks.shape[0]} but maps have batch {b}")
+    if masks.ndim not in (4, 5):
+        raise InputError(f"{name} of volumes must be (B, D, H, W) or (B, K, D, H, W) (no boxes), "
+                         f"got {tuple(masks.shape)}")
+    s = as_bool_masks(masks[:, None] if masks.ndim == 4 else masks, name)
+    if tuple(s.shape[2:]) != sp:
+        raise InputError(f"{name} are {tuple(s.shape[2:])} but maps are {sp}; resize one of them first")
+    return _pick(maps, s, targets, name)
+
+
+def _pick(m: torch.Tensor, s: torch.Tensor, targets, name: str) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Per-class masks picked by ``targets`` and both broadcast to (B, T, *S)."""
+    b, tm, sp = m.shape[0], m.shape[1], tuple(m.shape[2:])
     if targets is not None:
         tt = torch.as_tensor(targets, device=s.device)
         if tt.is_floating_point():
@@ -117,13 +145,13 @@ def align(
             raise InputError(f"targets must be an int, (B,) or (B, T); got {tuple(tt.shape)}")
         if int(tt.min()) < 0 or int(tt.max()) >= s.shape[1]:
             raise InputError(f"targets out of range for {s.shape[1]} class {name} per image")
-        s = s.gather(1, tt[:, :, None, None].expand(-1, -1, h, w))
+        s = s.gather(1, tt.view(*tt.shape, *([1] * len(sp))).expand(-1, -1, *sp))
     elif s.shape[1] > 1 and tm == 1:
         raise InputError(f"{s.shape[1]} {name} per image but one map: give targets to pick the class masks")
     t = max(tm, s.shape[1])
     if s.shape[1] not in (1, t) or tm not in (1, t):
         raise InputError(f"maps have {tm} targets per image but {name} have {s.shape[1]}")
-    return m4.expand(-1, t, -1, -1), s.expand(-1, t, -1, -1), t == 1
+    return m.expand(-1, t, *sp), s.expand(-1, t, *sp), t == 1
 
 
 def finish(scores: torch.Tensor, squeeze: bool) -> torch.Tensor:
@@ -207,10 +235,12 @@ def average_ranks(values: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def minmax(maps: torch.Tensor) -> torch.Tensor:
-    """Per-map min-max normalisation over the last two axes; a constant map becomes all zeros."""
-    lo = maps.amin(dim=(-2, -1), keepdim=True)
-    hi = maps.amax(dim=(-2, -1), keepdim=True)
+def minmax(maps: torch.Tensor, spatial_dims: int = 2) -> torch.Tensor:
+    """Per-map min-max normalisation over the last ``spatial_dims`` axes (2: images, 3: volumes);
+    a constant map becomes all zeros."""
+    dims = tuple(range(-spatial_dims, 0))
+    lo = maps.amin(dim=dims, keepdim=True)
+    hi = maps.amax(dim=dims, keepdim=True)
     span = hi - lo
     return torch.where(span > 0, (maps - lo) / torch.where(span > 0, span, torch.ones_like(span)),
                        torch.zeros_like(maps))

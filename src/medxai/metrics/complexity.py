@@ -1,11 +1,14 @@
 """Complexity: how concentrated, how simple, how smooth is a map (no model, no mask needed).
 
-Maps (B, H, W) or (B, 1, H, W) -> (B,) on the maps' device and dtype. Every normalisation is
+Maps (B, H, W) or (B, 1, H, W) -> (B,) on the maps' device and dtype; volumes (B, 1, D, H, W)
+likewise, over voxels (total variation over the 6-neighbourhood). Every normalisation is
 per map, never across the batch (Quantus 0.6.0's ``normalise_by_max`` uses one maximum for the
 whole batch, so its scores depend on the other samples).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -71,11 +74,16 @@ def total_variation(maps: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference between 4-neighbouring pixels of the per-map min-max normalised map.
 
     TV = (sum |a[i+1, j] - a[i, j]| + sum |a[i, j+1] - a[i, j]|) / (H (W - 1) + (H - 1) W), with
-    a in [0, 1] per map (a constant map is all zeros: TV 0). Lower is smoother.
+    a in [0, 1] per map (a constant map is all zeros: TV 0). Lower is smoother. Volumes: the
+    same over the 6-neighbourhood, the sum of the three axes' differences over the number of
+    neighbouring voxel pairs ((D - 1) H W + D (H - 1) W + D H (W - 1)).
     """
-    a = minmax(single_maps(maps).to(torch.float64))
-    h, w = a.shape[-2:]
-    dy = (a[:, 1:, :] - a[:, :-1, :]).abs().sum((-2, -1))
-    dx = (a[:, :, 1:] - a[:, :, :-1]).abs().sum((-2, -1))
-    pairs = h * (w - 1) + (h - 1) * w
-    return ((dy + dx) / max(pairs, 1)).to(maps.dtype)
+    sd = maps.ndim - 2 if maps.ndim == 5 else 2
+    a = minmax(single_maps(maps).to(torch.float64), sd)
+    sp = a.shape[1:]
+    total = torch.zeros(a.shape[0], dtype=torch.float64, device=a.device)
+    pairs = 0
+    for ax in range(1, a.ndim):  # (D,) H, W in order
+        total = total + a.diff(dim=ax).abs().flatten(1).sum(-1)
+        pairs += math.prod(sp) // sp[ax - 1] * (sp[ax - 1] - 1)
+    return (total / max(pairs, 1)).to(maps.dtype)

@@ -5,7 +5,9 @@ the batched masked-forward engine (``medxai.explain.engine.perturbed_outputs``):
 image of every sample is built on the fly in chunks from a per-pixel step index and run in
 large batches, in torch, on the images' device.
 
-Maps: (B, H, W) or (B, 1, H, W), one map per image shared by all channels. Pixel order: by
+Maps: (B, H, W) or (B, 1, H, W), one map per image shared by all channels. Volumes: deletion,
+insertion and pixel flipping also take x (B, C, D, H, W) with maps (B, 1, D, H, W) and remove
+voxels (insertion's blur is RISE's kernel in 3-D); region perturbation and ROAD are 2-D only. Pixel order: by
 descending map value, ties to the lowest flat index (stable); LeRF orders ascending, ties to
 the lowest index. ``target`` None explains the class predicted on the clean image (lowest index
 on ties). Every metric scores the softmax probability of the target by default (``output``:
@@ -81,31 +83,36 @@ def _auc(curve: torch.Tensor) -> torch.Tensor:
 
 
 @lru_cache(maxsize=8)
-def _rise_kernel(klen: int, sigma: float) -> torch.Tensor:
-    """RISE's ``gkern``: scipy's gaussian_filter (reflect mode) of a centred delta, klen x klen."""
+def _rise_kernel(klen: int, sigma: float, ndim: int = 2) -> torch.Tensor:
+    """RISE's ``gkern``: scipy's gaussian_filter (reflect mode) of a centred delta, klen x klen
+    (``ndim=3``: klen^3)."""
     import numpy as np
     from scipy.ndimage import gaussian_filter
 
-    delta = np.zeros((klen, klen))
-    delta[klen // 2, klen // 2] = 1.0
+    delta = np.zeros((klen,) * ndim)
+    delta[(klen // 2,) * ndim] = 1.0
     return torch.from_numpy(gaussian_filter(delta, sigma))
 
 
 def rise_blur(x: torch.Tensor, klen: int = 11, sigma: float = 5.0) -> torch.Tensor:
     """The insertion substrate of RISE: each channel convolved with ``gkern(11, 5)``, zero padding.
 
-    x (B, C, H, W) -> (B, C, H, W), same dtype and device.
+    x (B, C, H, W) -> (B, C, H, W), same dtype and device; volumes (B, C, D, H, W) with the 3-D
+    kernel (the same construction on a klen^3 delta).
     """
-    c = x.shape[1]
-    k = _rise_kernel(klen, float(sigma)).to(device=x.device, dtype=x.dtype)
-    return F.conv2d(x, k.expand(c, 1, klen, klen), padding=klen // 2, groups=c)
+    c, nd = x.shape[1], x.ndim - 2
+    k = _rise_kernel(klen, float(sigma), nd).to(device=x.device, dtype=x.dtype)
+    conv = F.conv2d if nd == 2 else F.conv3d
+    return conv(x, k.expand(c, 1, *k.shape), padding=klen // 2, groups=c)
 
 
-def _prepare(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, target) -> torch.Tensor:
-    """Validate and return the maps flattened to (B, HW)."""
-    check_images(x)
+def _prepare(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, target, volumes: bool = False) -> torch.Tensor:
+    """Validate and return the maps flattened to (B, HW) (volumes, if allowed: (B, DHW))."""
+    check_images(x, ndim=(4, 5) if volumes else 4)
+    if x.ndim == 5 and maps.ndim != 5:
+        raise InputError(f"the maps of volumes {tuple(x.shape)} must be (B, 1, D, H, W), got {tuple(maps.shape)}")
     a = single_maps(maps)
-    if a.shape[0] != x.shape[0] or a.shape[-2:] != x.shape[-2:]:
+    if a.shape[0] != x.shape[0] or a.shape[1:] != x.shape[2:]:
         raise InputError(f"maps {tuple(maps.shape)} do not match images {tuple(x.shape)}")
     return a.reshape(a.shape[0], -1)
 
@@ -144,13 +151,14 @@ def _resolve_target(model, x, target, batch_size) -> torch.Tensor:
 def _curve(model, x, start, finish, step_of_pixel, n_steps, targets, output, batch_size) -> torch.Tensor:
     """Outputs (B, n_steps + 1) of the target class; at step p the pixels with step_of_pixel < p
     show ``finish``, the others ``start``. start/finish: (B, C, H, W) or broadcastable scalars."""
-    b, _, h, w = x.shape
-    sop = step_of_pixel.reshape(b, 1, h, w)
+    b = x.shape[0]
+    sop = step_of_pixel.reshape(b, 1, *x.shape[2:])
     start = torch.as_tensor(start, dtype=x.dtype, device=x.device).expand_as(x)
     finish = torch.as_tensor(finish, dtype=x.dtype, device=x.device).expand_as(x)
+    ones = [1] * (x.ndim - 1)
 
     def make(si: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
-        sel = sop[si] < pi[:, None, None, None]
+        sel = sop[si] < pi.view(-1, *ones)
         return torch.where(sel, finish[si], start[si])
 
     return perturbed_outputs(model, x, n_steps + 1, make, targets, output=output, batch_size=batch_size)
@@ -169,7 +177,7 @@ def _pixel_steps(flat_maps: torch.Tensor, steps: int | None, step_size: int | No
 
 
 def _causal(model, x, maps, target, start, finish, steps, step_size, output, batch_size) -> CurveResult:
-    flat = _prepare(model, x, maps, target)
+    flat = _prepare(model, x, maps, target, volumes=True)
     with preserve_model(model):
         t = _resolve_target(model, x, target, batch_size)
         sop, n = _pixel_steps(flat, steps, step_size)

@@ -4,6 +4,10 @@ All functions take maps (B, H, W) / (B, 1, H, W) / (B, T, H, W) and masks, boxes
 masks (see ``medxai.metrics._common``), and return one score per map: (B,) or (B, T), on the
 maps' device and dtype. Empty masks give NaN (never True or 1); ties in the map are broken
 by the lowest flat index (row-major). Nothing is normalised across the batch.
+
+Volumes: maps (B, 1, D, H, W) or (B, T, D, H, W) with masks (B, D, H, W) or (B, 1|K, D, H, W)
+(``medxai.metrics._common``): every score is the same formula over voxels (distances in voxels,
+boxes as 3-D axis-aligned boxes); boxes as annotations are 2-D only.
 """
 
 from __future__ import annotations
@@ -33,6 +37,15 @@ def _flat(a: torch.Tensor) -> torch.Tensor:
     return a.reshape(*a.shape[:2], -1)
 
 
+def _coords(flat: torch.Tensor, shape: Sequence[int]) -> list[torch.Tensor]:
+    """Row-major coordinates (one tensor per axis) of flat indices into ``shape``."""
+    out = []
+    for n in reversed(tuple(shape)):
+        out.append(flat % n)
+        flat = flat // n
+    return out[::-1]
+
+
 @metric("pointing_game", category="localisation", higher_is_better=True, needs=("mask",), boxes_ok=True,
         reference="Zhang et al. 2018, Top-down neural attention by excitation backprop (IJCV)",
         score=on_annotation)
@@ -48,17 +61,16 @@ def pointing_game(maps: torch.Tensor, masks: Annotation, *, tolerance: float = 0
     if tolerance < 0:
         raise InputError(f"tolerance must be >= 0 pixels, got {tolerance}")
     a, s, squeeze = align(maps, masks, targets)
-    w = a.shape[-1]
     flat_s = _flat(s)
     top = _flat(a).argmax(dim=-1)  # first maximal index
     if tolerance == 0:
         hit = flat_s.gather(-1, top[..., None])[..., 0]
     else:
-        n = flat_s.shape[-1]
-        idx = torch.arange(n, device=a.device)
-        ry, rx = (idx // w).to(torch.float64), (idx % w).to(torch.float64)
-        ty, tx = (top // w).to(torch.float64)[..., None], (top % w).to(torch.float64)[..., None]
-        near = (ry - ty) ** 2 + (rx - tx) ** 2 <= float(tolerance) ** 2
+        idx = torch.arange(flat_s.shape[-1], device=a.device)
+        d2 = torch.zeros(top.shape + idx.shape, device=a.device, dtype=torch.float64)
+        for r, t in zip(_coords(idx, a.shape[2:]), _coords(top, a.shape[2:]), strict=True):
+            d2 += (r.to(torch.float64) - t.to(torch.float64)[..., None]) ** 2
+        near = d2 <= float(tolerance) ** 2
         hit = (flat_s & near).any(dim=-1)
     out = hit.to(torch.float64)
     if weighted:
@@ -199,6 +211,29 @@ def _box_iou(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return inter / (area(p) + area(q) - inter)
 
 
+def _bbox_nd(m: torch.Tensor) -> torch.Tensor:
+    """Half-open box (lo_0, .., lo_k, hi_0, .., hi_k) over the spatial axes (D, H, W) of
+    (B, T, *S); NaN if empty."""
+    sp = m.shape[2:]
+    lo, hi = [], []
+    for ax, n in enumerate(sp):
+        other = tuple(2 + j for j in range(len(sp)) if j != ax)
+        on = m.any(dim=other) if other else m
+        ar = torch.arange(n, device=m.device, dtype=torch.float64)
+        lo.append(torch.where(on, ar, float("inf")).amin(-1))
+        hi.append(torch.where(on, ar, -float("inf")).amax(-1) + 1)
+    box = torch.stack(lo + hi, -1)
+    empty = ~m.flatten(2).any(-1, keepdim=True)
+    return nan_where(empty.expand_as(box), box)
+
+
+def _box_iou_nd(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    k = p.shape[-1] // 2
+    ext = lambda b: (b[..., k:] - b[..., :k]).prod(-1)
+    inter = (torch.minimum(p[..., k:], q[..., k:]) - torch.maximum(p[..., :k], q[..., :k])).clamp_min(0).prod(-1)
+    return inter / (ext(p) + ext(q) - inter)
+
+
 def _topk_iou_score(fn, ctx: ScoreContext) -> dict[str, torch.Tensor]:
     opts = ctx.opts("topk_iou")
     ks = tuple(opts.pop("k", (5, 10, 20, 40)))
@@ -220,9 +255,10 @@ def topk_iou(maps: torch.Tensor, boxes_or_masks: Annotation, k: float | Sequence
     of k, (...) for one k; NaN for an empty annotation.
     """
     a, s, squeeze = align(maps, boxes_or_masks, targets, name="boxes_or_masks")
-    ann = _bbox(s)
+    box, iou = (_bbox, _box_iou) if a.ndim == 4 else (_bbox_nd, _box_iou_nd)
+    ann = box(s)
     ks = (k,) if isinstance(k, (int, float)) else tuple(k)
-    cols = [_box_iou(_bbox(_topk_keep(a, kk)), ann) for kk in ks]
+    cols = [iou(box(_topk_keep(a, kk)), ann) for kk in ks]
     out = finish(torch.stack(cols, -1), squeeze).to(maps.dtype)
     return out[..., 0] if isinstance(k, (int, float)) else out
 
@@ -239,9 +275,9 @@ def mask_iou(maps: torch.Tensor, masks: Annotation, *, k: float | None = None, t
     pixel at threshold 0 and none above). NaN for an empty mask.
     """
     a, s, squeeze = align(maps, masks, targets)
-    keep = _topk_keep(a, k) if k is not None else minmax(a.to(torch.float64)) >= threshold
-    inter = (keep & s).flatten(-2).sum(-1).to(torch.float64)
-    union = (keep | s).flatten(-2).sum(-1).to(torch.float64)
+    keep = _topk_keep(a, k) if k is not None else minmax(a.to(torch.float64), a.ndim - 2) >= threshold
+    inter = _flat(keep & s).sum(-1).to(torch.float64)
+    union = _flat(keep | s).sum(-1).to(torch.float64)
     out = nan_where(~_flat(s).any(-1), inter / union.clamp_min(1))
     return finish(out.to(maps.dtype), squeeze)
 

@@ -51,25 +51,33 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, (ra * rb).sum(-1) / torch.where(den > 0, den, 1.0), float("nan"))
 
 
-def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float = 1.0, win_size: int = 7) -> torch.Tensor:
+def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float = 1.0, win_size: int = 7,
+         spatial_dims: int = 2) -> torch.Tensor:
     """Mean SSIM per sample of (B, H, W) or (B, C, H, W) images (channels averaged), equal to
     ``skimage.metrics.structural_similarity(a, b, data_range=data_range, win_size=7)`` (uniform
-    window, sample covariance, K1 0.01, K2 0.03, borders of (win_size - 1) / 2 excluded). float64 (B,)."""
+    window, sample covariance, K1 0.01, K2 0.03, borders of (win_size - 1) / 2 excluded). float64 (B,).
+
+    ``spatial_dims=3``: volumes (B, D, H, W) or (B, C, D, H, W) with a win^3 cube window and
+    covariance factor N / (N - 1), N = win^3: skimage's N-D ``structural_similarity`` on each volume.
+    """
     x = a.to(torch.float64)
     y = b.to(torch.float64)
-    if x.ndim == 3:
+    if x.ndim == spatial_dims + 1:
         x, y = x[:, None], y[:, None]
-    if min(x.shape[-2:]) < win_size:
-        raise InputError(f"SSIM needs images of at least {win_size} x {win_size} pixels, got {tuple(x.shape[-2:])}")
-    pool = lambda t: F.avg_pool2d(t, win_size, stride=1)
+    sp = tuple(x.shape[-spatial_dims:])
+    if min(sp) < win_size:
+        raise InputError(f"SSIM needs at least {win_size} pixels along every axis, got {sp}")
+    avg = F.avg_pool2d if spatial_dims == 2 else F.avg_pool3d
+    pool = lambda t: avg(t, win_size, stride=1)
     ux, uy = pool(x), pool(y)
-    cov = win_size**2 / (win_size**2 - 1)
+    n = win_size**spatial_dims
+    cov = n / (n - 1)
     vx = cov * (pool(x * x) - ux * ux)
     vy = cov * (pool(y * y) - uy * uy)
     vxy = cov * (pool(x * y) - ux * uy)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
-    return s.mean((1, 2, 3))
+    return s.flatten(1).mean(1)
 
 
 def randomisable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -184,7 +192,7 @@ def model_randomisation(model: nn.Module, explainer: Explainer, x: torch.Tensor,
     Args:
         model: the classifier; randomised in place and restored exactly (also on error).
         explainer: a method name of ``medxai.explain`` or a callable (model, x, target) -> maps.
-        x: (B, C, H, W) images in [0, 1].
+        x: (B, C, H, W) images in [0, 1], or volumes (B, C, D, H, W) (SSIM then over 3-D windows).
         target: explained class; None = the class the unrandomised model predicts (kept fixed).
         order: "cascading" (from the output layer down, cumulative) or "independent" (one layer
             at a time, the others original).
@@ -198,7 +206,7 @@ def model_randomisation(model: nn.Module, explainer: Explainer, x: torch.Tensor,
             ``blocks.3``; Adebayo et al. randomised Inception-v3 by named blocks). Each module keeps
             its own seed either way.
     """
-    check_images(x)
+    check_images(x, ndim=(4, 5))
     if order not in ("cascading", "independent"):
         raise InputError(f"order must be 'cascading' or 'independent', got {order!r}")
     if ssim_on not in ("abs", "raw"):
@@ -220,10 +228,12 @@ def model_randomisation(model: nn.Module, explainer: Explainer, x: torch.Tensor,
         groups.setdefault(_block_of(name) if granularity == "block" else name, []).append((name, module))
     steps = list(reversed(groups.items()))  # from the output
 
+    sd = x.ndim - 2
+
     def prep(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        m = maps.to(torch.float64).reshape(maps.shape[0], -1, *maps.shape[-2:])
+        m = maps.to(torch.float64).reshape(maps.shape[0], -1, *maps.shape[-sd:])
         s = m.abs() if ssim_on == "abs" else m
-        return m.abs(), m, minmax(s)
+        return m.abs(), m, minmax(s, sd)
 
     with restore_on_exit(model):
         if target is None:
@@ -240,6 +250,6 @@ def model_randomisation(model: nn.Module, explainer: Explainer, x: torch.Tensor,
                 ma, m, ms = prep(maps)
                 rows_a.append(spearman(ma, orig_abs))
                 rows.append(spearman(m, orig))
-                rows_s.append(ssim(ms, orig_s, data_range=1.0))
+                rows_s.append(ssim(ms, orig_s, data_range=1.0, spatial_dims=sd))
     return RandomisationResult([n for n, _ in steps], torch.stack(rows_a), torch.stack(rows), torch.stack(rows_s),
                                order)

@@ -43,26 +43,30 @@ def metric_infos(metrics: Sequence[str | MetricInfo] | str) -> list[MetricInfo]:
     return list({i.name: i for i in infos}.values())
 
 
-def select_masks(masks: torch.Tensor | None, targets: torch.Tensor | None) -> torch.Tensor | None:
+def select_masks(masks: torch.Tensor | None, targets: torch.Tensor | None, spatial_dims: int = 2
+                 ) -> torch.Tensor | None:
     """(N, H, W) bool evidence mask of each explained class from (N, 1|K, H, W) (or (N, H, W)) masks.
 
     One channel: that mask for every class. K channels: the target's channel; a target outside
-    0..K-1 (or no targets) gives an empty mask, i.e. no mask for that image.
+    0..K-1 (or no targets) gives an empty mask, i.e. no mask for that image. Volumes
+    (``spatial_dims=3``): (N, 1|K, D, H, W) or (N, D, H, W) -> (N, D, H, W).
     """
     if masks is None:
         return None
     m = masks.bool()
-    if m.ndim == 3:
+    sd = spatial_dims
+    if m.ndim == sd + 1:
         return m
-    if m.ndim != 4:
-        raise DataError(None, f"masks must be (N, K, H, W) or (N, H, W), got shape {tuple(m.shape)}")
+    if m.ndim != sd + 2:
+        lay = "(N, K, H, W) or (N, H, W)" if sd == 2 else "(N, K, D, H, W) or (N, D, H, W)"
+        raise DataError(None, f"masks must be {lay}, got shape {tuple(m.shape)}")
     if m.shape[1] == 1:
         return m[:, 0]
     if targets is None:
         raise ConfigError("per-class masks need the explained targets")
     t = targets.long().reshape(-1).to(m.device)
     ok = (t >= 0) & (t < m.shape[1])
-    return m[torch.arange(m.shape[0], device=m.device), t.clamp(0, m.shape[1] - 1)] & ok[:, None, None]
+    return m[torch.arange(m.shape[0], device=m.device), t.clamp(0, m.shape[1] - 1)] & ok.view(-1, *([1] * sd))
 
 
 @dataclass
@@ -82,7 +86,10 @@ class SampleScores:
     skipped_samples: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
-def _squeeze(t: torch.Tensor | None) -> torch.Tensor | None:
+def _squeeze(t: torch.Tensor | None, spatial_dims: int = 2) -> torch.Tensor | None:
+    """(N, 1, H, W) -> (N, H, W); volumes stay (N, 1, D, H, W) (the metrics' volume layout)."""
+    if spatial_dims == 3:
+        return t[:, None] if t is not None and t.ndim == 4 else t
     return t[:, 0] if t is not None and t.ndim == 4 and t.shape[1] == 1 else t
 
 
@@ -100,7 +107,8 @@ def score_samples(maps: torch.Tensor, metrics: Sequence[str] | str | Sequence[Me
                   targets: torch.Tensor | None = None, model: nn.Module | None = None,
                   explainer: Callable[..., torch.Tensor] | None = None,
                   options: Mapping[str, Mapping[str, Any]] | None = None, seed: int | None = 0,
-                  batch_size: int | None = None, device: str | torch.device | None = None) -> SampleScores:
+                  batch_size: int | None = None, device: str | torch.device | None = None,
+                  spatial_dims: int = 2) -> SampleScores:
     """Score ``maps`` of one (model, method) with ``metrics``, sample by sample.
 
     maps: (N, H, W) or (N, 1, H, W); with (N, T) ``targets`` (top-k), (N, T, [1,] H, W) and each
@@ -108,24 +116,30 @@ def score_samples(maps: torch.Tensor, metrics: Sequence[str] | str | Sequence[Me
     ``select_masks``); has_mask: (N,) False for images without annotation. options: per-metric
     keyword arguments; ROAD's noise is seeded per sample id from ``seed`` unless the options set
     it. batch_size: samples per metric call (default: all). Scores never depend on the batching.
+    Volumes (``spatial_dims=3``): maps (N, [1,] D, H, W) (top-k: (N, T, [1,] D, H, W)), masks
+    (N, 1|K, D, H, W), images (N, C, D, H, W).
     """
+    if spatial_dims not in (2, 3):
+        raise ConfigError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
     infos = metric_infos(metrics)
     ids = [str(i) for i in ids]
     maps = maps.float()
     per_image = {"images": images, "masks": masks, "has_mask": has_mask, "shortcut_masks": shortcut_masks}
     if targets is not None and targets.ndim == 2:
         maps, targets, ids, per_image = _flatten_topk(maps, targets, ids, per_image)
-    maps = _squeeze(maps)
-    if maps is None or maps.ndim != 3 or maps.shape[0] != len(ids):
+    maps = _squeeze(maps, spatial_dims)
+    want = 3 if spatial_dims == 2 else 5
+    if maps is None or maps.ndim != want or maps.shape[0] != len(ids):
         raise DataError(None, f"maps of shape {None if maps is None else tuple(maps.shape)} for {len(ids)} ids")
-    sel = select_masks(per_image["masks"], targets)
+    sel = select_masks(per_image["masks"], targets, spatial_dims)
     no_mask = None
     if sel is not None:
         no_mask = ~sel.flatten(1).any(1)
         if per_image["has_mask"] is not None:
             no_mask |= ~per_image["has_mask"].bool().reshape(-1).to(no_mask.device)
-        sel = sel & ~no_mask[:, None, None]
-    sc = _squeeze(per_image["shortcut_masks"])
+        sel = sel & ~no_mask.view(-1, *([1] * spatial_dims))
+    sc = per_image["shortcut_masks"]
+    sc = _squeeze(sc) if spatial_dims == 2 else sc
     x = per_image["images"]
     dev = torch.device(device) if device is not None else maps.device
     n = len(ids)

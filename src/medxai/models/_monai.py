@@ -1,5 +1,5 @@
-"""MONAI 2-D networks with the input normalisation as their first layer (imported lazily: MONAI
-takes ~2 s to import).
+"""MONAI 2-D and 3-D networks (``spatial_dims``) with the input normalisation as their first layer
+(imported lazily: MONAI takes ~2 s to import).
 
 Parameter names equal torchvision's for ResNet; DenseNet and EfficientNet keep MONAI's names
 (``load_weights`` maps torchvision / lukemelas names onto them).
@@ -62,8 +62,8 @@ class MonaiEfficientNet(NormalizedInput, EfficientNetBN):
     so that higher-order gradients and hooks behave like any other layer.
     """
 
-    def __init__(self, normalize: nn.Module, model_name: str, **kw) -> None:
-        super().__init__(model_name, pretrained=False, spatial_dims=2, **kw)
+    def __init__(self, normalize: nn.Module, model_name: str, spatial_dims: int = 2, **kw) -> None:
+        super().__init__(model_name, pretrained=False, spatial_dims=spatial_dims, **kw)
         self.set_swish(memory_efficient=False)
         self.normalize = normalize
         move_first(self, "normalize")

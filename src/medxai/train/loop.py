@@ -398,7 +398,7 @@ def _probe(model: nn.Module, train_data: Dataset, task: str, device: torch.devic
     if len(train_data) == 0:  # type: ignore[arg-type]
         raise ConfigError("the training dataset is empty")
     probe = collate([train_data[0]])
-    check_images(probe["image"], "training image")
+    check_images(probe["image"], "training image", ndim=(4, 5))
     with eval_mode(model), torch.no_grad():
         out = model(probe["image"].to(device))
     if out.ndim != 2:
@@ -591,7 +591,7 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[dict[str, Any], float]:
     for step, batch in enumerate(run.loader):
         run.epoch, run.step = epoch, step
         run.ctx.epoch, run.ctx.step = epoch, step
-        x = check_images(batch["image"], "training batch").to(device, non_blocking=True)
+        x = check_images(batch["image"], "training batch", ndim=(4, 5)).to(device, non_blocking=True)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = batch["label"].to(device, non_blocking=True)

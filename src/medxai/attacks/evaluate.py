@@ -174,7 +174,7 @@ def evaluate(model: nn.Module, data: Any, eps_list: list[float] | tuple[float, .
     attacks: list[str] | None = None
 
     for bi, (x, y) in enumerate(iter_batches(data, batch_size, device, limit)):
-        check_images(x, "data images")
+        check_images(x, "data images", ndim=(4, 5))  # images or volumes (B, C, D, H, W)
         if bi == 0:  # L2 budgets against the diameter of the unit cube of these images, before attacking
             _check_budgets(eps_sorted, step_size, norm, tuple(x.shape[1:]))
         y, rows = lab.targets(y)

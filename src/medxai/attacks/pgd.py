@@ -173,11 +173,12 @@ class PGD:
         return self.perturb(x, y)
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor, *, delta0: torch.Tensor | None = None) -> torch.Tensor:
-        """Adversarial examples (B, C, H, W) in [0, 1] within eps of ``x`` (same device and dtype).
+        """Adversarial examples (B, C, H, W) (or volumes (B, C, D, H, W)) in [0, 1] within eps of ``x``
+        (same device and dtype).
 
         ``delta0`` replaces the random start of the first restart (e.g. TRADES' 0.001 * N(0, 1)).
         """
-        check_images(x, "x")
+        check_images(x, "x", ndim=(4, 5))
         y = self._check_y(x, y)
         x = x.detach()
         b = x.shape[0]

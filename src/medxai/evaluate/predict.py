@@ -112,7 +112,7 @@ def forward_all(model: nn.Module, data: Dataset | DataLoader, *, batch_size: int
     seen = 0
     with eval_mode(model), torch.inference_mode():
         for batch in loader:
-            x = check_images(batch["image"], "image batch").to(device, non_blocking=True)
+            x = check_images(batch["image"], "image batch", ndim=(4, 5)).to(device, non_blocking=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast() if autocast is not None else nullcontext():

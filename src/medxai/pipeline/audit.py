@@ -23,6 +23,7 @@ import torch
 
 from medxai._util.io import atomic_write_json
 from medxai._util.seed import seed_everything
+from medxai.errors import MedxaiError
 from medxai.pipeline.cache import StageResult, StageRunner, stage_key
 from medxai.pipeline.config import AuditConfig, ModelConfig
 from medxai.pipeline.data import EvalSample, build_datasets, eval_sample
@@ -68,6 +69,7 @@ class _Audit:
     discovery: dict[str, StageResult] = field(default_factory=dict)
     cards: dict[str, ModelCard] = field(default_factory=dict)  # the outside models, audited as they are
     unavailable: dict[tuple[str, str], str] = field(default_factory=dict)  # (model, method) -> why not
+    skipped: dict[str, str] = field(default_factory=dict)  # stage -> why it does not run (volumes)
     loaded: dict[str, torch.nn.Module] = field(default_factory=dict)
 
     def model(self, name: str) -> torch.nn.Module:
@@ -144,10 +146,30 @@ def _start(cfg: AuditConfig, out: Path, *, synthetic: bool | None, force: set[st
     sample = eval_sample(datasets[cfg.data.split], n_eval, seed=cfg.seed)
     data_desc["sample"] = sample.extra["how"]
     data_parts["sampling"] = "stratified-prefix/1"  # which images the sample holds (medxai.data.sampling)
+    skipped = _check_volumes(cfg, cards, sample)
     _check_channels(cards, sample)
     x_sample = sample.subset(max(cfg.explain.n_score, cfg.explain.n_show))
     return _Audit(cfg, out, runner, datasets, data_desc, data_parts, sample, x_sample, cards=cards,
-                  loaded={n: m.eval() for n, m in modules.items()})
+                  loaded={n: m.eval() for n, m in modules.items()}, skipped=skipped)
+
+
+def _check_volumes(cfg: AuditConfig, cards: dict[str, ModelCard], sample: EvalSample) -> dict[str, str]:
+    """On volumes: every trained architecture builds in 3-D (before any stage runs); the stages that
+    do not run on volumes, with their reasons (``medxai.pipeline.volumes.stage_skips``)."""
+    from medxai.errors import ConfigError, ModelError
+    from medxai.models.cnn import VOLUME_MODELS
+    from medxai.pipeline.volumes import stage_skips
+
+    if not sample.volumes:
+        return {}
+    if cards:
+        raise ModelError(f"model cards describe (C, H, W) inputs; the data are volumes {tuple(sample.x.shape[1:])} "
+                         f"(cards {sorted(cards)}): audit volumes with trained or given models")
+    for mc in cfg.models:
+        if not mc.outside and mc.arch not in VOLUME_MODELS:
+            raise ConfigError(f"models[{mc.name}].arch: {mc.arch!r} does not build for volumes (3-D: "
+                              f"{', '.join(VOLUME_MODELS)})")
+    return stage_skips(cfg)
 
 
 def _open_data(cfg: AuditConfig, cards: dict[str, ModelCard],
@@ -244,14 +266,21 @@ def _robustness(a: _Audit) -> None:
             a.attacks[name] = dict(a.runner.run(f"attack/{name}", parts, partial(_attack_stage, a, name)).result)
             for key, stage in (("autoattack", _autoattack_stage), ("radius", _radius_stage)):
                 sub = getattr(cfg.attack, key)
-                if sub.enabled:
+                if sub.enabled and key in a.skipped:  # volumes: said in the report, not run
+                    a.attacks[name][key] = {"reason": a.skipped[key]}
+                elif sub.enabled:
                     p = {"train": st.key, "data": a.data_key, "norm": cfg.attack.norm, "eps": cfg.attack.eps,
                          key: sub.model_dump()}
                     a.attacks[name][key] = a.runner.run(f"{key}/{name}", p, partial(stage, a, name)).result
-        if cfg.corruption.enabled:
+        if cfg.corruption.enabled and "corruption" not in a.skipped:
             parts = {"train": st.key, "data": a.data_key, "corruption": cfg.corruption.model_dump()}
-            a.corruptions[name] = a.runner.run(f"corrupt/{name}", parts, partial(_corruption_stage, a, name)).result
-    if cfg.corruption.enabled and cfg.corruption.gallery:
+            try:
+                a.corruptions[name] = a.runner.run(f"corrupt/{name}", parts, partial(_corruption_stage, a, name)).result
+            except (MedxaiError, ValueError, RuntimeError) as exc:  # volumes: a refusal is stated, not a crash
+                if not a.sample.volumes:
+                    raise
+                a.skipped["corruption"] = f"the corruption table failed on volumes: {' '.join(str(exc).split())}"
+    if cfg.corruption.enabled and cfg.corruption.gallery and "gallery" not in a.skipped:
         parts = {"data": a.data_key, "c": cfg.corruption.model_dump()}
         a.gallery = a.runner.run("corrupt/gallery", parts, partial(_gallery_stage, a))
 
@@ -268,8 +297,10 @@ def _explain(a: _Audit) -> None:
             opts = cfg.explain.options.get(method, {})
             parts = {"train": st.key, "data": a.data_key, "method": method, "options": opts,
                      "output": cfg.explain.output, "target": cfg.explain.target, "n": len(x_sample)}
-            ex = a.runner.run(f"explain/{name}/{method}", parts,
-                              _on_model(a, name, explain_stage, x_sample, method, opts, cfg.explain, task))
+            ex = _guarded(a, (name, method), f"explain/{name}/{method}", parts,
+                          _on_model(a, name, explain_stage, x_sample, method, opts, cfg.explain, task))
+            if ex is None:
+                continue
             a.explained[(name, method)] = ex
             a.scores[(name, method)] = a.runner.run(
                 f"score/{name}/{method}", {"explain": ex.key, "score": cfg.score.model_dump()},
@@ -294,8 +325,14 @@ def _sanity(a: _Audit) -> None:
                      "granularity": cfg.score.sanity_granularity}
             fn = _on_model(a, name, sanity_stage, a.sample.subset(cfg.score.sanity_n), method, opts,
                          cfg.explain, a.task, seed=cfg.seed, granularity=cfg.score.sanity_granularity)
-            res = a.runner.run(f"sanity/{name}/{method}", parts, fn)
-            a.sanity.append({"model": name, "method": method, **res.result})
+            try:
+                res = a.runner.run(f"sanity/{name}/{method}", parts, fn).result
+            except (MedxaiError, ValueError, RuntimeError) as exc:  # volumes only (2-D errors propagate as before)
+                if not a.sample.volumes:
+                    raise
+                res = {"score": None, "passes": None, "layers": [], "spearman": [],
+                       "reason": f"not run on volumes: {' '.join(str(exc).split())}"}
+            a.sanity.append({"model": name, "method": method, **res})
 
 
 def _shortcuts(a: _Audit) -> None:
@@ -304,7 +341,9 @@ def _shortcuts(a: _Audit) -> None:
 
     cfg = a.cfg
     for name, st in a.model_stages.items():
-        if cfg.intervention.enabled:
+        if cfg.intervention.enabled and "intervention" in a.skipped:
+            a.interventions[name] = {"reason": a.skipped["intervention"]}
+        elif cfg.intervention.enabled:
             ic = cfg.intervention
             parts = {"train": st.key, "data": a.data_key, "intervention": ic.model_dump(), "n_boot": cfg.score.n_boot}
             fn = _on_model(a, name, intervention_stage, a.sample.subset(ic.n), a.datasets[cfg.data.split], ic,
@@ -313,7 +352,7 @@ def _shortcuts(a: _Audit) -> None:
         methods = cfg.explain.methods
         method = cfg.discovery.method or ("gradcam" if "gradcam" in methods else methods[0] if methods else None)
         ex = a.explained.get((name, method)) if method else None
-        if cfg.discovery.enabled and ex is not None:
+        if cfg.discovery.enabled and ex is not None and "discovery" not in a.skipped:
             parts = {"explain": ex.key, "discovery": cfg.discovery.model_dump()}
             fn = _on_model(a, name, discovery_stage, a.x_sample, ex, cfg.discovery, a.class_names, a.task,
                            seed=cfg.seed)
@@ -328,7 +367,7 @@ def _report(a: _Audit) -> tuple[dict, Path]:
     report = assemble_report(a.cfg, a.out, a.data_st, a.model_stages, a.evals, a.attacks, a.corruptions,
                              a.gallery, a.explained, a.scores, a.sanity, sample=a.x_sample,
                              class_names=a.class_names, task=a.task, unavailable=a.unavailable,
-                             interventions=a.interventions, discovery=a.discovery)
+                             interventions=a.interventions, discovery=a.discovery, skipped=a.skipped)
     atomic_write_json(a.out / "report.json", report)
     from medxai.pipeline.model_card import write_model_cards
 
@@ -338,12 +377,32 @@ def _report(a: _Audit) -> tuple[dict, Path]:
 
 # -- the work of each stage when it is not cached (``d`` is the stage's fresh folder) ----------
 
+def _guarded(a: _Audit, key: tuple[str, str], stage: str, parts: dict, fn: Callable[[Path], dict]
+             ) -> StageResult | None:
+    """Run the explain stage; on volumes an explainer that refuses them (or returns maps of another
+    shape) is recorded as unavailable with its one-line error, not a crash (the stage is not cached)."""
+    if not a.sample.volumes:
+        return a.runner.run(stage, parts, fn)
+    try:
+        return a.runner.run(stage, parts, fn)
+    except (MedxaiError, ValueError, RuntimeError) as exc:
+        a.unavailable[key] = f"{key[1]} on volumes: {' '.join(str(exc).split())}"
+        return None
+
+
 def _unavailable(a: _Audit, name: str, method: str) -> bool:
-    """Record and skip a method that cannot run on this model's format (layer hooks on TorchScript)."""
+    """Record and skip a method that cannot run on this model's format (layer hooks on TorchScript) or,
+    on volumes, a method that explains 2-D images only."""
     from medxai.explain import REGISTRY
 
     why = a.model_stages[name].result.get("hooks_unavailable")
     registry_name = a.cfg.explain.options.get(method, {}).get("method", method)
+    if a.sample.volumes:
+        from medxai.pipeline.volumes import method_skip
+
+        if (why_not := method_skip(method, registry_name)) is not None:
+            a.unavailable[(name, method)] = why_not
+            return True
     if why and getattr(REGISTRY.get(registry_name), "needs_hooks", False):
         a.unavailable[(name, method)] = f"{method} hooks the model's layers: {why}"
         return True
@@ -358,7 +417,12 @@ def _on_model(a: _Audit, name: str, stage_fn: Callable[..., dict], *args: Any, *
 def _data_stage(a: _Audit, d: Path) -> dict:
     from medxai.pipeline.figures import data_examples
 
-    data_examples(a.sample.subset(8), a.class_names, a.task, d / "examples.png")
+    s = a.sample.subset(8)
+    if s.volumes:  # each volume's axial slice through the most lesion voxels (else the middle)
+        from medxai.pipeline.volumes import axial_slices
+
+        s = axial_slices(s)
+    data_examples(s, a.class_names, a.task, d / "examples.png")
     return {**a.data_desc, "examples": "examples.png"}
 
 
@@ -406,7 +470,10 @@ def _build_model(a: _Audit, mc: ModelConfig) -> torch.nn.Module:
         model = create(mc.arch, n_classes, in_chans=in_chans, **mc.options)
         init_vit(model, mc.init, mc.pretrained)
     else:
-        model = create(mc.arch, n_classes, in_chans=in_chans, pretrained=mc.pretrained, **mc.options)
+        options = dict(mc.options)
+        if a.sample.volumes:  # MONAI's 3-D networks (``small-cnn3d`` is 3-D whatever it is told)
+            options.setdefault("spatial_dims", 3)
+        model = create(mc.arch, n_classes, in_chans=in_chans, pretrained=mc.pretrained, **options)
     if mc.init_from:
         model.load_state_dict(a.model(mc.init_from).state_dict())
     if mc.freeze is not None:
@@ -474,9 +541,11 @@ def _radius_stage(a: _Audit, name: str, d: Path) -> dict:
 
 def _corruption_stage(a: _Audit, name: str, d: Path) -> dict:
     from medxai.pipeline.robustness import corruption_table
+    from medxai.pipeline.volumes import corruption_skips
 
     c = a.cfg.corruption
-    return corruption_table(a.model(name), a.sample.subset(c.n), a.task, a.class_names, c.names, c.severities,
+    names = [n for n in c.names if n not in corruption_skips(c.names)] if a.sample.volumes else c.names
+    return corruption_table(a.model(name), a.sample.subset(c.n), a.task, a.class_names, names, c.severities,
                             seed=a.cfg.seed)
 
 

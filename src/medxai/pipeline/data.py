@@ -14,18 +14,25 @@ from medxai.pipeline.config import DataConfig
 
 @dataclass
 class EvalSample:
-    """The first ``n`` test items as tensors: what attacks, corruptions, explanations score on."""
+    """The first ``n`` test items as tensors: what attacks, corruptions, explanations score on.
 
-    x: torch.Tensor  # (N, C, H, W) float in [0, 1]
+    Images (N, C, H, W), or volumes (N, C, D, H, W) with masks (N, 1|K, D, H, W)."""
+
+    x: torch.Tensor  # (N, C, H, W) float in [0, 1], or (N, C, D, H, W) for volumes
     y: torch.Tensor  # (N,) long, or (N, K) float with NaN for multilabel
     ids: list[str]
-    masks: torch.Tensor | None = None  # (N, 1|K, H, W) bool
+    masks: torch.Tensor | None = None  # (N, 1|K, H, W) bool ((N, 1|K, D, H, W) for volumes)
     has_mask: torch.Tensor | None = None  # (N,) bool
-    shortcut_masks: torch.Tensor | None = None  # (N, 1, H, W) bool
+    shortcut_masks: torch.Tensor | None = None  # (N, 1, H, W) bool ((N, 1, D, H, W) for volumes)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def volumes(self) -> bool:
+        """Whether the sample holds volumes (N, C, D, H, W)."""
+        return self.x.ndim == 5
 
     def subset(self, n: int) -> EvalSample:
         def cut(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -62,11 +69,31 @@ def _synthetic(cfg: DataConfig, splits: tuple[str, ...]) -> tuple[dict[str, Any]
     if s is None:
         raise ConfigError("data.synthetic is required to run on the synthetic stand-in")
     sizes = {"train": s.n_train, "val": s.n_val, "test": s.n_test}
+    from medxai.pipeline.volumes import is_volume_study
+
+    if is_volume_study(s.study):
+        return _synthetic_volumes(s, splits, sizes)
     ds = {split: SyntheticDataset(s.study, sizes[split], size=s.size, seed=s.seed, split=split, shortcut=s.shortcut,
                                   **s.options) for split in splits}
     desc = {"source": "synthetic", "study": s.study, "size": s.size, "seed": s.seed, "shortcut": s.shortcut,
             "description": f"Synthetic {s.study} study at {s.size} px (seed {s.seed})"
             + (f", laterality-marker shortcut at p = {s.shortcut} in train" if s.shortcut else "")}
+    return ds, desc
+
+
+def _synthetic_volumes(s: Any, splits: tuple[str, ...],
+                       sizes: dict[str, int]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A synthetic volume study's splits (``SyntheticVolumeDataset``: (C, D, H, W) items with 3-D masks)."""
+    from medxai.data.volumes import SyntheticVolumeDataset
+
+    ds = {split: SyntheticVolumeDataset(s.study, sizes[split], size=s.size, seed=s.seed, split=split,
+                                        shortcut=s.shortcut, **s.options) for split in splits}
+    depth = s.options.get("depth") or s.size
+    desc = {"source": "synthetic", "study": s.study, "size": s.size, "seed": s.seed, "shortcut": s.shortcut,
+            "volumes": True, "volume_shape": [int(depth), s.size, s.size],
+            "description": f"Synthetic {s.study} CT study, volumes of {depth} x {s.size} x {s.size} voxels "
+                           f"(D x H x W, seed {s.seed})"
+            + (f", burned-in marker shortcut at p = {s.shortcut} in train" if s.shortcut else "")}
     return ds, desc
 
 
@@ -84,6 +111,8 @@ def _real(cfg: DataConfig, splits: tuple[str, ...], size: int | None,
         tf = CLAHE()
     resize = None if cfg.preprocess == "graham" else size
     ds = {split: open_dataset(cfg.spec, split=split, size=resize, transform=tf, **options) for split in splits}
+    if getattr(ds[splits[0]], "layout", None) == "volumes" and cfg.preprocess != "none":
+        raise ConfigError(f"data.preprocess {cfg.preprocess!r} is for 2-D images; the data are volumes")
     empty = [split for split, d in ds.items() if len(d) == 0]
     if empty:
         present = sorted({str(s) for s in getattr(open_dataset(cfg.spec, split=None, **options), "splits", [])})
@@ -100,7 +129,8 @@ def _real(cfg: DataConfig, splits: tuple[str, ...], size: int | None,
     sources = {split: d.split_source for split, d in ds.items() if getattr(d, "split_source", None)}
     if sources:  # e.g. CheXpert-small has no test.csv: say where each split came from
         desc += "; " + ", ".join(f"{split} split from {src}" for split, src in sources.items())
-    return ds, {"source": "real", "spec": cfg.spec, "description": desc}
+    vol = getattr(ds[splits[0]], "layout", None) == "volumes"
+    return ds, {"source": "real", "spec": cfg.spec, "description": desc, **({"volumes": True} if vol else {})}
 
 
 def describe_counts(d: Any) -> dict[str, Any]:

@@ -66,11 +66,23 @@ def explain_stage(d: Path, model: torch.nn.Module, s: EvalSample, method: str, o
     t0 = time.perf_counter()
     targets = explanation_targets(model, s, ecfg.target, task, ecfg.top_k)
     maps = explain_maps(model, s.x, targets, method, opts, ecfg.output)
+    _check_map_shape(maps, s.x, targets, method)
     probs = _probabilities(model, s.x, task)
     save_safetensors(d / "maps.safetensors", {"maps": maps, "targets": targets, "probs": probs},
                      metadata={"method": method, "output": ecfg.output, "target": ecfg.target})
     return {"method": method, "n": len(s), "ids": s.ids, "output": ecfg.output, "target_policy": ecfg.target,
             "targets": targets.tolist(), "seconds": time.perf_counter() - t0}
+
+
+def _check_map_shape(maps: torch.Tensor, x: torch.Tensor, targets: torch.Tensor, method: str) -> None:
+    """Maps must be (N, [T,] 1, *spatial) of the input's spatial shape (a volume's (D, H, W) kept)."""
+    from medxai.errors import ModelError
+
+    spatial = tuple(x.shape[2:])
+    lead = (x.shape[0], *targets.shape[1:]) if targets.ndim == 2 else (x.shape[0],)
+    if tuple(maps.shape) != (*lead, 1, *spatial):
+        raise ModelError(f"{method} returned maps of shape {tuple(maps.shape)} for inputs {tuple(x.shape)}; "
+                         f"expected {(*lead, 1, *spatial)}")
 
 
 @torch.no_grad()
@@ -117,9 +129,11 @@ def score_stage(d: Path, model: torch.nn.Module, s: EvalSample, ex: StageResult,
         def explainer(m: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return explain_maps(m, x, t, name, opts, output)
 
-    res = score_samples(maps, names, ids=s.ids, images=s.x, masks=s.masks, has_mask=s.has_mask,
-                        shortcut_masks=s.shortcut_masks, targets=targets, model=model, options=scfg.options,
-                        seed=seed, explainer=explainer)
+    kw = {"ids": s.ids, "images": s.x, "masks": s.masks, "has_mask": s.has_mask, "shortcut_masks": s.shortcut_masks,
+          "targets": targets, "model": model, "options": scfg.options, "seed": seed, "explainer": explainer}
+    if s.volumes:  # the metrics' volume layout: maps (N, 1, D, H, W), masks (N, 1|K, D, H, W)
+        kw["spatial_dims"] = 3
+    res = _score_each(maps, names, kw) if s.volumes else score_samples(maps, names, **kw)
     out: dict[str, Any] = {"ids": res.ids, "metrics": {}, "skipped": dict(res.skipped),
                            "skipped_samples": res.skipped_samples}
     for col, vals in res.columns.items():
@@ -139,6 +153,32 @@ def score_stage(d: Path, model: torch.nn.Module, s: EvalSample, ex: StageResult,
     return out
 
 
+def _score_each(maps: torch.Tensor, names: list[str], kw: dict[str, Any]) -> Any:
+    """Volumes: ``score_samples`` metric by metric, a metric that refuses volumes (or fails on them)
+    recorded in ``skipped`` with its one-line error instead of stopping the others."""
+    from medxai.errors import MedxaiError
+    from medxai.metrics import score_samples
+    from medxai.metrics.scoring import SampleScores
+
+    res, skipped = None, {}
+    for name in names:
+        try:
+            one = score_samples(maps, [name], **kw)
+        except (MedxaiError, ValueError, RuntimeError) as exc:
+            skipped[name] = f"not computed on volumes: {' '.join(str(exc).split())}"
+            continue
+        if res is None:
+            res = one
+        else:
+            res.columns.update(one.columns)
+            res.meta.update(one.meta)
+            res.skipped.update(one.skipped)
+            res.skipped_samples.update(one.skipped_samples)
+    res = res if res is not None else SampleScores([str(i) for i in kw["ids"]])  # every metric refused
+    res.skipped.update(skipped)
+    return res
+
+
 def _random_deletion(maps: torch.Tensor, s: EvalSample, targets: torch.Tensor, model: torch.nn.Module,
                      seed: int, options: dict[str, dict[str, Any]]) -> torch.Tensor:
     """Deletion scores of uniform random maps (seeded) of the maps' shape on the same images and targets."""
@@ -147,7 +187,8 @@ def _random_deletion(maps: torch.Tensor, s: EvalSample, targets: torch.Tensor, m
     gen = torch.Generator().manual_seed(seed + 7919)
     noise = torch.rand(maps.shape, generator=gen, dtype=torch.float32)
     res = score_samples(noise, ["deletion"], ids=s.ids, images=s.x, masks=s.masks, has_mask=s.has_mask,
-                        shortcut_masks=None, targets=targets, model=model, options=options, seed=seed)
+                        shortcut_masks=None, targets=targets, model=model, options=options, seed=seed,
+                        **({"spatial_dims": 3} if s.volumes else {}))
     return res.columns["deletion"]
 
 

@@ -70,8 +70,9 @@ def assemble_report(cfg: AuditConfig, out: Path, data_st: StageResult, model_sta
                     scores: dict[tuple[str, str], StageResult], sanity: list[dict], *, sample: EvalSample,
                     class_names: list[str], task: str,
                     unavailable: dict[tuple[str, str], str] | None = None, interventions: dict[str, dict] | None = None,
-                    discovery: dict[str, StageResult] | None = None) -> dict:
-    """report.json: data, models, robustness, explanations, scores, sanity, shortcut, then findings."""
+                    discovery: dict[str, StageResult] | None = None, skipped: dict[str, str] | None = None) -> dict:
+    """report.json: data, models, robustness, explanations, scores, sanity, shortcut, then findings;
+    ``skipped``: the stages that did not run (on volumes) with their reasons, listed under ``skipped``."""
     models = list(model_stages)
     methods = list(cfg.explain.methods)
     positive = data_st.result.get("positive_class")
@@ -83,7 +84,7 @@ def assemble_report(cfg: AuditConfig, out: Path, data_st: StageResult, model_sta
         "data": {k: data_st.result.get(k) for k in ("description", "class_names", "splits", "task", "split",
                                                     "positive_class", "sample")},
         "models": {n: _model_section(model_stages[n], evals[n], class_names) for n in models},
-        "robustness": _robustness_section(cfg, attacks, corruptions),
+        "robustness": _robustness_section(cfg, attacks, corruptions, skipped or {}),
         "assets": {"data_examples": _rel(out, data_st.dir / data_st.result["examples"])},
     }
     if gallery is not None:
@@ -91,6 +92,11 @@ def assemble_report(cfg: AuditConfig, out: Path, data_st: StageResult, model_sta
     report["subgroups"] = _subgroup_section(out, evals)
     report["intervention"] = _intervention_section(interventions or {})
     report["discovery"] = {"models": {m: _discovery_row(out, st) for m, st in (discovery or {}).items()}}
+    if skipped and "discovery" in skipped:
+        report["discovery"]["reason"] = skipped["discovery"]
+    report["skipped"] = [{"stage": k, "reason": v} for k, v in (skipped or {}).items()]
+    if sample.volumes:
+        report["data"]["volumes"] = True
     report["explanations"] = _explanation_section(cfg, out, explained, sample, models, methods, class_names, task)
     report["explanations"]["unavailable"] = [{"model": mo, "method": me, "reason": why}
                                              for (mo, me), why in (unavailable or {}).items()]
@@ -181,16 +187,18 @@ def _rel(out: Path, p: str | Path) -> str:
     return str(Path(p).relative_to(out))
 
 
-def _robustness_section(cfg: AuditConfig, attacks: dict[str, dict], corruptions: dict[str, dict]) -> dict:
+def _robustness_section(cfg: AuditConfig, attacks: dict[str, dict], corruptions: dict[str, dict],
+                        skipped: dict[str, str] | None = None) -> dict:
     """The attack sweep (success rate, robust accuracy per budget) and corruption drops, per model."""
     section: dict[str, Any] = {}
     off = [k for k, on in (("attack.enabled", cfg.attack.enabled), ("corruption.enabled", cfg.corruption.enabled))
            if not on]
+    vol = [f"corruptions: {skipped[k]}" for k in ("corruption", "corruption/some") if k in (skipped or {})]
     if not attacks and not corruptions:
-        section["reason"] = (f"{' and '.join(off)} {'are' if len(off) > 1 else 'is'} false" if off
-                             else "no attack or corruption result")
-    elif off:
-        section["not_run"] = [f"{k} is false" for k in off]
+        section["reason"] = "; ".join(([f"{' and '.join(off)} {'are' if len(off) > 1 else 'is'} false"] if off else [])
+                                      + vol) or "no attack or corruption result"
+    elif off or vol:
+        section["not_run"] = [f"{k} is false" for k in off] + vol
     if attacks:
         eps = next(iter(attacks.values()))["eps"]
         section["attack"] = {
@@ -224,18 +232,21 @@ def _explanation_section(cfg: AuditConfig, out: Path, explained: dict[tuple[str,
 
     loaded = {k: load_file(str(st.dir / "maps.safetensors")) for k, st in explained.items()}
     n_show = min(cfg.explain.n_show, len(sample))
-    ranks = max((t["maps"].shape[1] for t in loaded.values() if t["maps"].ndim == 5), default=1)
+    spatial = sample.x.ndim - 2
+    ranks = max((t["maps"].shape[1] for t in loaded.values() if t["maps"].ndim == spatial + 3), default=1)
     cells = [(i, r) for i in range(n_show) for r in range(ranks)]
     rows = [i for i, _ in cells]
-    maps = {k: _cell_maps(t["maps"], cells) for k, t in loaded.items()}
+    maps = {k: _cell_maps(t["maps"], cells, spatial) for k, t in loaded.items()}
+    viewer = None
+    if sample.volumes:  # the slice viewer shows the volumes; the PNGs show each one's key axial slice
+        scales = _scales(maps, models, methods)
+        viewer = _viewer(out, sample.subset(n_show), maps, cells, scales, class_names, task)
+        sample, maps = _key_slices(sample.subset(n_show), maps, cells)
     rule = _target_rule(cfg, task)
     findings = {k: _cell_findings(t.get("targets"), cells, class_names, t.get("probs")) for k, t in loaded.items()}
     captions = {f"{mo}|{me}": [_caption(f, rule, task) for f in findings[(mo, me)]] for mo, me in loaded}
     assets = out / "report_assets"
-    scales: dict[str, float] = {}
-    for me in methods:
-        vals = torch.cat([maps[(mo, me)].abs().flatten() for mo in models if (mo, me) in maps] or [torch.ones(1)])
-        scales[me] = float(torch.quantile(vals.double(), 0.995)) if vals.numel() else 1.0
+    scales = _scales(maps, models, methods) if viewer is None else scales
     labels = [_label(sample.y[i], class_names, task) for i in range(n_show)]
     for i in range(n_show):
         image_png(sample.x[i], assets / f"img{i}.png")
@@ -254,7 +265,46 @@ def _explanation_section(cfg: AuditConfig, out: Path, explained: dict[tuple[str,
                      captions={k: [f["explains"] for f in v] for k, v in findings.items()})
     return {"methods": methods, "models": models, "output": cfg.explain.output, "target_rule": rule,
             "top_k": ranks if ranks > 1 else None, "images": images, "overlays": overlays, "captions": captions,
-            "scales": scales, "grid": _rel(out, grid)}
+            "scales": scales, "grid": _rel(out, grid), **({"viewer": viewer} if viewer else {})}
+
+
+def _scales(maps: dict[tuple[str, str], torch.Tensor], models: list[str], methods: list[str]) -> dict[str, float]:
+    """One colour scale per method across models: the 99.5th percentile of |map| (a strided subset
+    past torch.quantile's 16M-element limit)."""
+    scales: dict[str, float] = {}
+    for me in methods:
+        vals = torch.cat([maps[(mo, me)].abs().flatten() for mo in models if (mo, me) in maps] or [torch.ones(1)])
+        vals = vals[:: -(-vals.numel() // 2 ** 24)]
+        scales[me] = float(torch.quantile(vals.double(), 0.995)) if vals.numel() else 1.0
+    return scales
+
+
+def _viewer(out: Path, s: EvalSample, maps: dict[tuple[str, str], torch.Tensor], cells: list[tuple[int, int]],
+            scales: dict[str, float], class_names: list[str], task: str) -> str:
+    """Write the slice viewer's data (``medxai.pipeline.volumes.viewer_data``) for the first-rank cells of
+    the shown volumes; returns its path relative to the run directory."""
+    import json
+
+    from medxai._util.io import atomic_write_text
+    from medxai.pipeline.volumes import viewer_data
+
+    first = [c for c, (_, r) in enumerate(cells) if r == 0]
+    data = viewer_data(s.x, s.masks, s.has_mask, {f"{mo}|{me}": m[first] for (mo, me), m in maps.items()}, scales,
+                       s.ids, [_label(s.y[i], class_names, task) for i in range(len(s))])
+    path = out / "report_assets" / "viewer.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(data, separators=(",", ":")))
+    return _rel(out, path)
+
+
+def _key_slices(s: EvalSample, maps: dict[tuple[str, str], torch.Tensor],
+                cells: list[tuple[int, int]]) -> tuple[EvalSample, dict[tuple[str, str], torch.Tensor]]:
+    """Volumes as their key axial slices (``medxai.pipeline.volumes.axial_slices``), the maps cut alike."""
+    from medxai.pipeline.volumes import axial_slices
+
+    sl = axial_slices(s)
+    ks = sl.extra["slices"]
+    return sl, {k: torch.stack([m[c][:, ks[i]] for c, (i, _) in enumerate(cells)]) for k, m in maps.items()}
 
 
 def _target_rule(cfg: AuditConfig, task: str) -> str:
@@ -263,9 +313,10 @@ def _target_rule(cfg: AuditConfig, task: str) -> str:
     return "label" if label else "pred"
 
 
-def _cell_maps(m: torch.Tensor, cells: list[tuple[int, int]]) -> torch.Tensor:
-    """(cells, 1, H, W): the map of each (image, rank); (N, 1, H, W) maps have rank 0 only."""
-    if m.ndim == 5:
+def _cell_maps(m: torch.Tensor, cells: list[tuple[int, int]], spatial: int = 2) -> torch.Tensor:
+    """(cells, 1, H, W) (or (cells, 1, D, H, W)): the map of each (image, rank); (N, 1, H, W) maps have
+    rank 0 only."""
+    if m.ndim == spatial + 3:
         return torch.stack([m[i, min(r, m.shape[1] - 1)] for i, r in cells])
     return m[[i for i, _ in cells]]
 

@@ -2,7 +2,9 @@
 
 Every number shown comes from ``report.json`` (which the pipeline gathers from the stages' JSON
 files); figures are drawn here from those numbers with matplotlib, and image assets (examples,
-heat-map overlays, galleries) are PNG files inside the run directory, embedded as data URIs.
+heat-map overlays, galleries) are PNG files inside the run directory, embedded as data URIs. On
+volumes the slice viewer's arrays (``report_assets/viewer.json``: base64 bytes of each shown volume,
+its mask and maps) are embedded as JSON and drawn on canvases by the page's inline script.
 Strings from data or config are HTML-escaped (jinja2 autoescape); nothing external is loaded.
 """
 
@@ -49,6 +51,17 @@ def _inside(run_dir: Path, rel: str) -> Path:
     if not p.is_file():
         raise DataError(p, "asset named in report.json is missing")
     return p
+
+
+def _viewer_json(path: Path) -> dict:
+    """The slice viewer's data written by the audit (``medxai.pipeline.volumes.viewer_data``)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(path, f"not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("volumes"), list):
+        raise DataError(path, "not slice-viewer data (no list of volumes)")
+    return data
 
 
 def fmt(v: Any) -> str:
@@ -262,6 +275,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
                             for key, paths in xp.get("overlays", {}).items()}
         if a.get("explanation_grid"):
             assets["x_grid"] = _png_uri(_inside(run_dir, a["explanation_grid"]))
+    if xp.get("viewer"):  # volumes: the slice viewer's arrays (base64 bytes), embedded as JSON
+        assets["viewer"] = _viewer_json(_inside(run_dir, xp["viewer"]))
     if report.get("sanity"):
         assets["sanity"] = _sanity_figure(report["sanity"])
     for section, key in (("subgroups", "png"), ("discovery", "png"), ("class_means", "class_means_png")):

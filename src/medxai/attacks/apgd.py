@@ -15,6 +15,8 @@ untargeted attacks that apply to a K-class task.
 the targeted DLR loss ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)``, which needs K >= 4 (it uses
 the 3rd and 4th largest logits). For K < 4 the substitute is the targeted margin ``z_t - z_y`` (the
 numerator alone; with K = 2 it is the untargeted logit margin), recorded as loss "margin".
+
+Images (B, C, H, W) or volumes (B, C, D, H, W); the norms run over all values of a sample.
 """
 
 from __future__ import annotations
@@ -92,10 +94,11 @@ class APGD(PGD):
         return y.long()
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor, *, delta0: torch.Tensor | None = None) -> torch.Tensor:
-        check_images(x, "x")
+        check_images(x, "x", ndim=(4, 5))
         y = self._check_y(x, y)
         x = x.detach()
         b, n = x.shape[0], self.steps
+        shape = (-1,) + (1,) * (x.ndim - 1)
         eps = per_sample(self.eps, b, x, "eps")
         if not bool((eps > 0).any()):
             return x.clone()
@@ -122,7 +125,7 @@ class APGD(PGD):
                                                           dtype=x.dtype))
                 li, g, logits = loss_grad(xa)
                 succ = self.success(logits, y)
-                x_succ = torch.where(succ.view(-1, 1, 1, 1), xa, x)
+                x_succ = torch.where(succ.view(shape), xa, x)
                 found = succ.clone()
                 x_best, g_best, l_best = xa.clone(), g.clone(), li.clone()
                 eta = 2 * eps.clone()
@@ -160,7 +163,7 @@ class APGD(PGD):
                         since = 0
                         k = max(k - k_decr, k_min)
                 # keep across restarts: a misclassified point first, else the highest loss
-                cand = torch.where(found.view(-1, 1, 1, 1), x_succ, x_best)
+                cand = torch.where(found.view(shape), x_succ, x_best)
                 cand_loss = torch.where(found, torch.full_like(l_best, float("inf")), l_best)
                 better = (found & ~out_succ) | ((found == out_succ) & (cand_loss > out_loss))
                 out[better], out_succ[better], out_loss[better] = cand[better], found[better], cand_loss[better]
@@ -190,7 +193,7 @@ class APGDT(APGD):
         return fn(logits, y, self._target)
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor, *, delta0: torch.Tensor | None = None) -> torch.Tensor:
-        check_images(x, "x")
+        check_images(x, "x", ndim=(4, 5))
         y = self._check_y(x, y)
         eps = per_sample(self.eps, x.shape[0], x, "eps").view(-1)
         with attack_mode(self.model), torch.no_grad():

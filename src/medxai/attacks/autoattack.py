@@ -12,17 +12,20 @@ samples still classified correctly; per sample the first attack that breaks it.
   random search", Algorithm 1 with the sampling distributions of Algorithms 2 (Linf) and 3 (L2)): random
   search on the margin loss with square updates of side ``sqrt(p h w)``, ``p`` halving on the reference
   schedule from ``p_init = 0.8``; one window position per iteration for the batch, uniform over all
-  placements (the reference never draws the last one).
+  placements (the reference never draws the last one). On volumes the squares become cubes of side
+  ``round((p d h w)^(1/3))`` (our generalisation; see ``Square``).
 - ``AutoAttack(model, eps, norm)``: the ensemble. The targeted DLR loss of APGD-T uses the 3rd and 4th largest
   logits, so it needs K >= 4 classes; for K = 2 and 3 APGD-T runs on the targeted margin ``z_t - z_y``
   instead (recorded as "apgd-t(margin)" in ``attacks_ran``). FAB-T and Square need no such change.
 
-Budgets in pixel units of [0, 1] images, a float or a (B,) tensor; every output lies in [0, 1] and in the
-eps-ball. Model in eval mode with input-only gradients during the attack, restored afterwards.
+Images (B, C, H, W) or volumes (B, C, D, H, W) (norms over all C*H*W or C*D*H*W values; Square's windows become
+cubes, see ``Square``). Budgets in pixel units of [0, 1] images, a float or a (B,) tensor; every output lies in
+[0, 1] and in the eps-ball. Model in eval mode with input-only gradients during the attack, restored afterwards.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -106,7 +109,7 @@ class FAB:
         return df.detach().float(), dg.detach().flatten(1).float()
 
     def min_norm(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(smallest example (B, C, H, W), its norm (B,), inf where none) of one targeted FAB run from x."""
+        """(smallest example (B, C, [D,] H, W), its norm (B,), inf where none) of one targeted FAB run from x."""
         b = x.shape[0]
         x0 = x.detach().flatten(1).float()
         x1 = x0.clone()
@@ -131,8 +134,8 @@ class FAB:
         return best, best_n
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Examples (B, C, H, W) in [0, 1] within eps where FAB-T found one, else ``x``."""
-        check_images(x, "x")
+        """Examples (B, C, [D,] H, W) in [0, 1] within eps where FAB-T found one, else ``x``."""
+        check_images(x, "x", ndim=(4, 5))
         y = _labels(x, y)
         eps = per_sample(self.eps, x.shape[0], x, "eps").view(-1)
         with attack_mode(self.model), torch.no_grad():
@@ -159,29 +162,61 @@ def _p_schedule(p_init: float, i: int) -> float:
     return p_init / 512
 
 
-def _l2_window(a: int, b: int, device: torch.device) -> torch.Tensor:
-    """Square L2's (a, b) block: sum over centred squares of side 2k+1 of 1/(k+1)^2, L2-normalised."""
-    ci, cj = a // 2, b // 2
-    dist = torch.maximum((torch.arange(a, device=device) - ci).abs().view(-1, 1),
-                         (torch.arange(b, device=device) - cj).abs().view(1, -1))
-    k_max = max(ci, cj) + 1
+def _l2_window(sizes: Sequence[int], device: torch.device) -> torch.Tensor:
+    """Square L2's block of shape ``sizes`` (2 or 3 axes): sum over centred squares (cubes) of side 2k+1 of
+    1/(k+1)^2, L2-normalised; the distance to the centre is the Chebyshev distance over all axes."""
+    n = len(sizes)
+    dist = torch.zeros((), dtype=torch.long, device=device)
+    for ax, a in enumerate(sizes):
+        view = [1] * n
+        view[ax] = a
+        dist = torch.maximum(dist, (torch.arange(a, device=device) - a // 2).abs().view(view))
+    k_max = max(a // 2 for a in sizes) + 1
     w = 1.0 / torch.arange(1, k_max + 1, device=device, dtype=torch.float32).pow(2)
     tail = w.flip(0).cumsum(0).flip(0)  # tail[k] = sum_{k' >= k} w[k']
     m = tail[dist]
     return m / m.norm()
 
 
-def _l2_eta(s: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
-    """Square L2's (s, s) update: +block over the top half, -block over the bottom half, transposed at random."""
+def _l2_eta(s: int, gen: torch.Generator, device: torch.device, n: int = 2) -> torch.Tensor:
+    """Square L2's (s,) * n update: +block over the first half of one axis, -block over the second half.
+
+    2-D (Algorithm 3): the split runs along rows, transposed with probability 1/2. 3-D (our generalisation):
+    the split axis is drawn uniformly among D, H, W.
+    """
     half = s // 2
-    top = _l2_window(half, s, device) if half else torch.zeros(0, s, device=device)
-    d = torch.cat([top, -_l2_window(s - half, s, device)])
+    top = _l2_window((half,) + (s,) * (n - 1), device) if half else torch.zeros((0,) + (s,) * (n - 1), device=device)
+    d = torch.cat([top, -_l2_window((s - half,) + (s,) * (n - 1), device)])
     d = d / d.norm()
-    return d.T if float(torch.rand((), generator=gen, device=device)) > 0.5 else d
+    u = float(torch.rand((), generator=gen, device=device))
+    if n == 2:
+        return d.T if u > 0.5 else d
+    return d.movedim(0, min(int(u * n), n - 1))
+
+
+def _side(p: float, spatial: Sequence[int]) -> int:
+    """Square's window side: the square (cube) holding a fraction p of the H*W (D*H*W) positions."""
+    v = p * math.prod(spatial)
+    return round(math.sqrt(v) if len(spatial) == 2 else v ** (1.0 / len(spatial)))
+
+
+def _corner(s: int, spatial: Sequence[int], gen: torch.Generator, device: torch.device) -> tuple[int, ...]:
+    """A window corner, uniform per axis over all placements of side s."""
+    return tuple(int(torch.randint(0, max(n - s, 0) + 1, (1,), generator=gen, device=device)) for n in spatial)
+
+
+def _window(corner: Sequence[int], s: int) -> tuple[slice, ...]:
+    return (slice(None), slice(None), *(slice(v, v + s) for v in corner))
 
 
 class Square:
-    """Square attack, untargeted, "linf" or "l2": ``n_queries`` random-search steps on the margin loss."""
+    """Square attack, untargeted, "linf" or "l2": ``n_queries`` random-search steps on the margin loss.
+
+    Images (B, C, H, W) or volumes (B, C, D, H, W). On volumes the squares become cubes over (D, H, W) of side
+    ``round((p D H W)^(1/3))`` (so that a fraction p of the voxels changes, as p of the pixels in 2-D), the Linf
+    initial stripes run along W (constant over D and H), and the L2 block is the 3-D twin of Algorithm 3's
+    (Chebyshev-distance shells, split along a random axis): Andriushchenko et al.'s update, generalised by us.
+    """
 
     def __init__(self, model: nn.Module, eps: float | torch.Tensor, norm: str = "linf", n_queries: int = 5000,
                  p_init: float = 0.8, seed: int | None = 0) -> None:
@@ -195,53 +230,52 @@ class Square:
     def _sign(self, shape, gen, x):
         return torch.where(torch.rand(shape, generator=gen, device=x.device) < 0.5, -1.0, 1.0).to(x.dtype)
 
+    def _unit(self, x: torch.Tensor) -> tuple[int, ...]:
+        return tuple(x.shape[:2]) + (1,) * (x.ndim - 2)
+
     def _init(self, x: torch.Tensor, eps: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        b, c, h, w = x.shape
-        if self.norm == "linf":  # vertical stripes of +-eps
-            return (x + eps * self._sign((b, c, 1, w), gen, x)).clamp(0, 1)
-        s = max(h // 5, 1)
+        sp, n = tuple(x.shape[2:]), x.ndim - 2
+        if self.norm == "linf":  # stripes of +-eps along the last axis
+            return (x + eps * self._sign(tuple(x.shape[:2]) + (1,) * (n - 1) + (sp[-1],), gen, x)).clamp(0, 1)
+        ref = sp[0] if n == 2 else min(sp)
+        s = max(ref // 5, 1)
         delta = torch.zeros_like(x)
-        off = (h - s * 5) // 2 if h >= 5 else 0
-        for vh in range(off, h - s + 1, s):
-            for vw in range(off, w - s + 1, s):
-                delta[:, :, vh:vh + s, vw:vw + s] += _l2_eta(s, gen, x.device).to(x.dtype) * self._sign(
-                    (b, c, 1, 1), gen, x)
-        return (x + delta / perturbation_norm(delta, "l2").clamp_min(1e-12).view(-1, 1, 1, 1) * eps).clamp(0, 1)
+        off = (ref - s * 5) // 2 if ref >= 5 else 0
+        for corner in itertools.product(*(range(off, m - s + 1, s) for m in sp)):
+            delta[_window(corner, s)] += _l2_eta(s, gen, x.device, n).to(x.dtype) * self._sign(self._unit(x), gen, x)
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        return (x + delta / perturbation_norm(delta, "l2").clamp_min(1e-12).view(shape) * eps).clamp(0, 1)
 
     def _propose(self, x: torch.Tensor, xb: torch.Tensor, eps: torch.Tensor, i: int, gen: torch.Generator):
-        b, c, h, w = x.shape
-        p = _p_schedule(self.p_init, i)
-        side = round(math.sqrt(p * h * w))
+        sp, n, c = tuple(x.shape[2:]), x.ndim - 2, x.shape[1]
+        side = _side(_p_schedule(self.p_init, i), sp)
         if self.norm == "linf":
-            s = min(max(side, 1), h, w)
-            vh, vw = (int(torch.randint(0, max(n - s, 0) + 1, (1,), generator=gen, device=x.device))
-                      for n in (h, w))
+            s = min(max(side, 1), *sp)
+            win = _window(_corner(s, sp, gen, x.device), s)
             new = xb.clone()
-            new[:, :, vh:vh + s, vw:vw + s] = x[:, :, vh:vh + s, vw:vw + s] + eps * self._sign((b, c, 1, 1), gen, x)
+            new[win] = x[win] + eps * self._sign(self._unit(x), gen, x)
             return torch.minimum(torch.maximum(new, x - eps), x + eps).clamp(0, 1)
         s = max(side, 3)
-        s = min(s + (s % 2 == 0), h, w)
-        (vh, vw), (vh2, vw2) = ((int(torch.randint(0, max(n - s, 0) + 1, (1,), generator=gen, device=x.device))
-                                 for n in (h, w)) for _ in range(2))
+        s = min(s + (s % 2 == 0), *sp)
+        win, win2 = (_window(_corner(s, sp, gen, x.device), s) for _ in range(2))
+        dims, shape = tuple(range(2, x.ndim)), (-1,) + (1,) * (x.ndim - 1)
         delta = xb - x
-        win = (slice(None), slice(None), slice(vh, vh + s), slice(vw, vw + s))
-        win2 = (slice(None), slice(None), slice(vh2, vh2 + s), slice(vw2, vw2 + s))
         mask = torch.zeros_like(x)
         mask[win], mask[win2] = 1.0, 1.0
-        n_img = perturbation_norm(delta, "l2").view(-1, 1, 1, 1)
-        n_wins = (delta * mask).pow(2).sum((-2, -1), keepdim=True).sqrt()  # (B, C, 1, 1)
-        n_w1 = delta[win].pow(2).sum((-2, -1), keepdim=True).sqrt()
-        upd = _l2_eta(s, gen, x.device).to(x.dtype) * self._sign((b, c, 1, 1), gen, x) + delta[win] / (1e-12 + n_w1)
+        n_img = perturbation_norm(delta, "l2").view(shape)
+        n_wins = (delta * mask).pow(2).sum(dims, keepdim=True).sqrt()  # (B, C, 1, 1[, 1])
+        n_w1 = delta[win].pow(2).sum(dims, keepdim=True).sqrt()
+        upd = _l2_eta(s, gen, x.device, n).to(x.dtype) * self._sign(self._unit(x), gen, x) + delta[win] / (1e-12 + n_w1)
         budget = ((eps.pow(2) - n_img.pow(2)).clamp_min(0) / c + n_wins.pow(2)).sqrt()
-        upd = upd / (1e-12 + upd.pow(2).sum((-2, -1), keepdim=True).sqrt()) * budget
+        upd = upd / (1e-12 + upd.pow(2).sum(dims, keepdim=True).sqrt()) * budget
         delta = delta.clone()
         delta[win2] = 0.0
         delta[win] = upd
-        return (x + delta / perturbation_norm(delta, "l2").clamp_min(1e-12).view(-1, 1, 1, 1) * eps).clamp(0, 1)
+        return (x + delta / perturbation_norm(delta, "l2").clamp_min(1e-12).view(shape) * eps).clamp(0, 1)
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Examples (B, C, H, W) in [0, 1] within eps; per sample the lowest-margin point found."""
-        check_images(x, "x")
+        """Examples (B, C, [D,] H, W) in [0, 1] within eps; per sample the lowest-margin point found."""
+        check_images(x, "x", ndim=(4, 5))
         y = _labels(x, y)
         x = x.detach()
         eps = per_sample(self.eps, x.shape[0], x, "eps")
@@ -313,8 +347,8 @@ class AutoAttack:
         return Square(self.model, eps, norm=self.norm, n_queries=self.n_queries, seed=self.seed)
 
     def run(self, x: torch.Tensor, y: torch.Tensor) -> AutoAttackResult:
-        """Attack (B, C, H, W) images in [0, 1] with labels (B,); see ``AutoAttackResult``."""
-        check_images(x, "x")
+        """Attack images (B, C, H, W) or volumes (B, C, D, H, W) in [0, 1], labels (B,); see ``AutoAttackResult``."""
+        check_images(x, "x", ndim=(4, 5))
         y = _labels(x, y)
         x = x.detach()
         b = x.shape[0]

@@ -12,7 +12,8 @@
   example found; 0 for an image already misclassified, inf with a reason where none was found.
 
 Both attacks are batched with per-sample stopping, take gradients w.r.t. the input only and run the model
-in eval mode (``attack_mode``, restored also on error). Images (B, C, H, W) in [0, 1]; outputs stay in [0, 1].
+in eval mode (``attack_mode``, restored also on error). Images (B, C, H, W) or volumes (B, C, D, H, W) in [0, 1]
+(every norm is over all C*H*W or C*D*H*W values of a sample); outputs stay in [0, 1].
 """
 
 from __future__ import annotations
@@ -102,8 +103,8 @@ class DeepFool:
         return logits.detach(), r.to(xa.dtype)
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Examples (B, C, H, W) in [0, 1]; where no label change is found, the last iterate."""
-        check_images(x, "x")
+        """Examples (B, C, [D,] H, W) in [0, 1]; where no label change is found, the last iterate."""
+        check_images(x, "x", ndim=(4, 5))
         y = _labels(x, y)
         x = x.detach()
         r_tot = torch.zeros_like(x)
@@ -195,8 +196,8 @@ class CarliniWagnerL2:
         return found
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Examples (B, C, H, W) in [0, 1] (``x`` where none was found; ``self.found`` says which)."""
-        check_images(x, "x")
+        """Examples (B, C, [D,] H, W) in [0, 1] (``x`` where none was found; ``self.found`` says which)."""
+        check_images(x, "x", ndim=(4, 5))
         y = _labels(x, y)
         x = x.detach()
         b = x.shape[0]
@@ -264,7 +265,7 @@ def robustness_radius(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: 
         raise ConfigError(f"method must be one of {METHODS}, got {method!r}")
     if norm not in NORMS or (method == "cw" and norm != "l2"):
         raise ConfigError(f"norm {norm!r} is not available for method {method!r} (deepfool: l2, linf; cw: l2)")
-    check_images(x, "x")
+    check_images(x, "x", ndim=(4, 5))
     y = _labels(x, y)
     atk = DeepFool(model, norm=norm, **kw) if method == "deepfool" else CarliniWagnerL2(model, **kw)
     x_adv = torch.empty_like(x)
@@ -282,7 +283,7 @@ def robustness_radius(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: 
     radius = perturbation_norm(x_adv - x, norm).to(x.device)
     radius = torch.where(clean_wrong, torch.zeros_like(radius), radius)
     radius = torch.where(~clean_wrong & ~fooled, torch.full_like(radius, float("inf")), radius)
-    x_adv = torch.where(clean_wrong.view(-1, 1, 1, 1), x, x_adv)
+    x_adv = torch.where(clean_wrong.view(-1, *([1] * (x.ndim - 1))), x, x_adv)
     why = (f"no label change within max_iter = {atk.max_iter} DeepFool iterations" if method == "deepfool"
            else f"no misclassified point for any of the {atk.bs_steps} binary-search constants")
     reason = ["already misclassified" if w else ("found" if f else f"not found: {why}")

@@ -101,6 +101,9 @@ def store_explain(
                                       "method's own)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images explained per call."),
     shard_size: int = typer.Option(256, "--shard-size", min=1, help="Images per shard file (the unit of resume)."),
+    max_shard_voxels: int | None = typer.Option(None, "--max-shard-voxels", min=1, help="At most this many map "
+                                                "voxels per shard (models x methods x D*H*W per image; volumes); "
+                                                "also bounds the batch."),
     dtype: str = typer.Option("float16", "--dtype", help="Stored maps: float16, bfloat16 or float32."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda... (default: this rank's GPU if any)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store of another configuration."),
@@ -125,7 +128,7 @@ def store_explain(
     kw = {} if output is None else {"output": output}
     res = explain_dataset({nm: m for nm, m, _ in loaded}, ds, {m: dict(kw) for m in names}, store, target=target,
                           batch_size=batch_size, shard_size=shard_size, dtype=dtype, device=dev, overwrite=overwrite,
-                          progress=not state.quiet,
+                          progress=not state.quiet, max_shard_voxels=max_shard_voxels,
                           config={"data": data, "split": split, "size": size, "n": n, "classes": classes,
                                   "run_dirs": {nm: str(ri.run_dir) for nm, _, ri in loaded},
                                   "class_names": {nm: ri.class_names for nm, _, ri in loaded}})

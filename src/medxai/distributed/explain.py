@@ -4,11 +4,16 @@ Every shard (``shard_size`` consecutive samples) is explained in batches of ``ba
 ``medxai.explain.explain`` for every model and method and written as one safetensors file. The
 work of a shard does not depend on which rank does it, so 1 and N processes write the same
 maps. A rerun of the same configuration skips the shards already on disk.
+
+Images (C, H, W) or volumes (C, D, H, W). ``max_shard_voxels`` bounds a shard (and an explain batch)
+by the map voxels it holds: shard size ``min(shard_size, max(1, budget // (T * D * H * W)))`` with T the
+maps per sample (models x methods) and (D, H, W) (or (H, W)) the first item's spatial shape.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -104,6 +109,36 @@ def _items(dataset: Dataset, start: int, stop: int) -> list[dict[str, Any]]:
     return out
 
 
+def _stack_masks(vals: list[Any], spatial: tuple[int, ...], key: str) -> torch.Tensor:
+    """Masks of several items -> bool (N, K, *spatial): 2-D through ``stack_masks``; volumes: a missing
+    mask is all False, a (D, H, W) or (1, D, H, W) mask is broadcast to the largest K."""
+    if len(spatial) == 2:
+        return stack_masks(vals, spatial, key)  # type: ignore[arg-type]
+    ts = []
+    for v in vals:
+        t = torch.zeros(spatial, dtype=torch.bool) if v is None else torch.as_tensor(v).bool()
+        t = t[None] if t.ndim == len(spatial) else t
+        if t.ndim != len(spatial) + 1 or tuple(t.shape[1:]) != spatial:
+            raise DataError(None, f"{key} of shape {tuple(t.shape)} does not match the volumes {spatial}")
+        ts.append(t)
+    k = max(t.shape[0] for t in ts)
+    return torch.stack([t.expand(k, *spatial) if t.shape[0] == 1 else t for t in ts])
+
+
+def shard_geometry(dataset: Dataset, n_maps: int, shard_size: int, batch_size: int,
+                   max_shard_voxels: int | None) -> tuple[int, int, tuple[int, ...]]:
+    """(shard size, batch size, spatial shape of the first item): without a budget the given sizes;
+    with one, shard size ``min(shard_size, max(1, max_shard_voxels // (n_maps * prod(spatial))))`` and the
+    batch no larger than the shard."""
+    first = _items(dataset, 0, 1)[0]
+    spatial = tuple(int(v) for v in torch.as_tensor(first["image"]).shape[1:])
+    if max_shard_voxels is None:
+        return shard_size, batch_size, spatial
+    per = max(1, n_maps * math.prod(spatial))
+    size = min(shard_size, max(1, int(max_shard_voxels) // per))
+    return size, min(batch_size, size), spatial
+
+
 def explain_shard(models: Mapping[str, nn.Module], dataset: Dataset, methods: Mapping[str, Mapping[str, Any]],
                   start: int, stop: int, *, target: str | int, batch_size: int, dtype: torch.dtype,
                   device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -117,8 +152,8 @@ def explain_shard(models: Mapping[str, nn.Module], dataset: Dataset, methods: Ma
     for b0 in range(start, stop, batch_size):
         items = _items(dataset, b0, min(stop, b0 + batch_size))
         x = torch.stack([torch.as_tensor(it["image"], dtype=torch.float32) for it in items])
-        check_images(x, f"images {b0}..{b0 + len(items) - 1}")
-        size = tuple(x.shape[-2:])
+        check_images(x, f"images {b0}..{b0 + len(items) - 1}", ndim=(4, 5))
+        size = tuple(x.shape[2:])
         ids.extend(str(it.get("id", b0 + k)) for k, it in enumerate(items))
         lab = [it.get("label") for it in items]
         if all(v is not None for v in lab):
@@ -134,18 +169,19 @@ def explain_shard(models: Mapping[str, nn.Module], dataset: Dataset, methods: Ma
             for m, kw in methods.items():
                 out = explain(model, xd, m, t.to(device), **kw)
                 out = out[0] if isinstance(out, tuple) else out
-                if out.ndim != 4 or out.shape[1] != 1:
-                    raise ConfigError(f"method {m!r} returned maps of shape {tuple(out.shape)}, not (B, 1, H, W); "
-                                      "a (B, T) target or top_k is not supported in a store")
+                if out.shape != (len(xd), 1, *size):
+                    raise ConfigError(f"method {m!r} returned maps of shape {tuple(out.shape)}, not (B, 1, "
+                                      f"{', '.join(map(str, size))}); a (B, T) target or top_k is not supported in a "
+                                      "store")
                 parts.setdefault(f"maps/{rname}/{m}", []).append(out.detach().float().cpu().to(dtype))
     tensors = {k: torch.cat(v) for k, v in parts.items()}
     tensors["index"] = torch.arange(start, stop, dtype=torch.int64)
     if labels and sum(len(v) for v in labels) == stop - start:
         tensors["labels"] = torch.cat(labels)
     if has_mask:
-        tensors["masks"] = torch.cat([stack_masks(v, size, "mask").to(torch.uint8) for v in masks])
+        tensors["masks"] = torch.cat([_stack_masks(v, size, "mask").to(torch.uint8) for v in masks])
     if has_shortcut:
-        tensors["shortcut_masks"] = torch.cat([stack_masks(v, size, "shortcut_mask")[:, 0].to(torch.uint8)
+        tensors["shortcut_masks"] = torch.cat([_stack_masks(v, size, "shortcut_mask")[:, 0].to(torch.uint8)
                                                for v in shortcuts])
     return tensors, {"ids": ids}
 
@@ -198,7 +234,7 @@ def explain_dataset(models: nn.Module | Mapping[str, nn.Module], dataset: Datase
                     target: str | int = "pred", batch_size: int = 32, shard_size: int = 256,
                     dtype: str = "float16", device: str | torch.device | None = None, overwrite: bool = False,
                     config: Mapping[str, Any] | None = None, progress: bool = False,
-                    on_shard: Callable[[int], None] | None = None) -> StoreRun:
+                    on_shard: Callable[[int], None] | None = None, max_shard_voxels: int | None = None) -> StoreRun:
     """Explain every sample of ``dataset`` with every model and method into the store ``store``.
 
     ``models``: a module or {name: module} (put in eval mode, moved to ``device``). ``methods``:
@@ -207,7 +243,9 @@ def explain_dataset(models: nn.Module | Mapping[str, nn.Module], dataset: Datase
     stored as float16 (default), bfloat16 or float32. ``config``: JSON-able facts recorded in the
     index and fingerprint (the CLI records the data spec and run folders). Under torchrun each
     rank explains every world-th missing shard; shards already written by the same configuration
-    are skipped. ``on_shard(i)`` is called after shard ``i`` is written. Returns a ``StoreRun``.
+    are skipped. ``on_shard(i)`` is called after shard ``i`` is written. ``max_shard_voxels``: at most
+    this many map voxels per shard (``shard_geometry``; recorded in the index with the shard size it gave).
+    Returns a ``StoreRun``.
     """
     t0 = time.perf_counter()
     info = setup()
@@ -221,11 +259,20 @@ def explain_dataset(models: nn.Module | Mapping[str, nn.Module], dataset: Datase
     n = len(dataset)  # type: ignore[arg-type]
     if n < 1:
         raise DataError(None, "the dataset is empty")
+    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+        raise ConfigError(f"shard_size must be a positive integer, got {shard_size!r}")
+    if max_shard_voxels is not None and (isinstance(max_shard_voxels, bool) or not isinstance(max_shard_voxels, int)
+                                         or max_shard_voxels < 1):
+        raise ConfigError(f"max_shard_voxels must be a positive integer or None, got {max_shard_voxels!r}")
     dev = torch.device(device) if device is not None else _default_device(info)
     for m in runs.values():
         m.to(dev).eval()
     cfg = {"runs": {k: model_digest(m) for k, m in runs.items()}, "methods": meths, "target": rule, "dtype": dtype,
            "batch_size": batch_size, "dataset": _dataset_digest(dataset), "info": dict(config or {})}
+    if max_shard_voxels is not None:
+        shard_size, batch_size, spatial = shard_geometry(dataset, len(runs) * len(meths), shard_size, batch_size,
+                                                         max_shard_voxels)
+        cfg.update(max_shard_voxels=max_shard_voxels, spatial=list(spatial), explain_batch_size=batch_size)
     fp = fingerprint({"kind": "maps", "n": n, "shard_size": shard_size, **cfg})
     ms = MapStore(store, n=n, shard_size=shard_size, fingerprint=fp, config=cfg)
     missing = _plan(ms, overwrite, info)

@@ -64,7 +64,8 @@ def _score_shard(ms: MapStore, i: int, infos: list[Any], *, dataset: Dataset | N
             res = score_samples(tensors[f"maps/{key}"], infos, ids=ids, images=images, masks=tensors.get("masks"),
                                 shortcut_masks=tensors.get("shortcut_masks"), targets=targets,
                                 model=models.get(rname), explainer=explainer, options=options, seed=seed,
-                                batch_size=batch_size, device=device)
+                                batch_size=batch_size, device=device,
+                                spatial_dims=3 if tensors[f"maps/{key}"].ndim == 5 else 2)  # (N, 1, D, H, W): volumes
             for name, reason in res.skipped.items():
                 mi = next(m for m in infos if m.name == name)
                 if need_images and dataset is None and any(n in mi.needs for n in ("images", "model")):

@@ -222,7 +222,9 @@ class MapStore(ShardedStore):
     """Explanation maps: per shard ``index`` (N_i,) int64 dataset indices, ``maps/RUN/METHOD``
     (N_i, 1, H, W) float16 or float32, ``targets/RUN`` (N_i,) int64, ``labels`` (N_i, ...) float32,
     ``masks`` (N_i, K, H, W) and ``shortcut_masks`` (N_i, H, W) uint8 when the data has them;
-    metadata ``ids``. ``config`` (index) names the runs, methods, target rule, dtype and data."""
+    metadata ``ids``. Volumes: (D, H, W) in place of (H, W). ``config`` (index) names the runs,
+    methods, target rule, dtype and data (and, with a voxel budget, ``max_shard_voxels``, ``spatial``
+    and ``explain_batch_size``)."""
 
     format = MAP_FORMAT
 

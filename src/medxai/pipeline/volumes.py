@@ -58,15 +58,11 @@ def corruption_skips(names: list[str]) -> dict[str, str]:
 
 
 def stage_skips(cfg: AuditConfig) -> dict[str, str]:
-    """Stages that do not run on volumes, each with its reason: ``autoattack``, ``radius``, ``corruption``
-    (none of the configured corruptions takes volumes), ``corruption/some`` (those that do not are left
-    out of the table), ``gallery``, ``intervention``, ``discovery``."""
+    """Stages that do not run on volumes, each with its reason: ``corruption`` (none of the configured
+    corruptions takes volumes), ``corruption/some`` (those that do not are left out of the table),
+    ``gallery``, ``intervention``, ``discovery``. AutoAttack and the DeepFool / CW radius run on volumes
+    (``medxai.attacks`` takes (B, C, D, H, W); Square's squares become cubes)."""
     out: dict[str, str] = {}
-    if cfg.attack.enabled and cfg.attack.autoattack.enabled:
-        out["autoattack"] = ("AutoAttack (APGD, FAB, Square's square patches) is implemented for (B, C, H, W) "
-                             "images only: not run on volumes")
-    if cfg.attack.enabled and cfg.attack.radius.enabled:
-        out["radius"] = "the minimum-norm attacks (DeepFool, CW) take (B, C, H, W) images only: not run on volumes"
     if cfg.corruption.enabled:
         skipped = corruption_skips(cfg.corruption.names)
         if skipped and len(skipped) == len(cfg.corruption.names):

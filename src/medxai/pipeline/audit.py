@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from medxai._util.flops import WorkMeter
 from medxai._util.io import atomic_write_json
 from medxai._util.seed import seed_everything
 from medxai.errors import MedxaiError
@@ -71,10 +72,19 @@ class _Audit:
     unavailable: dict[tuple[str, str], str] = field(default_factory=dict)  # (model, method) -> why not
     skipped: dict[str, str] = field(default_factory=dict)  # stage -> why it does not run (volumes)
     loaded: dict[str, torch.nn.Module] = field(default_factory=dict)
+    meter: WorkMeter = field(default_factory=WorkMeter)  # counts every loaded model's work (report["work"])
+    clean: dict[str, torch.Tensor] = field(default_factory=dict)  # model -> (N, K) clean logits of ``sample``
+    eval_stages: dict[str, StageResult] = field(default_factory=dict)
 
     def model(self, name: str) -> torch.nn.Module:
         """Model ``name`` in eval mode, loaded once: a trained run's best checkpoint, or a card's file
-        with its outputs in the data's class order."""
+        with its outputs in the data's class order; its work counted by ``meter`` from then on."""
+        model = self._load(name)
+        if name not in self.meter:
+            self.meter.attach(name, model, tuple(self.sample.x.shape[1:]))
+        return model
+
+    def _load(self, name: str) -> torch.nn.Module:
         if name not in self.loaded:
             if name in self.cards:
                 from medxai.cards import load_card
@@ -110,13 +120,17 @@ def run_audit(cfg: AuditConfig, out: str | Path, *, synthetic: bool | None = Non
     """
     t0 = time.perf_counter()
     audit = _start(cfg, Path(out), synthetic=synthetic, force=force, log=log, given=given or {}, dataset=dataset)
-    _data(audit)
-    _models(audit)
-    _robustness(audit)
-    _explain(audit)
-    _sanity(audit)
-    _shortcuts(audit)
-    report, html = _report(audit)
+    try:
+        _data(audit)
+        _models(audit)
+        _clean(audit)
+        _robustness(audit)
+        _explain(audit)
+        _sanity(audit)
+        _shortcuts(audit)
+        report, html = _report(audit)
+    finally:  # the counting hooks come off every model (given modules are the caller's)
+        audit.meter.close()
     return AuditResult(audit.out, html, report, report["findings"], audit.runner.events, time.perf_counter() - t0)
 
 
@@ -138,7 +152,8 @@ def _start(cfg: AuditConfig, out: Path, *, synthetic: bool | None, force: set[st
         datasets, data_desc, fit = _open_data(cfg, cards, synthetic)
         data_parts = {"data": cfg.data.model_dump(mode="json"), "synthetic": synthetic, **({"fit": fit} if fit else {})}
     out.mkdir(parents=True, exist_ok=True)
-    runner = StageRunner(out, force=force, log=log or (lambda m: None))
+    meter = WorkMeter()
+    runner = StageRunner(out, force=force, log=log or (lambda m: None), meter=meter)
     seed_everything(cfg.seed)
     atomic_write_json(out / "config.json", cfg.model_dump(mode="json"))
     n_eval = max(cfg.attack.n if cfg.attack.enabled else 0, cfg.corruption.n if cfg.corruption.enabled else 0,
@@ -150,7 +165,7 @@ def _start(cfg: AuditConfig, out: Path, *, synthetic: bool | None, force: set[st
     _check_channels(cards, sample)
     x_sample = sample.subset(max(cfg.explain.n_score, cfg.explain.n_show))
     return _Audit(cfg, out, runner, datasets, data_desc, data_parts, sample, x_sample, cards=cards,
-                  loaded={n: m.eval() for n, m in modules.items()}, skipped=skipped)
+                  loaded={n: m.eval() for n, m in modules.items()}, skipped=skipped, meter=meter)
 
 
 def _check_volumes(cfg: AuditConfig, cards: dict[str, ModelCard], sample: EvalSample) -> dict[str, str]:
@@ -251,10 +266,23 @@ def _models(a: _Audit) -> None:
 
 def _evaluate(a: _Audit, name: str) -> None:
     parts = {"train": a.model_stages[name].key, "eval": a.cfg.evaluation, "subgroups": a.cfg.subgroups.model_dump()}
-    st = a.runner.run(f"evaluate/{name}", parts, partial(_eval_stage, a, name))
+    st = a.eval_stages[name] = a.runner.run(f"evaluate/{name}", parts, partial(_eval_stage, a, name))
     a.evals[name] = dict(st.result)
     if st.result.get("subgroups_png"):  # the report embeds it from the stage folder
         a.evals[name]["subgroups_png"] = str(st.dir / st.result["subgroups_png"])
+
+
+def _clean(a: _Audit) -> None:
+    """Per model: the clean logits of the evaluation sample, shared by the stages that need clean
+    predictions (explain: targets and probabilities; sanity; discovery): the evaluation stage's rows
+    of the sample's images (no forward), or one forward per image where that stage kept no logits."""
+    from safetensors.torch import load_file
+
+    for name, st in a.model_stages.items():
+        ev = a.eval_stages[name]
+        parts = {"train": st.key, "data": a.data_key, "n": len(a.sample), "evaluate": ev.key}
+        res = a.runner.run(f"clean/{name}", parts, _on_model(a, name, _clean_stage, a.sample, ev.dir))
+        a.clean[name] = load_file(str(res.dir / "logits.safetensors"))["logits"]
 
 
 def _robustness(a: _Audit) -> None:
@@ -298,7 +326,8 @@ def _explain(a: _Audit) -> None:
             parts = {"train": st.key, "data": a.data_key, "method": method, "options": opts,
                      "output": cfg.explain.output, "target": cfg.explain.target, "n": len(x_sample)}
             ex = _guarded(a, (name, method), f"explain/{name}/{method}", parts,
-                          _on_model(a, name, explain_stage, x_sample, method, opts, cfg.explain, task))
+                          _on_model(a, name, explain_stage, x_sample, method, opts, cfg.explain, task,
+                                    logits=a.clean[name][:len(x_sample)]))
             if ex is None:
                 continue
             a.explained[(name, method)] = ex
@@ -323,8 +352,9 @@ def _sanity(a: _Audit) -> None:
             parts = {"train": st.key, "data": a.data_key, "method": method, "opts": opts,
                      "n": cfg.score.sanity_n, "output": cfg.explain.output,
                      "granularity": cfg.score.sanity_granularity}
-            fn = _on_model(a, name, sanity_stage, a.sample.subset(cfg.score.sanity_n), method, opts,
-                         cfg.explain, a.task, seed=cfg.seed, granularity=cfg.score.sanity_granularity)
+            s = a.sample.subset(cfg.score.sanity_n)
+            fn = _on_model(a, name, sanity_stage, s, method, opts, cfg.explain, a.task, seed=cfg.seed,
+                           granularity=cfg.score.sanity_granularity, logits=a.clean[name][:len(s)])
             try:
                 res = a.runner.run(f"sanity/{name}/{method}", parts, fn).result
             except (MedxaiError, ValueError, RuntimeError) as exc:  # volumes only (2-D errors propagate as before)
@@ -355,7 +385,7 @@ def _shortcuts(a: _Audit) -> None:
         if cfg.discovery.enabled and ex is not None and "discovery" not in a.skipped:
             parts = {"explain": ex.key, "discovery": cfg.discovery.model_dump()}
             fn = _on_model(a, name, discovery_stage, a.x_sample, ex, cfg.discovery, a.class_names, a.task,
-                           seed=cfg.seed)
+                           seed=cfg.seed, logits=a.clean[name][:len(a.x_sample)])
             a.discovery[name] = a.runner.run(f"discovery/{name}/{method}", parts, fn)
 
 
@@ -367,7 +397,8 @@ def _report(a: _Audit) -> tuple[dict, Path]:
     report = assemble_report(a.cfg, a.out, a.data_st, a.model_stages, a.evals, a.attacks, a.corruptions,
                              a.gallery, a.explained, a.scores, a.sanity, sample=a.x_sample,
                              class_names=a.class_names, task=a.task, unavailable=a.unavailable,
-                             interventions=a.interventions, discovery=a.discovery, skipped=a.skipped)
+                             interventions=a.interventions, discovery=a.discovery, skipped=a.skipped,
+                             work=(a.runner.events, a.meter.flops))
     atomic_write_json(a.out / "report.json", report)
     from medxai.pipeline.model_card import write_model_cards
 
@@ -412,6 +443,40 @@ def _unavailable(a: _Audit, name: str, method: str) -> bool:
 def _on_model(a: _Audit, name: str, stage_fn: Callable[..., dict], *args: Any, **kwargs: Any) -> Callable[[Path], dict]:
     """``stage_fn(d, model, *args, **kwargs)`` with model ``name`` loaded only if the stage runs."""
     return lambda d: stage_fn(d, a.model(name), *args, **kwargs)
+
+
+def _clean_stage(d: Path, model: torch.nn.Module, s: EvalSample, eval_dir: Path) -> dict:
+    """(N, K) float32 logits of the sample's clean images in ``logits.safetensors`` (the rows of a
+    prefix of the sample are that prefix's logits): the evaluation stage's logits of the split at the
+    sample's indices when it kept them with the same ids, else a no-grad forward in chunks of ``CHUNK``."""
+    from medxai._util.io import save_safetensors
+    from medxai.evaluate.predict import model_device
+    from medxai.pipeline.explanations import CHUNK
+
+    z, source = _eval_rows(eval_dir, s), "evaluate"
+    if z is None:
+        dev, source = model_device(model), "forward"
+        with torch.no_grad():
+            z = torch.cat([model(s.x[i:i + CHUNK].to(dev)).float().cpu() for i in range(0, len(s), CHUNK)])
+    save_safetensors(d / "logits.safetensors", {"logits": z.contiguous()}, metadata={"n": str(len(s))})
+    return {"n": len(s), "classes": int(z.shape[1]), "file": "logits.safetensors", "source": source}
+
+
+def _eval_rows(eval_dir: Path, s: EvalSample) -> torch.Tensor | None:
+    """The evaluation stage's logits at the sample's split indices, or None (not kept, ids differ)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    f, ids_f = eval_dir / "logits.safetensors", eval_dir / "ids.json"
+    index = s.extra.get("index")
+    if index is None or not f.is_file() or not ids_f.is_file():
+        return None
+    ids = json.loads(ids_f.read_text(encoding="utf-8"))
+    index = [int(i) for i in index]
+    if any(i >= len(ids) for i in index) or [str(ids[i]) for i in index] != [str(i) for i in s.ids]:
+        return None
+    return load_file(str(f))["logits"][index]
 
 
 def _data_stage(a: _Audit, d: Path) -> dict:
@@ -482,10 +547,21 @@ def _build_model(a: _Audit, mc: ModelConfig) -> torch.nn.Module:
 
 
 def _eval_stage(a: _Audit, name: str, d: Path) -> dict:
-    from medxai.evaluate import classification, predict
+    """Metrics on the whole split (``medxai.evaluate.predict``'s forward and probabilities); keeps the
+    split's logits (``logits.safetensors``, ``ids.json``) for the clean stage."""
+    import numpy as np
+
+    from medxai._util.io import save_safetensors
+    from medxai.evaluate import classification
+    from medxai.evaluate.predict import dataset_task, forward_all, probabilities
 
     ds = a.datasets[a.cfg.data.split]
-    ids, y_true, scores = predict(a.model(name), ds, batch_size=128)
+    task = dataset_task(ds, None)
+    ids, y, logits = forward_all(a.model(name), ds, batch_size=128)  # as predict(...), keeping the logits
+    y_true = y.numpy().astype(np.float32 if task == "multilabel" else np.int64)
+    scores = probabilities(logits, task).numpy()
+    save_safetensors(d / "logits.safetensors", {"logits": logits.clone()})
+    atomic_write_json(d / "ids.json", [str(i) for i in ids])
     n_boot = int(a.cfg.evaluation.get("n_boot", 1000))
     metrics = classification(y_true, scores, a.task, class_names=a.class_names, n_boot=n_boot, seed=a.cfg.seed)
     out: dict[str, Any] = {"metrics": metrics, "n": len(ids)}

@@ -18,14 +18,31 @@ CHUNK = 32  # images per explain call: bounds memory whatever the method
 
 
 def explanation_targets(model: torch.nn.Module, s: EvalSample, policy: str, task: str,
-                        top_k: int | None = None) -> torch.Tensor:
+                        top_k: int | None = None, logits: torch.Tensor | None = None) -> torch.Tensor:
     """Classes explained per image (``medxai.explain.targets``): (N,) the label (single-label tasks,
     ``policy="label"``) or the model's top prediction (default; always for multilabel); (N, k) the k
-    most probable outputs in descending order (ties: lower index first) when ``top_k`` is given."""
+    most probable outputs in descending order (ties: lower index first) when ``top_k`` is given.
+
+    ``logits``: the sample's (N, K) clean logits (the audit's ``clean`` stage): predictions are read
+    from them (the same rule as ``medxai.explain.targets``) instead of a forward of the model."""
     from medxai.explain.targets import explanation_targets as targets_by_rule
 
     rule = "label" if policy == "label" and task != "multilabel" and top_k is None else "pred"
-    return targets_by_rule(model, s.x, rule, s.y, top_k=top_k)
+    if logits is None or rule == "label":
+        return targets_by_rule(model, s.x, rule, s.y, top_k=top_k)
+    _check_logits(logits, s)
+    if top_k is not None:
+        from medxai.explain.base import resolve_targets
+
+        return resolve_targets(logits, None, top_k).to(s.x.device)
+    return logits.argmax(-1).to(s.x.device)
+
+
+def _check_logits(logits: torch.Tensor, s: EvalSample) -> None:
+    from medxai.errors import InputError
+
+    if logits.ndim != 2 or logits.shape[0] != len(s):
+        raise InputError(f"clean logits must be (N, K) for the {len(s)} sample images, got {tuple(logits.shape)}")
 
 
 def resolve_method(model: torch.nn.Module, name: str, opts: dict[str, Any], output: str) -> tuple[str, dict]:
@@ -62,12 +79,16 @@ def explain_maps(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
 
 
 def explain_stage(d: Path, model: torch.nn.Module, s: EvalSample, method: str, opts: dict[str, Any],
-                  ecfg: ExplainConfig, task: str) -> dict:
+                  ecfg: ExplainConfig, task: str, logits: torch.Tensor | None = None) -> dict:
+    """Maps of one (model, method) on ``s`` with their targets and probabilities (``maps.safetensors``).
+
+    ``logits``: the sample's (N, K) clean logits; targets and probabilities come from them (no clean
+    forward here); without them the model is run on ``s`` for both."""
     t0 = time.perf_counter()
-    targets = explanation_targets(model, s, ecfg.target, task, ecfg.top_k)
+    targets = explanation_targets(model, s, ecfg.target, task, ecfg.top_k, logits=logits)
     maps = explain_maps(model, s.x, targets, method, opts, ecfg.output)
     _check_map_shape(maps, s.x, targets, method)
-    probs = _probabilities(model, s.x, task)
+    probs = _probabilities(model, s.x, task) if logits is None else _to_probs(logits.float().cpu(), task)
     save_safetensors(d / "maps.safetensors", {"maps": maps, "targets": targets, "probs": probs},
                      metadata={"method": method, "output": ecfg.output, "target": ecfg.target})
     return {"method": method, "n": len(s), "ids": s.ids, "output": ecfg.output, "target_policy": ecfg.target,
@@ -92,6 +113,11 @@ def _probabilities(model: torch.nn.Module, x: torch.Tensor, task: str) -> torch.
 
     dev = model_device(model)
     z = torch.cat([model(x[i:i + CHUNK].to(dev)).float().cpu() for i in range(0, len(x), CHUNK)])
+    return _to_probs(z, task)
+
+
+def _to_probs(z: torch.Tensor, task: str) -> torch.Tensor:
+    """(N, K) logits -> probabilities: sigmoid for multilabel, else softmax over classes."""
     return torch.sigmoid(z) if task == "multilabel" else torch.softmax(z, dim=1)
 
 
@@ -193,12 +219,14 @@ def _random_deletion(maps: torch.Tensor, s: EvalSample, targets: torch.Tensor, m
 
 
 def sanity_stage(d: Path, model: torch.nn.Module, s: EvalSample, method: str, opts: dict[str, Any],
-                 ecfg: ExplainConfig, task: str, seed: int = 0, granularity: str = "block") -> dict:
-    """Cascading model-parameter randomisation (Adebayo 2018) of one (model, method)."""
+                 ecfg: ExplainConfig, task: str, seed: int = 0, granularity: str = "block",
+                 logits: torch.Tensor | None = None) -> dict:
+    """Cascading model-parameter randomisation (Adebayo 2018) of one (model, method); ``logits``:
+    the sample's clean (N, K) logits, for the targets (else the model is run on ``s``)."""
     from medxai.errors import InputError
     from medxai.metrics import model_randomisation
 
-    targets = explanation_targets(model, s, ecfg.target, task)  # top-1: one sanity check per image
+    targets = explanation_targets(model, s, ecfg.target, task, logits=logits)  # top-1: one check per image
     registry_name, kw = resolve_method(model, method, opts, ecfg.output)
     try:
         res = model_randomisation(model, registry_name, s.x, targets, order="cascading", seed=seed,

@@ -70,9 +70,11 @@ def assemble_report(cfg: AuditConfig, out: Path, data_st: StageResult, model_sta
                     scores: dict[tuple[str, str], StageResult], sanity: list[dict], *, sample: EvalSample,
                     class_names: list[str], task: str,
                     unavailable: dict[tuple[str, str], str] | None = None, interventions: dict[str, dict] | None = None,
-                    discovery: dict[str, StageResult] | None = None, skipped: dict[str, str] | None = None) -> dict:
+                    discovery: dict[str, StageResult] | None = None, skipped: dict[str, str] | None = None,
+                    work: tuple[list[dict], dict[str, float | None]] | None = None) -> dict:
     """report.json: data, models, robustness, explanations, scores, sanity, shortcut, then findings;
-    ``skipped``: the stages that did not run (on volumes) with their reasons, listed under ``skipped``."""
+    ``skipped``: the stages that did not run (on volumes) with their reasons, listed under ``skipped``;
+    ``work``: (the stage runner's events, FLOPs per image per model) for ``report["work"]`` (:func:`work_table`)."""
     models = list(model_stages)
     methods = list(cfg.explain.methods)
     positive = data_st.result.get("positive_class")
@@ -119,7 +121,53 @@ def assemble_report(cfg: AuditConfig, out: Path, data_st: StageResult, model_sta
 
     report["scorecard"] = scorecard(report, cfg)
     report["findings"] = findings(report, by_key, models, methods, task, cfg)
+    if work is not None:
+        report["work"] = work_table(*work)
     return report
+
+
+_UNCOUNTED = {"train": "training builds its own model copy: its forwards and parameter backwards are not counted"}
+WORK_NOTES = [
+    "forward_images: images through the model's top module, counted by a forward pre-hook (model(x) calls; "
+    "a direct model.forward(x) is not counted)",
+    "backward_images: input-backwards, counted by a tensor hook on the model's input each time a gradient "
+    "reaches it (saliency, integrated gradients, PGD steps); backwards that stop at a layer (Grad-CAM) are not "
+    "counted",
+    "gflops: estimated as (forward_images + 2 x backward_images) x the model's FLOPs per image, measured once by "
+    "torch.utils.flop_counter.FlopCounterMode on one image (a multiply-add is 2 FLOPs; a backward ~ 2x its "
+    "forward); None where the FLOPs could not be measured",
+    "a reused (cached) stage did no work in this run: seconds_when_computed is the time it took when it ran",
+]
+
+
+def work_table(events: list[dict], flops: dict[str, float | None]) -> dict:
+    """Per stage of this run: seconds, whether reused, model forwards / input-backwards and estimated
+    GFLOPs (rows in run order), with totals, the FLOPs per image of each model and the conventions."""
+    rows = []
+    for ev in events:
+        w = ev.get("work") or {}
+        family = ev["stage"].split("/")[0]
+        row: dict[str, Any] = {"stage": ev["stage"], "seconds": ev["seconds"], "cached": ev["cached"]}
+        if ev["cached"]:
+            row.update(forward_calls=0, forward_images=0, backward_images=0, gflops=0.0,
+                       seconds_when_computed=None if w.get("seconds") is None else round(w["seconds"], 3))
+        elif family in _UNCOUNTED or "models" not in w:
+            row.update(forward_calls=None, forward_images=None, backward_images=None, gflops=None,
+                       note=_UNCOUNTED.get(family, "not counted"))
+        else:
+            per = w["models"].values()
+            tot = {k: (None if any(m[k] is None for m in per) else sum(m[k] for m in per))
+                   for k in ("calls", "images", "backward_images", "flops")}
+            row.update(forward_calls=tot["calls"], forward_images=tot["images"], backward_images=tot["backward_images"],
+                       gflops=None if tot["flops"] is None else tot["flops"] / 1e9, models=w["models"])
+        rows.append(row)
+
+    def total(k: str) -> float | int | None:
+        vals = [r[k] for r in rows if r.get(k) is not None]
+        return None if not vals else round(sum(vals), 3) if k == "seconds" else sum(vals)
+
+    totals = {k: total(k) for k in ("seconds", "forward_calls", "forward_images", "backward_images", "gflops")}
+    return {"rows": rows, "total": totals, "flops_per_image": dict(flops), "notes": list(WORK_NOTES)}
 
 
 def _subgroup_section(out: Path, evals: dict[str, dict]) -> dict:

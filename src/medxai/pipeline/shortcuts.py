@@ -86,8 +86,10 @@ def _transplant(model: torch.nn.Module, s: EvalSample, region: torch.Tensor, n_b
 
 
 def discovery_stage(d: Path, model: torch.nn.Module, s: EvalSample, ex: StageResult, c: DiscoveryConfig,
-                    class_names: list[str], task: str, seed: int = 0) -> dict:
-    """SpRAy clusters of one method's maps, with accuracy per cluster; writes ``clusters.png``."""
+                    class_names: list[str], task: str, seed: int = 0, logits: torch.Tensor | None = None) -> dict:
+    """SpRAy clusters of one method's maps, with accuracy per cluster; writes ``clusters.png``.
+
+    ``logits``: the sample's clean (N, K) logits, for the predictions (else the model is run on ``s``)."""
     from safetensors.torch import load_file
 
     from medxai.errors import InputError
@@ -99,8 +101,12 @@ def discovery_stage(d: Path, model: torch.nn.Module, s: EvalSample, ex: StageRes
     n = min(len(maps), len(s))
     x, ids = s.x[:n], s.ids[:n]
     y = s.y[:n].long().numpy() if s.y.ndim == 1 else None
-    with torch.no_grad():
-        pred = model(x).argmax(1).numpy() if task != "multilabel" else None
+    pred = None
+    if task != "multilabel" and logits is not None:
+        pred = logits[:n].argmax(1).cpu().numpy()
+    elif task != "multilabel":
+        with torch.no_grad():
+            pred = model(x).argmax(1).numpy()
     try:
         res = spray(maps[:n], size=c.size, max_clusters=c.max_clusters, seed=seed)
     except InputError as exc:

@@ -79,6 +79,13 @@ def ci(d: Any) -> str:
     return f"[{fmt(lo)}, {fmt(hi)}]"
 
 
+def count(v: Any) -> str:
+    """A count or a large whole number with thousands separators (``12,345``); else as :func:`fmt`."""
+    if isinstance(v, bool) or not isinstance(v, int | float) or (isinstance(v, float) and not v.is_integer()):
+        return fmt(v)
+    return f"{int(v):,}"
+
+
 def pct(v: Any) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%"
 
@@ -229,7 +236,7 @@ def _environment() -> jinja2.Environment:
         autoescape=True,
         undefined=jinja2.ChainableUndefined,
     )
-    env.globals.update(fmt=fmt, ci=ci, pct=pct)
+    env.globals.update(fmt=fmt, ci=ci, pct=pct, count=count)
     return env
 
 

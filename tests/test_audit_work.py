@@ -1,0 +1,231 @@
+"""Issue 20: the audit's work table (report["work"]) and one shared clean forward per model and image.
+
+A tiny audit of a model given in Python, so the test can hook it: every forward is recorded with
+whether gradients were on and which inputs are the evaluation sample's clean images.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from medxai._util.flops import WorkMeter, flops_per_image
+from medxai.pipeline.audit import run_audit
+from medxai.pipeline.config import load_config
+from medxai.pipeline.data import eval_sample
+
+N_TEST, N_SCORE, STEPS = 12, 8, 2
+TINY = {
+    "name": "work",
+    "seed": 0,
+    "data": {"synthetic": {"study": "cxr-pneumonia", "size": 16, "n_train": 8, "n_val": 8, "n_test": N_TEST,
+                           "shortcut": 0.9}},
+    "models": [{"name": "net", "given": True}],
+    "evaluation": {"n_boot": 10},
+    "subgroups": {"enabled": False},
+    "attack": {"eps": [0, "1/255", "4/255"], "steps": STEPS, "n": N_TEST},
+    "corruption": {"enabled": False},
+    "intervention": {"enabled": False},
+    "explain": {"methods": ["saliency"], "target": "predicted", "n_show": 4, "n_score": N_SCORE},
+    "score": {"metrics": ["pointing_game", "sparseness"], "sanity_methods": ["saliency"], "sanity_n": 4,
+              "n_boot": 10},
+    "discovery": {"enabled": True, "method": "saliency", "size": 8, "max_clusters": 2},
+}
+
+
+class Net(nn.Module):
+    """1 x 16 x 16 -> 2 logits: conv (1->4, 3x3, pad 1), ReLU, mean pool, linear (4->2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+class Recorder:
+    """Forward pre-hook: per call (grad enabled, rows equal to a clean sample image (their indices))."""
+
+    def __init__(self, model: nn.Module, clean: torch.Tensor) -> None:
+        self.clean, self.calls = clean, []
+        self.handle = model.register_forward_pre_hook(self.hook)
+
+    def hook(self, module: nn.Module, args: tuple) -> None:
+        x = args[0].detach()
+        flat, ref = x.reshape(len(x), -1), self.clean.reshape(len(self.clean), -1).to(x)
+        hits = [j for row in flat for j in range(len(ref)) if torch.equal(row, ref[j])]
+        self.calls.append((torch.is_grad_enabled(), hits))
+
+    def clean_predictions(self) -> torch.Tensor:
+        """(N,) no-grad forwards of each clean sample image (the prediction forwards)."""
+        n = torch.zeros(len(self.clean), dtype=torch.long)
+        for grad, hits in self.calls:
+            if not grad:
+                for j in hits:
+                    n[j] += 1
+        return n
+
+
+@pytest.fixture(scope="module")
+def audit(tmp_path_factory):
+    out = tmp_path_factory.mktemp("work")
+    net = Net().eval()
+    cfg = load_config(copy.deepcopy(TINY))
+    res = run_audit(cfg, out, given={"net": net})
+    return out, net, cfg, res
+
+
+def _rows(report: dict) -> dict[str, dict]:
+    return {r["stage"]: r for r in report["work"]["rows"]}
+
+
+def test_flops_per_image_counts_conv_and_linear_multiply_adds():
+    # FlopCounterMode: 2 FLOPs per multiply-add of conv and matmul (bias adds, ReLU, mean not counted)
+    conv = 2 * (1 * 3 * 3) * 4 * 16 * 16
+    fc = 2 * 4 * 2
+    assert flops_per_image(Net(), (1, 16, 16)) == conv + fc
+
+
+def test_meter_counts_forwards_and_input_backwards_and_changes_nothing():
+    net, x = Net(), torch.rand(5, 1, 16, 16)
+    xg = x.clone().requires_grad_(True)
+    g_ref = torch.autograd.grad(net(xg)[:, 1].sum(), xg)[0]
+    meter = WorkMeter()
+    meter.attach("net", net, (1, 16, 16))
+    before = meter.snapshot()
+    xg = x.clone().requires_grad_(True)
+    g = torch.autograd.grad(net(xg)[:, 1].sum(), xg)[0]
+    with torch.no_grad():
+        net(x[:3])
+    w = meter.since(before)["net"]
+    meter.close()
+    assert torch.equal(g, g_ref)  # the hooks change no value
+    assert (w["calls"], w["images"], w["backward_images"]) == (2, 8, 5)
+    assert w["flops"] == meter.flops["net"] * (8 + 2 * 5)
+    net(x)
+    assert meter.counts["net"]["calls"] == 2  # closed: nothing counted any more
+    assert not net._forward_pre_hooks
+
+
+def test_work_table_counts_explain_and_attack(audit):
+    out = audit[0]
+    report = json.loads((out / "report.json").read_text())
+    rows = _rows(report)
+    assert {"clean/net", "evaluate/net", "attack/net", "explain/net/saliency", "score/net/saliency",
+            "sanity/net/saliency"} <= set(rows)
+    # the evaluation stage: one forward of every test image; the clean stage reads its rows (no forward)
+    assert rows["evaluate/net"]["forward_images"] == N_TEST
+    assert (rows["clean/net"]["forward_images"], rows["clean/net"]["backward_images"]) == (0, 0)
+    # saliency on N_SCORE images with one target each: N forwards and N input-backwards, no clean forward
+    ex = rows["explain/net/saliency"]
+    assert (ex["forward_images"], ex["backward_images"], ex["forward_calls"]) == (N_SCORE, N_SCORE, 1)
+    f = report["work"]["flops_per_image"]["net"]
+    assert ex["gflops"] == pytest.approx(f * (N_SCORE + 2 * N_SCORE) / 1e9, rel=1e-12)
+    # attack (PGD, keep="best", restarts 1): the clean forward of N images; per eps and attacked image
+    # STEPS forward + input-backward steps, one no-grad forward of the final iterate (keep="best")
+    # and one forward to read the adversarial prediction: STEPS + 2 forwards, STEPS backwards
+    (stage,) = (out / "stages" / "attack" / "net").iterdir()  # the attack stage's own result
+    att = json.loads((stage / "result.json").read_text())
+    attacked = sum(att["attacked"])  # images attacked per eps (none at eps 0; fooled ones not again)
+    assert attacked > 0 and att["attacked"][0] == 0
+    a = rows["attack/net"]
+    assert a["forward_images"] == N_TEST + (STEPS + 2) * attacked
+    assert a["backward_images"] == STEPS * attacked
+    assert report["work"]["total"]["forward_images"] == sum(r["forward_images"] for r in rows.values()
+                                                            if r["forward_images"] is not None)
+
+
+def test_each_clean_image_is_predicted_once_across_the_shared_stages(audit):
+    out, net, cfg, _ = audit
+    from medxai.data import SyntheticDataset
+
+    s = cfg.data.synthetic
+    ds = SyntheticDataset(s.study, s.n_test, size=s.size, seed=s.seed, split="test", shortcut=s.shortcut)
+    sample = eval_sample(ds, N_TEST, seed=cfg.seed)
+    rec = Recorder(net, sample.x)
+    force = {"evaluate", "clean", "explain", "score", "sanity", "discovery"}
+    try:  # the evaluation and the stages that read the shared clean logits, recomputed; the attack reused
+        res = run_audit(cfg, out, given={"net": net}, force=force)
+    finally:
+        rec.handle.remove()
+    ran = sorted(e["stage"] for e in res.stages if not e["cached"])
+    assert ran == ["clean/net", "discovery/net/saliency", "evaluate/net", "explain/net/saliency",
+                   "sanity/net/saliency", "score/net/saliency"]
+    assert rec.clean_predictions().tolist() == [1] * N_TEST  # in the evaluation stage, and nowhere else
+    # the numbers do not depend on whether a stage was computed now or reused (counting changes nothing)
+    first = json.loads((out / "report.json").read_text())
+    assert not net._forward_pre_hooks
+    again = run_audit(cfg, out, given={"net": net})
+    assert all(e["cached"] for e in again.stages)
+    second = json.loads((out / "report.json").read_text())
+    for key in ("models", "robustness", "scores", "sanity", "discovery", "scorecard", "findings"):
+        assert second[key] == first[key], key
+    assert _rows(second)["explain/net/saliency"]["forward_images"] == 0  # reused: no work in this run
+
+
+def test_report_html_has_the_work_appendix(audit):
+    out, _, _, _ = audit
+    report = json.loads((out / "report.json").read_text())
+    html = (out / "report.html").read_text()
+    assert 'id="work"' in html and "where the time went" in html
+    ex = _rows(report)["explain/net/saliency"]
+    row = html.split('data-stage="explain/net/saliency"')[1].split("</tr>")[0]
+    cells = [c.split("<")[0] for c in row.split("<td>")[1:]]  # seconds, calls, forward images, backwards, GFLOPs
+    assert cells[2:4] == [f"{ex['forward_images']:,}", f"{ex['backward_images']:,}"]
+    assert float(cells[0]) == pytest.approx(ex["seconds"], abs=1e-3)
+
+
+def test_counting_changes_no_result():
+    # the same saliency maps and attack numbers with the meter's hooks on the model as without
+    from medxai.attacks import evaluate as attack_eval
+    from medxai.pipeline.explanations import explain_maps
+
+    net, x = Net().eval(), torch.rand(6, 1, 16, 16)
+    y, t = torch.tensor([0, 1, 0, 1, 0, 1]), torch.tensor([1, 0, 1, 1, 0, 0])
+
+    def run() -> tuple[torch.Tensor, dict]:
+        maps = explain_maps(net, x, t, "saliency", {}, "logit")
+        return maps, attack_eval(net, (x, y), eps_list=[0, 2 / 255], steps=2, seed=0)
+
+    maps0, att0 = run()
+    meter = WorkMeter()
+    meter.attach("net", net, (1, 16, 16))
+    try:
+        maps1, att1 = run()
+    finally:
+        meter.close()
+    assert torch.equal(maps0, maps1) and att0 == att1
+    w = meter.since({})["net"]
+    assert w["backward_images"] == 6 + 2 * att1["attacked"][1]  # saliency, then the PGD steps
+
+
+def test_clean_logits_are_the_sample_rows_of_the_evaluation(audit, tmp_path):
+    # the clean stage's logits (rows of the evaluation stage's split logits at the sample's indices)
+    # equal a direct forward of the sample (the stage's fallback when the evaluation kept no logits)
+    from safetensors.torch import load_file
+
+    from medxai.pipeline.audit import _clean_stage
+
+    out, net, cfg, _ = audit
+    (clean_dir,) = (out / "stages" / "clean" / "net").iterdir()
+    assert json.loads((clean_dir / "result.json").read_text())["source"] == "evaluate"
+    shared = load_file(str(clean_dir / "logits.safetensors"))["logits"]
+    from medxai.data import SyntheticDataset
+
+    s = cfg.data.synthetic
+    ds = SyntheticDataset(s.study, s.n_test, size=s.size, seed=s.seed, split="test", shortcut=s.shortcut)
+    sample = eval_sample(ds, N_TEST, seed=cfg.seed)
+    res = _clean_stage(tmp_path, net, sample, tmp_path / "no-evaluation")
+    assert res["source"] == "forward"
+    direct = load_file(str(tmp_path / "logits.safetensors"))["logits"]
+    with torch.no_grad():
+        ref = net(sample.x)
+    torch.testing.assert_close(direct, ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(shared, ref, rtol=0, atol=1e-6)

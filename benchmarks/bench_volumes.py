@@ -1,10 +1,10 @@
 """Explanations of volumes (B, C, D, H, W): IG and 3-D occlusion, medxai vs captum.
 
 Same model (medxai's ``small-cnn3d``, random init, eval mode; full mode: MONAI's 3-D resnet18 from
-the zoo), same volumes and settings, run side by side in one process (interleaved, warm-up,
-repeats, median). Agreement: max |medxai - captum| over the maps. Peak memory: the rise of the
-process's peak RSS during one call (CPU) or ``torch.cuda.max_memory_allocated`` (GPU), as in
-``bench_explain_gradient``.
+the zoo, and IG of one 96^3 volume on small-cnn3d for the peak memory), same volumes and
+settings, run side by side in one process (interleaved, warm-up, repeats, median). Agreement:
+max |medxai - captum| over the maps. Peak memory: the rise of the process's peak RSS during one
+call (CPU) or ``torch.cuda.max_memory_allocated`` (GPU), as in ``bench_explain_gradient``.
 """
 
 from __future__ import annotations
@@ -103,6 +103,13 @@ def run(quick: bool = False) -> dict:
     x = torch.rand(b, 1, *shape, generator=g).to(dev)
     t = (torch.arange(b) % 2).to(dev)
     rows = bench_ig(model, x, t, steps, reps) + bench_occlusion(model, x, t, win, st, reps)
+    if not quick:  # the issue's memory figure: IG of one 96^3 volume, chunked by the 1 GiB default budget
+        from medxai.models import create
+
+        torch.manual_seed(0)
+        small = create("small-cnn3d", 2, 1).eval().to(dev)
+        x96 = torch.rand(1, 1, 96, 96, 96, generator=g).to(dev)
+        rows += bench_ig(small, x96, t[:1], 16, 1)
     return {"kind": KIND, "rows": rows,
             "notes": f"Model: {src}, 2 outputs, random init (seed 0), eval mode; volumes U(0, 1) of {shape}; "
                      f"targets sample i -> class i mod 2; device {dev}; {reps} interleaved repeats after a warm-up."}

@@ -57,6 +57,12 @@ def test_corruption_table_numbers_equal_sklearn_and_levels_are_capped():
     cell = t["corruptions"]["haze"]["5"]
     assert cell["metrics"]["balanced_accuracy"] == pytest.approx(bal5) and cell["metrics"]["auc"] == pytest.approx(auc5)
     assert cell["drop"]["balanced_accuracy"] == pytest.approx(bal - bal5)
+    # the audit's shared clean logits replace the clean forward and change nothing
+    with torch.no_grad():
+        logits = model(x)
+    shared = corruption_table(model, x, y, "binary", ["a", "b"], ["underexposure", "haze"], [1, 5], seed=3,
+                              batch_size=16, clean_logits=logits)
+    assert shared["clean"] == pytest.approx(t["clean"], abs=1e-12) and shared["corruptions"] == t["corruptions"]
     errs = [1 - r["metrics"]["balanced_accuracy"] for rows in t["corruptions"].values() for r in rows.values()]
     assert t["mean_corruption_error"] == pytest.approx(np.mean(errs))
     other = corruption_table(model, x, y, "binary", ["a", "b"], ["underexposure", "haze"], [1, 5], seed=3, batch_size=7)

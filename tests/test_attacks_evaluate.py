@@ -169,3 +169,24 @@ def test_auto_attack_list_runs_on_two_and_three_class_tasks(k):
     if k == 2:
         with pytest.raises(InputError, match="3 classes"):
             evaluate(model, (x, y), [0.02], attack="apgd-dlr")
+
+
+def test_given_clean_logits_replace_the_clean_forward_and_change_nothing():
+    """``clean_logits`` (the audit's shared clean forward) gives the same numbers without a clean forward."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3)).eval()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(10, 3, 8, 8, generator=g), torch.randint(0, 3, (10,), generator=g)
+    with torch.no_grad():
+        logits = model(x)
+    calls = []
+    h = model.register_forward_pre_hook(lambda _m, a: calls.append(a[0].shape[0]))
+    try:
+        plain = evaluate(model, (x, y), [0, 2 / 255, 8 / 255], steps=3, batch_size=4, seed=0)
+        n_plain, calls[:] = sum(calls), []
+        shared = evaluate(model, (x, y), [0, 2 / 255, 8 / 255], steps=3, batch_size=4, seed=0, clean_logits=logits)
+    finally:
+        h.remove()
+    assert shared == plain and sum(calls) == n_plain - 10  # one clean forward of the 10 images saved
+    with pytest.raises(InputError, match="clean_logits"):
+        evaluate(model, (x, y), [0, 2 / 255], steps=1, batch_size=4, clean_logits=logits[:6])

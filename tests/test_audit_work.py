@@ -128,7 +128,8 @@ def test_work_table_counts_explain_and_attack(audit):
     assert (ex["forward_images"], ex["backward_images"], ex["forward_calls"]) == (N_SCORE, N_SCORE, 1)
     f = report["work"]["flops_per_image"]["net"]
     assert ex["gflops"] == pytest.approx(f * (N_SCORE + 2 * N_SCORE) / 1e9, rel=1e-12)
-    # attack (PGD, keep="best", restarts 1): the clean forward of N images; per eps and attacked image
+    # attack (PGD, keep="best", restarts 1): no clean forward (it reads the shared clean logits); per eps and
+    # attacked image
     # STEPS forward + input-backward steps, one no-grad forward of the final iterate (keep="best")
     # and one forward to read the adversarial prediction: STEPS + 2 forwards, STEPS backwards
     (stage,) = (out / "stages" / "attack" / "net").iterdir()  # the attack stage's own result
@@ -136,7 +137,7 @@ def test_work_table_counts_explain_and_attack(audit):
     attacked = sum(att["attacked"])  # images attacked per eps (none at eps 0; fooled ones not again)
     assert attacked > 0 and att["attacked"][0] == 0
     a = rows["attack/net"]
-    assert a["forward_images"] == N_TEST + (STEPS + 2) * attacked
+    assert a["forward_images"] == (STEPS + 2) * attacked
     assert a["backward_images"] == STEPS * attacked
     assert report["work"]["total"]["forward_images"] == sum(r["forward_images"] for r in rows.values()
                                                             if r["forward_images"] is not None)
@@ -150,13 +151,13 @@ def test_each_clean_image_is_predicted_once_across_the_shared_stages(audit):
     ds = SyntheticDataset(s.study, s.n_test, size=s.size, seed=s.seed, split="test", shortcut=s.shortcut)
     sample = eval_sample(ds, N_TEST, seed=cfg.seed)
     rec = Recorder(net, sample.x)
-    force = {"evaluate", "clean", "explain", "score", "sanity", "discovery"}
-    try:  # the evaluation and the stages that read the shared clean logits, recomputed; the attack reused
+    force = {"evaluate", "clean", "attack", "explain", "score", "sanity", "discovery"}
+    try:  # the evaluation and the stages that read the shared clean logits, recomputed
         res = run_audit(cfg, out, given={"net": net}, force=force)
     finally:
         rec.handle.remove()
     ran = sorted(e["stage"] for e in res.stages if not e["cached"])
-    assert ran == ["clean/net", "discovery/net/saliency", "evaluate/net", "explain/net/saliency",
+    assert ran == ["attack/net", "clean/net", "discovery/net/saliency", "evaluate/net", "explain/net/saliency",
                    "sanity/net/saliency", "score/net/saliency"]
     assert rec.clean_predictions().tolist() == [1] * N_TEST  # in the evaluation stage, and nowhere else
     # the numbers do not depend on whether a stage was computed now or reused (counting changes nothing)

@@ -129,7 +129,8 @@ def evaluate(model: nn.Module, data: Any, eps_list: list[float] | tuple[float, .
              steps: int = 10, step_size: float | None = None, *, attack: str | list[str] = "pgd",
              random_start: bool = True, restarts: int = 1, keep: str = "best", task: str | None = None,
              label: int | None = None, batch_size: int = 64, limit: int | None = None, seed: int = 0,
-             device: torch.device | str | None = None, reuse: bool = True) -> dict[str, Any]:
+             device: torch.device | str | None = None, reuse: bool = True,
+             clean_logits: torch.Tensor | None = None) -> dict[str, Any]:
     """Attack ``model`` on ``data`` at every eps in ``eps_list`` and report the robustness numbers.
 
     Args:
@@ -146,6 +147,8 @@ def evaluate(model: nn.Module, data: Any, eps_list: list[float] | tuple[float, .
             Anything else (binary, multiclass, ordinal, None): softmax CE on (B,) class indices.
         reuse: count samples fooled at a smaller eps as fooled at larger eps and skip them (sound,
             and cheaper). ``False`` attacks every sample at every eps independently.
+        clean_logits: (N, K) logits of ``data``'s images in order, when the caller already has them
+            (the audit's shared clean forward): no clean forward is run.
         seed: random starts are seeded per batch, eps and attack from it (reproducible).
 
     Returns:
@@ -173,8 +176,12 @@ def evaluate(model: nn.Module, data: Any, eps_list: list[float] | tuple[float, .
     attacked = [0] * ne
     attacks: list[str] | None = None
 
+    offset = 0
     for bi, (x, y) in enumerate(iter_batches(data, batch_size, device, limit)):
         check_images(x, "data images", ndim=(4, 5))  # images or volumes (B, C, D, H, W)
+        start, offset = offset, offset + x.shape[0]
+        if clean_logits is not None and offset > clean_logits.shape[0]:
+            raise InputError(f"clean_logits has {clean_logits.shape[0]} rows but data has at least {offset} images")
         if bi == 0:  # L2 budgets against the diameter of the unit cube of these images, before attacking
             _check_budgets(eps_sorted, step_size, norm, tuple(x.shape[1:]))
         y, rows = lab.targets(y)
@@ -182,8 +189,11 @@ def evaluate(model: nn.Module, data: Any, eps_list: list[float] | tuple[float, .
             x, y = x[rows], y[rows]
         if x.shape[0] == 0:
             continue
-        with torch.no_grad(), attack_mode(model):
-            logits0 = model(x)
+        if clean_logits is not None:  # the caller's clean forward of these rows
+            logits0 = clean_logits[start:offset].to(x.device)[rows.to(x.device)]
+        else:
+            with torch.no_grad(), attack_mode(model):
+                logits0 = model(x)
         pred0 = lab.predict(logits0)
         if attacks is None:
             from medxai.attacks.apgd import attack_list

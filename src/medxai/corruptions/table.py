@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from medxai.corruptions.base import apply, max_severity
+from medxai.errors import InputError
 
 __all__ = ["CORRUPTION_METRICS", "corruption_table", "headline", "relative_ce"]
 
@@ -42,8 +43,10 @@ def _scorer(model: nn.Module, y: torch.Tensor, task: str, class_names: Sequence[
     dev, y_np, metrics = model_device(model), y.cpu().numpy(), CORRUPTION_METRICS[task]
 
     @torch.no_grad()
-    def score(x: torch.Tensor) -> dict[str, float]:
-        logits = torch.cat([model(x[i:i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)])
+    def score(x: torch.Tensor, logits: torch.Tensor | None = None) -> dict[str, float]:
+        if logits is None:
+            logits = torch.cat([model(x[i:i + batch_size].to(dev)).float().cpu()
+                                for i in range(0, len(x), batch_size)])
         m = classification(y_np, probabilities(logits, task).numpy(), task, class_names=list(class_names), n_boot=0)
         return {k: float(m["metrics"][k]) for k in metrics}
 
@@ -52,12 +55,16 @@ def _scorer(model: nn.Module, y: torch.Tensor, task: str, class_names: Sequence[
 
 def corruption_table(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, class_names: Sequence[str],
                      names: Sequence[str], severities: Sequence[int], *, seed: int = 0, batch_size: int = 64,
-                     on_step: Callable[[], None] | None = None) -> dict[str, Any]:
+                     on_step: Callable[[], None] | None = None,
+                     clean_logits: torch.Tensor | None = None) -> dict[str, Any]:
     """x (N, C, H, W) in [0, 1], y (N,) or (N, L). Per corruption and level (levels above a
     corruption's maximum are left out): ``{"metrics", "drop"}``; plus ``clean``, ``headline``,
-    ``mean_drop`` and ``mean_corruption_error`` (None when no level exists)."""
+    ``mean_drop`` and ``mean_corruption_error`` (None when no level exists). ``clean_logits`` (N, K):
+    the model's logits of ``x`` when already computed (the audit's shared clean forward)."""
+    if clean_logits is not None and tuple(clean_logits.shape[:1]) != (len(x),):
+        raise InputError(f"clean_logits must have {len(x)} rows (one per image), got {tuple(clean_logits.shape)}")
     score = _scorer(model, y, task, class_names, batch_size)
-    clean = score(x)
+    clean = score(x, None if clean_logits is None else clean_logits.detach().float().cpu())
     table: dict[str, dict[str, dict]] = {}
     for name in names:
         rows = {}

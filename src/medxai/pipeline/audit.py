@@ -582,7 +582,8 @@ def _attack_stage(a: _Audit, name: str, d: Path) -> dict:
 
     c = a.cfg.attack
     s = a.sample.subset(c.n)
-    return attack_eval(a.model(name), (s.x, s.y), eps_list=c.eps, norm=c.norm, steps=c.steps, task=a.task)
+    return attack_eval(a.model(name), (s.x, s.y), eps_list=c.eps, norm=c.norm, steps=c.steps, task=a.task,
+                       clean_logits=a.clean[name][:len(s)])
 
 
 def _autoattack_stage(a: _Audit, name: str, d: Path) -> dict:
@@ -621,8 +622,9 @@ def _corruption_stage(a: _Audit, name: str, d: Path) -> dict:
 
     c = a.cfg.corruption
     names = [n for n in c.names if n not in corruption_skips(c.names)] if a.sample.volumes else c.names
-    return corruption_table(a.model(name), a.sample.subset(c.n), a.task, a.class_names, names, c.severities,
-                            seed=a.cfg.seed)
+    sub = a.sample.subset(c.n)
+    return corruption_table(a.model(name), sub, a.task, a.class_names, names, c.severities, seed=a.cfg.seed,
+                            clean_logits=a.clean[name][:len(sub)])
 
 
 def _gallery_stage(a: _Audit, d: Path) -> dict:

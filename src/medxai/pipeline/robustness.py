@@ -14,10 +14,12 @@ __all__ = ["corruption_table", "headline"]
 
 
 def corruption_table(model: torch.nn.Module, s: EvalSample, task: str, class_names: list[str],
-                     names: list[str], severities: list[int], seed: int = 0) -> dict:
+                     names: list[str], severities: list[int], seed: int = 0,
+                     clean_logits: torch.Tensor | None = None) -> dict:
     """Headline metric on clean and corrupted copies of the sample; drop = clean - corrupted
     (None for a level above a corruption's maximum); ``table``: the whole table (every metric)."""
-    t = _table(model, s.x, s.y, task, class_names, names, severities, seed=seed, batch_size=256)
+    t = _table(model, s.x, s.y, task, class_names, names, severities, seed=seed, batch_size=256,
+               clean_logits=clean_logits)
     head = t["headline"]
     cells = {n: [t["corruptions"][n].get(str(sev)) for sev in severities] for n in names}
     return {"metric": head, "clean": t["clean"][head], "severities": list(severities), "mean_drop": t["mean_drop"],

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test install lint bench bench-quick bench-table clean
+.PHONY: demo test install lint bench bench-quick bench-table findings findings-quick clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -39,6 +39,15 @@ bench-quick: $(STAMP)
 # rebuild docs/benchmarks.md from benchmarks/results/*.json (after `python -m benchmarks run --only X`)
 bench-table: $(STAMP)
 	$(BIN)/python -m benchmarks table
+
+# the five studies' claims on their synthetic stand-ins, at the sizes in docs/findings.md (one study:
+# python -m benchmarks.findings --only pneumonia): benchmarks/results/findings/*.json and docs/findings.md
+findings: $(STAMP)
+	$(BIN)/python -m benchmarks.findings
+
+# smoke size (about a minute): benchmarks/results/findings/quick/
+findings-quick: $(STAMP)
+	$(BIN)/python -m benchmarks.findings --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -9,7 +9,9 @@ that a per-image tone curve turns into grey levels, so findings look like added 
 
 - ``cxr-pneumonia`` mirrors the Kaggle paediatric pneumonia data (Guangzhou, ``chest_xray/
   {train,val,test}/{NORMAL,PNEUMONIA}``; default shares 27 / 73 % as its train split): PNEUMONIA is
-  patchy consolidation (one to three mottled patches) in one or both lungs; mask = the opacity.
+  patchy consolidation (one to three mottled patches) in one or both lungs; mask = the opacity, or
+  with ``masks="box"`` the union of the bounding boxes of its connected parts (8-connected), as box
+  annotations (CP-Child, Kvasir) are drawn: the ViT attention study scores maps against boxes.
 - ``cxr-multilabel`` mirrors CheXpert's five evaluation findings, in any combination:
   Atelectasis (plate-like bands or a collapsed wedge in the lower zones), Cardiomegaly (heart wider
   than half the thorax, cardiothoracic ratio 0.55-0.68 against 0.38-0.47; mask = the heart),
@@ -18,7 +20,9 @@ that a per-image tone curve turns into grey levels, so findings look like added 
   Labels use CheXpert's vocabulary: 1, 0, -1 (uncertain, share ``uncertain_share``) and NaN
   (blank, share ``blank_share``). A finding is present with probability ``prevalence``; an
   uncertain label hides a present finding drawn subtler (weaker) or an absent one; a blank label
-  hides either. One mask per finding, (5, H, W).
+  hides either. One mask per finding, (5, H, W). Findings are drawn independently, so two findings
+  co-occur with probability ``prevalence[i] * prevalence[j]`` (defaults: 0.0625 to 0.09; 0.25 with
+  ``balanced=True``) and an image has no finding with probability ``prod(1 - prevalence)`` (0.19).
 """
 
 from __future__ import annotations
@@ -327,7 +331,31 @@ def render_pneumonia(ctx: Context) -> Rendered:
         if ctx.lesions:
             dens += F32(0.36) * opac
     img = _finish(ctx, _tone(dens, ps.a))
-    return Rendered(image=img, mask=opac > 0, glyph_value=(0.97,))
+    mask = _boxes(opac > 0) if ctx.options.get("masks") == "box" else opac > 0
+    return Rendered(image=img, mask=mask, glyph_value=(0.97,))
+
+
+def _boxes(mask: np.ndarray) -> np.ndarray:
+    """The union of the bounding boxes of ``mask``'s 8-connected parts, bool (H, W)."""
+    from scipy import ndimage
+
+    lab, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    out = np.zeros_like(mask, dtype=bool)
+    for sl in ndimage.find_objects(lab):
+        if sl is not None:
+            out[sl] = True
+    return out
+
+
+def _resolve_pneumonia(options: dict) -> dict:
+    """Class shares, and ``masks``: "lesion" (the opacity, default) or "box" (its parts' bounding boxes)."""
+    masks = options.pop("masks", "lesion")
+    if masks not in ("lesion", "box"):
+        raise ConfigError(f"cxr-pneumonia: masks must be 'lesion' or 'box', got {masks!r}")
+    out = resolve_shares("cxr-pneumonia", PNEUMONIA_SHARES, options)
+    if masks == "box":  # only recorded when on, so default outputs (and their metadata) stay as they were
+        out["masks"] = "box"
+    return out
 
 
 # ----------------------------------------------------------------------------------- multilabel
@@ -478,7 +506,7 @@ def _resolve_ml(options: dict) -> dict:
 PNEUMONIA = register(StudySpec(
     name="cxr-pneumonia", class_names=("NORMAL", "PNEUMONIA"), task="binary", channels=1,
     render=render_pneumonia, draw_label=draw_class, abnormal=lambda label: int(label) == 1,
-    resolve=lambda o: resolve_shares("cxr-pneumonia", PNEUMONIA_SHARES, o),
+    resolve=_resolve_pneumonia,
     mirrors="Kaggle Chest X-Ray Images (Pneumonia), Guangzhou paediatric cohort",
 ))
 

@@ -31,10 +31,9 @@ def flops_per_image(model: nn.Module, shape: tuple[int, ...]) -> float | None:
     they cannot be counted (e.g. TorchScript graphs that bypass the dispatcher count 0)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from medxai.evaluate.predict import model_device
-
+    t = next(iter([*model.parameters(), *model.buffers()]), None)  # _util imports no medxai package
     try:
-        x = torch.full((1, *shape), 0.5, device=model_device(model))
+        x = torch.full((1, *shape), 0.5, device=t.device if t is not None else "cpu")
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():
             model(x)

@@ -19,6 +19,7 @@ from medxai.explain import (
     lrp_vit,
     occlusion,
     postprocess,
+    precision,
     rise,
     shap,
     visualize,
@@ -33,7 +34,7 @@ __all__ = ["REGISTRY", "Attribution", "perturbed_outputs", "preserve_model", "re
 # gradient methods, IG, CAMs, perturbation methods, ViT attention and LRP, post-processing, plots, API
 # (the ``postprocess`` function re-exported here shadows its module's name)
 for _mod in (gradient, integrated_gradients, cam, cam_family, deeplift, lrp, shap, wrappers, occlusion, lime, rise,
-             attention, lrp_vit, postprocess, visualize, api):
+             attention, lrp_vit, postprocess, precision, visualize, api):
     for _public in _mod.__all__:
         globals()[_public] = getattr(_mod, _public)
         __all__.append(_public)

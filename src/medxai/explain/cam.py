@@ -24,6 +24,7 @@ from torch import nn
 from medxai.errors import ConfigError, InputError
 from medxai.explain.base import TargetSpec, select_output
 from medxai.explain.gradient import GradientAttribution
+from medxai.explain.precision import check_precision, precision_context
 from medxai.explain.registry import REGISTRY
 
 __all__ = ["GradCAM", "GradCAMPlusPlus", "channels_last", "find_cam_layer", "first_component", "minmax_maps"]
@@ -203,7 +204,8 @@ class _CAMBase(GradientAttribution):
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | Sequence[str | nn.Module] | None = None, *,
                  output: str = "logit", relu: bool = True, upsample: bool = True, aug_smooth: bool = False,
-                 eigen_smooth: bool = False, reshape: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 eigen_smooth: bool = False, reshape: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 precision: str = "fp32") -> None:
         super().__init__(model, output=output)
         many = isinstance(layer, (list, tuple))
         for one in (layer if many else [layer]):
@@ -218,6 +220,7 @@ class _CAMBase(GradientAttribution):
         self.layer, self.relu, self.upsample = layer, relu, upsample
         self.aug_smooth, self.eigen_smooth, self.reshape = aug_smooth, eigen_smooth, reshape
         self._layers: list[nn.Module] | None = None
+        self.precision = check_precision(precision)  # "bf16": weights cast once per explanation (precision.py)
 
     def layer_modules(self, x: torch.Tensor) -> list[nn.Module]:
         """The target layers (resolved once: by name, given module, or ``find_cam_layer``)."""
@@ -237,8 +240,20 @@ class _CAMBase(GradientAttribution):
         """The (first) target layer."""
         return self.layer_modules(x)[0]
 
+    def _explain(self, x: torch.Tensor, spec: TargetSpec, **kw):
+        if self.precision == "fp32":
+            return super()._explain(x, spec, **kw)
+        self.layer_modules(x)  # resolved on the fp32 model
+        with precision_context(self.model, self.precision):
+            return super()._explain(x, spec, **kw)
+
     def _grid(self, t: torch.Tensor) -> torch.Tensor:
-        """The layer's output layout (B, ...) -> (B, K, *spatial)."""
+        """The layer's output layout (B, ...) -> (B, K, *spatial); float32 under ``precision="bf16"``
+        (the channel weights and the weighted sum are computed in fp32)."""
+        out = self._layout(t)
+        return out.float() if self.precision != "fp32" else out
+
+    def _layout(self, t: torch.Tensor) -> torch.Tensor:
         if self.reshape is not None:
             out = self.reshape(t)
             if not isinstance(out, torch.Tensor) or out.ndim < 3 or out.shape[0] != t.shape[0]:

@@ -23,6 +23,7 @@ from medxai.explain.gradient import (
     _ChunkSizer,
     input_gradients,
 )
+from medxai.explain.precision import check_precision, precision_context
 from medxai.explain.registry import REGISTRY
 
 __all__ = ["IntegratedGradients"]
@@ -101,6 +102,11 @@ class IntegratedGradients(GradientAttribution):
     ``attribute(x, target, baseline=, return_convergence_delta=False)`` -> (B, [T,] C, H, W), and
     with the delta also the completeness error ``sum_i IG_i - (f(x) - f(x'))``, (B, [T]).
     captum's ``riemann_trapezoid`` is deliberately not offered: its weights sum to (n - 1) / n.
+
+    ``precision="bf16"`` runs every forward / backward on the model cast to bf16 once per call
+    (``medxai.explain.precision.low_precision``: weights restored bitwise after); the path points
+    are built in fp32 and cast at the model's input, the input gradients come back in fp32 and the
+    quadrature sum, ``(x - x') *`` and the baseline mean are fp32; maps in x's dtype.
     """
 
     default_reduce = "sum"
@@ -110,7 +116,7 @@ class IntegratedGradients(GradientAttribution):
                  method: str = "gausslegendre", n_baselines: int = 1, seed: int = 0, blur_sigma: float = 10.0,
                  blur_scaled: bool = False, internal_batch_size: int | None = None,
                  memory_budget: int = DEFAULT_MEMORY_BUDGET, adaptive: bool = False, tol: float = 0.01,
-                 atol: float = 1e-5, start_steps: int = 4, max_steps: int = 256) -> None:
+                 atol: float = 1e-5, start_steps: int = 4, max_steps: int = 256, precision: str = "fp32") -> None:
         super().__init__(model, output=output)
         quadrature(n_steps, method)  # validates
         if n_baselines < 1:
@@ -123,6 +129,7 @@ class IntegratedGradients(GradientAttribution):
         self.start_steps, self.max_steps = start_steps, max_steps
         self._chunk = _ChunkSizer(internal_batch_size, memory_budget)
         self.n_evaluations_: torch.Tensor | None = None
+        self.precision = check_precision(precision)
 
     # ------------------------------------------------------------------ baselines
     def baselines(self, x: torch.Tensor, y: torch.Tensor, baseline: Baseline = "zero") -> torch.Tensor:
@@ -206,6 +213,14 @@ class IntegratedGradients(GradientAttribution):
     def _scores(self, imgs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return select_output(self.model(imgs), self.output).gather(1, targets)
+
+    def _explain(self, x: torch.Tensor, spec: TargetSpec, **kw):
+        with precision_context(self.model, self.precision):  # the weights cast once per call
+            return super()._explain(x, spec, **kw)
+
+    def _attribute(self, x: torch.Tensor, targets: torch.Tensor, **kw):
+        with precision_context(self.model, self.precision):
+            return super()._attribute(x, targets, **kw)
 
     def _compute(self, x: torch.Tensor, spec: TargetSpec, baseline: Baseline = "zero",
                  return_convergence_delta: bool = False):

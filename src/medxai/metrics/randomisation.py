@@ -126,6 +126,21 @@ def _reinit(name: str, module: nn.Module, seed: int) -> None:
                 p.normal_(0.0, std)
 
 
+def select_layers(model: nn.Module, layers: Sequence[str] | None) -> list[tuple[str, nn.Module]]:
+    """The (name, module) pairs to randomise: ``layers`` by name (unknown names refused) or every
+    layer with parameters (``randomisable_layers``); a model without any is refused."""
+    known = randomisable_layers(model)
+    if layers is not None:
+        by_name = dict(known)
+        missing = [n for n in layers if n not in by_name]
+        if missing:
+            raise InputError(f"unknown layers {missing}; layers with parameters: {[n for n, _ in known]}")
+        known = [(n, by_name[n]) for n in layers]
+    if not known:
+        raise InputError("the model has no layer with parameters to randomise")
+    return known
+
+
 def _explain(explainer: Explainer, model: nn.Module, x: torch.Tensor, target: torch.Tensor,
              kwargs: dict) -> torch.Tensor:
     if isinstance(explainer, str):
@@ -212,15 +227,7 @@ def model_randomisation(model: nn.Module, explainer: Explainer, x: torch.Tensor,
     if ssim_on not in ("abs", "raw"):
         raise InputError(f"ssim_on must be 'abs' or 'raw', got {ssim_on!r}")
     kw = dict(explainer_kwargs or {})
-    known = randomisable_layers(model)
-    if layers is not None:
-        by_name = dict(known)
-        missing = [n for n in layers if n not in by_name]
-        if missing:
-            raise InputError(f"unknown layers {missing}; layers with parameters: {[n for n, _ in known]}")
-        known = [(n, by_name[n]) for n in layers]
-    if not known:
-        raise InputError("the model has no layer with parameters to randomise")
+    known = select_layers(model, layers)
     if granularity not in ("layer", "block"):
         raise InputError(f"granularity must be 'layer' or 'block', got {granularity!r}")
     groups: dict[str, list[tuple[str, nn.Module]]] = {}

@@ -28,6 +28,7 @@ from medxai.metrics.randomisation import (
     model_randomisation,
     randomisable_layers,
     restore_on_exit,
+    select_layers,
     ssim,
 )
 from medxai.metrics.registry import ScoreContext, metric
@@ -226,15 +227,7 @@ def efficient_mprt(model: nn.Module, explainer: Explainer, x: torch.Tensor, targ
     """
     check_images(x)
     kw = dict(explainer_kwargs or {})
-    known = randomisable_layers(model)
-    if layers is not None:
-        by_name = dict(known)
-        missing = [n for n in layers if n not in by_name]
-        if missing:
-            raise InputError(f"unknown layers {missing}; layers with parameters: {[n for n, _ in known]}")
-        known = [(n, by_name[n]) for n in layers]
-    if not known:
-        raise InputError("the model has no layer with parameters to randomise")
+    known = select_layers(model, layers)
     with restore_on_exit(model):
         logits = _predict(model, x)
         t = as_targets(target, x.shape[0], x.device, default=logits.argmax(-1), num_classes=logits.shape[-1])

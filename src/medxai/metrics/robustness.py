@@ -46,6 +46,7 @@ from medxai.errors import InputError
 from medxai.explain.base import preserve_model, select_output
 from medxai.explain.engine import for_chunks, model_batch_for, perturbed_outputs
 from medxai.metrics._common import check_maps
+from medxai.metrics.randomisation import _explain as call_explainer
 from medxai.metrics.registry import ScoreContext, metric
 
 __all__ = [
@@ -115,15 +116,9 @@ def draw_displacements(x: torch.Tensor, seeds: Sequence[int], index: torch.Tenso
 
 def _explain(explainer: Explainer, model: nn.Module, x: torch.Tensor, target: torch.Tensor,
              kwargs: dict) -> torch.Tensor:
-    if isinstance(explainer, str):
-        from medxai.explain import explain
-
-        maps = explain(model, x, explainer, target, **kwargs)
-    else:
-        maps = explainer(model, x, target, **kwargs)
-    if not isinstance(maps, torch.Tensor) or maps.shape[0] != x.shape[0] or maps.ndim < 3:
-        raise InputError("the explainer must return a (B, [C,] H, W) tensor of maps")
-    return check_maps(maps.detach().reshape(maps.shape[0], -1, *maps.shape[-2:]), "explainer maps")
+    """``randomisation._explain`` (a method name or a callable) as checked (B, C, H, W) maps."""
+    maps = call_explainer(explainer, model, x, target, kwargs)
+    return check_maps(maps.reshape(maps.shape[0], -1, *maps.shape[-2:]), "explainer maps")
 
 
 @torch.no_grad()

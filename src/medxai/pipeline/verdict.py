@@ -195,16 +195,20 @@ def _summary_row(rep: dict, m: str, metric: str) -> dict | None:
     return next((s for s in rows if _ok(s.get("mean"))), None)
 
 
-def _localisation(rep: dict, m: str, v: VerdictConfig, cfg: AuditConfig) -> dict:
-    metric = v.localisation_metric
+def _scored(rep: dict, m: str, dimension: str, metric: str, limits: dict[str, float], higher: bool,
+            hint: str) -> dict:
+    """A dimension read from one metric's summary row (the first explained method with a value)."""
     s = _summary_row(rep, m, metric)
     if s is None:
         why = next((n["reason"] for n in rep["scores"].get("not_measured", []) if n["model"] == m
                     and n["metric"] == metric), None)
-        return _missing("explanation localisation", metric, v.localisation, True,
-                        why or f"{metric} was not scored (score.metrics)")
-    return _row("explanation localisation", f"{metric} ({s['method']})", s["mean"], v.localisation, True,
+        return _missing(dimension, metric, limits, higher, why or f"{metric} was not scored ({hint})")
+    return _row(dimension, f"{metric} ({s['method']})", s["mean"], limits, higher,
                 ci=(s.get("ci_low"), s.get("ci_high")))
+
+
+def _localisation(rep: dict, m: str, v: VerdictConfig, cfg: AuditConfig) -> dict:
+    return _scored(rep, m, "explanation localisation", v.localisation_metric, v.localisation, True, "score.metrics")
 
 
 def _faithfulness(rep: dict, m: str, v: VerdictConfig, cfg: AuditConfig) -> dict:
@@ -221,15 +225,8 @@ def _faithfulness(rep: dict, m: str, v: VerdictConfig, cfg: AuditConfig) -> dict
 def _explanation_robustness(rep: dict, m: str, v: VerdictConfig, cfg: AuditConfig) -> dict:
     """How much the map changes under imperceptible input noise (max-sensitivity by default); only
     when the audit scored it (it re-explains every image several times)."""
-    metric = v.explanation_robustness_metric
-    s = _summary_row(rep, m, metric)
-    if s is None:
-        why = next((n["reason"] for n in rep["scores"].get("not_measured", []) if n["model"] == m
-                    and n["metric"] == metric), None)
-        return _missing("explanation robustness", metric, v.explanation_robustness, False,
-                        why or f"{metric} was not scored (add it to score.metrics)")
-    return _row("explanation robustness", f"{metric} ({s['method']})", s["mean"], v.explanation_robustness, False,
-                ci=(s.get("ci_low"), s.get("ci_high")))
+    return _scored(rep, m, "explanation robustness", v.explanation_robustness_metric, v.explanation_robustness,
+                   False, "add it to score.metrics")
 
 
 def _sanity(rep: dict, m: str, v: VerdictConfig, cfg: AuditConfig) -> dict:

@@ -776,6 +776,20 @@ def _fraction_splits(records: list[Record], spec: DatasetSpec, split: str | None
 _DR_NAME = re.compile(r"^(\d+)_(left|right)$")
 
 
+def row_split(df: Any, scol: str | None, i: int, path: Path, row: str, split: str | None,
+              col: Any) -> tuple[bool, str | None]:
+    """(keep the row, its split) from the split column ``scol`` (None: no column): an unknown split is
+    a bad record; a row of another split than the one asked for is not kept."""
+    if scol is None:
+        return True, None
+    raw = str(df[scol].iat[i]).strip().lower()
+    if raw not in SPLIT_ALIASES:
+        col.bad(path, f"{row}: column '{scol}': unknown split '{raw}' (use train/val/test)")
+        return False, None
+    rsplit = SPLIT_ALIASES[raw]
+    return split is None or rsplit == split, rsplit
+
+
 def _csv(spec: DatasetSpec, root: Path, split: str | None, col: _Collector) -> Table:
     if not spec.csv:
         raise ConfigError("csv layout needs 'csv' (the CSV file, relative to the root)")
@@ -825,15 +839,9 @@ def _csv(spec: DatasetSpec, root: Path, split: str | None, col: _Collector) -> T
             else:
                 col.bad(path, f"{row}: column '{lcol}': label '{lab}' is not in the class list {classes}")
             continue
-        rsplit = None
-        if scol is not None:
-            raw = str(df[scol].iat[i]).strip().lower()
-            if raw not in SPLIT_ALIASES:
-                col.bad(path, f"{row}: column '{scol}': unknown split '{raw}' (use train/val/test)")
-                continue
-            rsplit = SPLIT_ALIASES[raw]
-            if split is not None and rsplit != split:
-                continue
+        keep, rsplit = row_split(df, scol, i, path, row, split, col)
+        if not keep:
+            continue
         rgroups = _row_groups(gvals, i, path, row, spec, col)
         if rgroups is None:
             continue

@@ -626,7 +626,6 @@ def volume_table(spec: Any, root: Path, split: str | None, on_error: str) -> Any
     Paths are relative to the root (NIfTI files or DICOM series folders); a blank mask cell means no
     annotation. Without a split column, ``val_fraction`` / ``test_fraction`` split by a hash of the path."""
     from medxai.data.layouts import (
-        SPLIT_ALIASES,
         Table,
         _Collector,
         _default_task,
@@ -636,6 +635,7 @@ def volume_table(spec: Any, root: Path, split: str | None, on_error: str) -> Any
         _pick,
         _row_groups,
         read_csv,
+        row_split,
     )
 
     col = _Collector(on_error)
@@ -660,15 +660,9 @@ def volume_table(spec: Any, root: Path, split: str | None, on_error: str) -> Any
             col.bad(path, f"{row}: " + (f"empty value in column '{pcol}'" if value == "" else
                                         f"column '{lcol}': label '{lab}' is not in the class list {classes}"))
             continue
-        rsplit = None
-        if scol is not None:
-            raw = str(df[scol].iat[i]).strip().lower()
-            if raw not in SPLIT_ALIASES:
-                col.bad(path, f"{row}: column '{scol}': unknown split '{raw}' (use train/val/test)")
-                continue
-            rsplit = SPLIT_ALIASES[raw]
-            if split is not None and rsplit != split:
-                continue
+        keep, rsplit = row_split(df, scol, i, path, row, split, col)
+        if not keep:
+            continue
         rgroups = _row_groups(gvals, i, path, row, spec, col)
         loc = _resolve_rel(root, value, spec, col, where) if rgroups is not None else None
         if loc is None:

@@ -124,6 +124,28 @@ def boxes_to_mask(boxes: list[tuple], h: int, w: int, k: int) -> np.ndarray:
 # ------------------------------------------------------------------------------ image dataset
 
 
+def validate_records(ds: Any, on_item: Callable[[Any, dict[str, Any]], None] | None = None) -> list[tuple[str, str]]:
+    """Decode every item of a record-backed dataset (``records``, ``load(i)``, ``on_error``,
+    ``skipped``) once; returns the failures (path, reason). In skip mode the bad records are dropped and
+    added to ``skipped``; in raise mode the first raises."""
+    bad: list[tuple[int, str, str]] = []
+    for i, rec in enumerate(ds.records):
+        try:
+            item = ds.load(i)
+        except DataError as exc:
+            if ds.on_error == "raise":
+                raise
+            bad.append((i, str(rec.path), exc.reason))
+            continue
+        if on_item is not None:
+            on_item(rec, item)
+    drop = {i for i, _, _ in bad}
+    ds.records = [r for i, r in enumerate(ds.records) if i not in drop]
+    found = [(p, r) for _, p, r in bad]
+    ds.skipped.extend(found)
+    return found
+
+
 class ImageDataset(Dataset):
     """Records of a layout, images decoded at ``__getitem__``.
 
@@ -278,22 +300,7 @@ class ImageDataset(Dataset):
         """Decode every item once; returns the failures. In skip mode the bad records are dropped
         (``len`` and ``labels`` shrink) and added to ``skipped``; in raise mode the first raises.
         ``on_item(record, item)`` sees each decoded item (``dataset_info`` reads image statistics)."""
-        bad: list[tuple[int, str, str]] = []
-        for i, rec in enumerate(self.records):
-            try:
-                item = self.load(i)
-            except DataError as exc:
-                if self.on_error == "raise":
-                    raise
-                bad.append((i, str(rec.path), exc.reason))
-                continue
-            if on_item is not None:
-                on_item(rec, item)
-        drop = {i for i, _, _ in bad}
-        self.records = [r for i, r in enumerate(self.records) if i not in drop]
-        found = [(p, r) for _, p, r in bad]
-        self.skipped.extend(found)
-        return found
+        return validate_records(self, on_item)
 
 
 # ------------------------------------------------------------------------------ MedMNIST arrays

@@ -848,22 +848,9 @@ class VolumeDataset(Dataset):
 
     def validate(self, on_item: Callable[[Any, dict[str, Any]], None] | None = None) -> list[tuple[str, str]]:
         """Decode every item once; in skip mode drop the bad ones (listed in ``skipped``), else raise."""
-        bad: list[tuple[int, str, str]] = []
-        for i, rec in enumerate(self.records):
-            try:
-                item = self.load(i)
-            except DataError as exc:
-                if self.on_error == "raise":
-                    raise
-                bad.append((i, str(rec.path), exc.reason))
-                continue
-            if on_item is not None:
-                on_item(rec, item)
-        drop = {i for i, _, _ in bad}
-        self.records = [r for i, r in enumerate(self.records) if i not in drop]
-        found = [(p, r) for _, p, r in bad]
-        self.skipped.extend(found)
-        return found
+        from medxai.data.datasets import validate_records
+
+        return validate_records(self, on_item)
 
 
 def open_volumes(spec: Any, root: Path, split: str | None, *, size: Any = None, transform: Transform | None = None,

@@ -146,7 +146,29 @@ def validate_records(ds: Any, on_item: Callable[[Any, dict[str, Any]], None] | N
     return found
 
 
-class ImageDataset(Dataset):
+class RecordViews:
+    """Per-record columns of a dataset backed by ``records`` (each with ``id``, ``path``, ``split``,
+    ``groups``) and a ``spec`` (its ``groups`` names), read without decoding anything."""
+
+    @property
+    def ids(self) -> list[str]:
+        return [r.id for r in self.records]
+
+    @property
+    def paths(self) -> list[str]:
+        return [str(r.path) for r in self.records]
+
+    @property
+    def splits(self) -> list[str | None]:
+        return [r.split for r in self.records]
+
+    @property
+    def groups(self) -> dict[str, list[str]]:
+        """Metadata group values, one per record (spec ``groups``; without decoding): {name: [value] * N}."""
+        return {name: [r.groups[name] for r in self.records] for name in self.spec.groups}
+
+
+class ImageDataset(RecordViews, Dataset):
     """Records of a layout, images decoded at ``__getitem__``.
 
     Attributes: ``class_names``, ``task``, ``labels`` (numpy, without decoding), ``ids``,
@@ -195,22 +217,6 @@ class ImageDataset(Dataset):
     def labels(self) -> np.ndarray:
         return _stack_labels([r.label for r in self.records], self.task, len(self.class_names))
 
-    @property
-    def ids(self) -> list[str]:
-        return [r.id for r in self.records]
-
-    @property
-    def paths(self) -> list[str]:
-        return [str(r.path) for r in self.records]
-
-    @property
-    def splits(self) -> list[str | None]:
-        return [r.split for r in self.records]
-
-    @property
-    def groups(self) -> dict[str, list[str]]:
-        """Metadata group values, one per record (spec ``groups``; without decoding): {name: [value] * N}."""
-        return {name: [r.groups[name] for r in self.records] for name in self.spec.groups}
 
     @property
     def raw_labels(self) -> np.ndarray | None:

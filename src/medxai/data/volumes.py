@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from medxai.data.datasets import RecordViews, validate_records
 from medxai.data.io import DEFAULT_MAX_PIXELS, WINDOW_PRESETS, _why, is_dicom
 from medxai.errors import ConfigError, DataError
 
@@ -755,7 +756,7 @@ def _resample_item(item: dict[str, Any], spacing: tuple[float, ...], new_spacing
     item["spacing"] = torch.tensor(ns, dtype=torch.float64)
 
 
-class VolumeDataset(Dataset):
+class VolumeDataset(RecordViews, Dataset):
     """Volume records (a volume CSV or folder layout), decoded at ``__getitem__``.
 
     Items: ``image`` float32 (C, D, H, W) in [0, 1] (``window``), ``label`` int64 scalar, ``id`` (the
@@ -793,22 +794,6 @@ class VolumeDataset(Dataset):
     @property
     def labels(self) -> np.ndarray:
         return np.asarray([r.label for r in self.records], dtype=np.int64).reshape(len(self.records))
-
-    @property
-    def ids(self) -> list[str]:
-        return [r.id for r in self.records]
-
-    @property
-    def paths(self) -> list[str]:
-        return [str(r.path) for r in self.records]
-
-    @property
-    def splits(self) -> list[str | None]:
-        return [r.split for r in self.records]
-
-    @property
-    def groups(self) -> dict[str, list[str]]:
-        return {name: [r.groups[name] for r in self.records] for name in self.spec.groups}
 
     def __repr__(self) -> str:
         return f"VolumeDataset(n={len(self)}, task={self.task!r}, classes={self.class_names})"
@@ -848,8 +833,6 @@ class VolumeDataset(Dataset):
 
     def validate(self, on_item: Callable[[Any, dict[str, Any]], None] | None = None) -> list[tuple[str, str]]:
         """Decode every item once; in skip mode drop the bad ones (listed in ``skipped``), else raise."""
-        from medxai.data.datasets import validate_records
-
         return validate_records(self, on_item)
 
 

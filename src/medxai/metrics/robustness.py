@@ -46,6 +46,7 @@ from medxai.errors import InputError
 from medxai.explain.base import preserve_model, select_output
 from medxai.explain.engine import for_chunks, model_batch_for, perturbed_outputs
 from medxai.metrics._common import check_maps
+from medxai.metrics.faithfulness import Seed, _seeds
 from medxai.metrics.randomisation import _explain as call_explainer
 from medxai.metrics.registry import ScoreContext, metric
 
@@ -60,17 +61,6 @@ __all__ = [
 ]
 
 Explainer = str | Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
-Seed = int | Sequence[int] | torch.Tensor
-
-
-def _seeds(seed: Seed, b: int) -> list[int]:
-    """One seed per sample: an int serves every sample (draws never depend on the batch)."""
-    if isinstance(seed, int):
-        return [seed] * b
-    seeds = [int(v) for v in torch.as_tensor(seed).reshape(-1).tolist()]
-    if len(seeds) != b:
-        raise InputError(f"seed must be an int or one per sample ({b}), got {len(seeds)}")
-    return seeds
 
 
 def _bounds(x: torch.Tensor, d: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -259,3 +259,24 @@ def test_input_validation():
 
     with pytest.raises(ConfigError, match="linf"):
         PGD(model, 0.1, norm="l1")
+
+
+def test_chunked_steps_give_the_whole_batch_result():
+    # samples are independent, so PGD run 2 samples per model call equals PGD on the whole batch
+    # (the random start is drawn for the batch first); also for keep="best" with its logits
+    from medxai.attacks import PGD
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(3 * 8 * 8, 3)).eval()
+    x, y = torch.rand(7, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    for keep in ("last", "best"):
+        whole = PGD(net, 8 / 255, steps=4, keep=keep, seed=3, batch_size=7)
+        parts = PGD(net, 8 / 255, steps=4, keep=keep, seed=3, batch_size=2)
+        a, b = whole(x, y), parts(x, y)
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+        assert (a - x).abs().max() > 1 / 255  # the attack moved the images
+        if keep == "best":
+            torch.testing.assert_close(parts.adv_logits, whole.adv_logits, rtol=0, atol=1e-5)
+    with pytest.raises(Exception, match="batch_size"):
+        PGD(net, 8 / 255, batch_size=0)

@@ -130,14 +130,14 @@ def test_work_table_counts_explain_and_attack(audit):
     assert ex["gflops"] == pytest.approx(f * (N_SCORE + 2 * N_SCORE) / 1e9, rel=1e-12)
     # attack (PGD, keep="best", restarts 1): no clean forward (it reads the shared clean logits); per eps and
     # attacked image
-    # STEPS forward + input-backward steps, one no-grad forward of the final iterate (keep="best")
-    # and one forward to read the adversarial prediction: STEPS + 2 forwards, STEPS backwards
+    # STEPS forward + input-backward steps and one no-grad forward of the final iterate (keep="best"),
+    # whose logits give the adversarial prediction (no further forward): STEPS + 1 forwards, STEPS backwards
     (stage,) = (out / "stages" / "attack" / "net").iterdir()  # the attack stage's own result
     att = json.loads((stage / "result.json").read_text())
     attacked = sum(att["attacked"])  # images attacked per eps (none at eps 0; fooled ones not again)
     assert attacked > 0 and att["attacked"][0] == 0
     a = rows["attack/net"]
-    assert a["forward_images"] == (STEPS + 2) * attacked
+    assert a["forward_images"] == (STEPS + 1) * attacked
     assert a["backward_images"] == STEPS * attacked
     assert report["work"]["total"]["forward_images"] == sum(r["forward_images"] for r in rows.values()
                                                             if r["forward_images"] is not None)
@@ -230,3 +230,37 @@ def test_clean_logits_are_the_sample_rows_of_the_evaluation(audit, tmp_path):
         ref = net(sample.x)
     torch.testing.assert_close(direct, ref, rtol=0, atol=1e-6)
     torch.testing.assert_close(shared, ref, rtol=0, atol=1e-6)
+
+
+def test_pgd_returns_the_logits_of_its_points():
+    # keep="best": adv_logits are the logits of the returned points, so evaluate needs no forward to read them
+    from medxai.attacks import PGD
+
+    net, x, y = Net().eval(), torch.rand(6, 1, 16, 16), torch.tensor([0, 1, 0, 1, 0, 1])
+    atk = PGD(net, 8 / 255, steps=3, keep="best", seed=0)
+    x_adv = atk(x, y)
+    with torch.no_grad():
+        ref = net(x_adv)
+    torch.testing.assert_close(atk.adv_logits, ref, rtol=0, atol=1e-6)
+    last = PGD(net, 8 / 255, steps=3, keep="last", seed=0)
+    last(x, y)
+    assert last.adv_logits is None  # untracked: nothing to hand back, the caller runs the forward
+
+
+def test_random_map_baseline_is_computed_once_per_model(tmp_path):
+    # two methods scored by deletion: the seeded random-map baseline is the same draw for both, so the
+    # second score stage reuses the first one's numbers instead of running its deletion curves again
+    steps = 2
+    cfg = copy.deepcopy(TINY)
+    cfg.update(attack={"enabled": False}, discovery={"enabled": False})
+    cfg["explain"]["methods"] = ["saliency", "input_x_gradient"]
+    cfg["score"] = {"metrics": ["deletion"], "options": {"deletion": {"steps": steps}}, "sanity": False,
+                    "n_boot": 10}
+    run_audit(load_config(cfg), tmp_path, given={"net": Net().eval()})
+    report = json.loads((tmp_path / "report.json").read_text())
+    rows = _rows(report)
+    curve = N_SCORE * (steps + 1)  # one deletion curve per image: the clean point and `steps` deletions
+    assert rows["score/net/saliency"]["forward_images"] == 2 * curve  # its maps, then the random maps
+    assert rows["score/net/input_x_gradient"]["forward_images"] == curve  # its maps only
+    faith = {f["method"]: f for f in report["scores"]["faithfulness"]}
+    assert faith["saliency"]["random_mean"] == faith["input_x_gradient"]["random_mean"]

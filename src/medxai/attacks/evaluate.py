@@ -217,8 +217,11 @@ def evaluate(model: nn.Module, data: Any, eps_list: list[float] | tuple[float, .
                                    random_start=random_start, restarts=restarts, keep=keep, loss=loss,
                                    label=label, seed=derive_seed("evaluate", seed, bi, eps, name) % 2**62)
                 x_adv = atk(x[idx], y[idx])
-                with torch.no_grad(), attack_mode(model):
-                    p_adv = lab.predict(model(x_adv))
+                z_adv = getattr(atk, "adv_logits", None)  # PGD keep="best" already has them
+                if z_adv is None or z_adv.shape[0] != x_adv.shape[0]:
+                    with torch.no_grad(), attack_mode(model):
+                        z_adv = model(x_adv)
+                p_adv = lab.predict(z_adv)
                 attacked[ei] += int(idx.numel())
                 w_adv = lab.wrong(p_adv, y[idx])
                 # keep the earlier prediction if it was wrong and the new one is right

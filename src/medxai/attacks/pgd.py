@@ -90,14 +90,21 @@ class PGD:
             averaged over the labelled entries of y (B, K) with NaN / -1 unlabelled; with ``label=k``
             only output k against y[:, k] or a (B,) y), or a callable ``loss(logits, y) -> (B,)``.
         keep: "last" (the final iterate, as ART and Madry) or "best" (per sample the most successful
-            point over all steps and restarts; costs one extra forward per restart).
+            point over all steps and restarts; costs one extra forward per restart). After a tracked
+            attack ("best" or restarts > 1) ``adv_logits`` holds the (B, K) logits of the returned points.
         seed: seeds the random start (None: torch's global generator).
+        batch_size: samples per model call (the random start is drawn for the whole batch first, so
+            the result does not depend on it); None: cache-sized chunks on CPU
+            (``explain.engine.model_batch_for``), the whole batch on a GPU or with a callable loss.
     """
 
     def __init__(self, model: nn.Module, eps: float | torch.Tensor, steps: int = 10,
                  step_size: float | torch.Tensor | None = None, norm: str = "linf", random_start: bool = True,
                  restarts: int = 1, targeted: bool = False, loss: str | AttackLoss = "ce", keep: str = "last",
-                 label: int | None = None, seed: int | None = None) -> None:
+                 label: int | None = None, seed: int | None = None, batch_size: int | None = None) -> None:
+        if batch_size is not None and batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
         if steps < 1:
             raise InputError(f"steps must be >= 1, got {steps}")
         if restarts < 1:
@@ -172,12 +179,43 @@ class PGD:
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.perturb(x, y)
 
+    def _chunk(self, x: torch.Tensor) -> int:
+        """Samples per model call: cache-sized chunks on CPU (``engine.model_batch_for``; a chunk's iterates
+        are the batch's, since each sample's loss and step are its own), the whole batch elsewhere or
+        with a user loss (which may couple samples, e.g. a batch mean)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        if callable(self.loss) or x.device.type != "cpu":
+            return x.shape[0]
+        from medxai.explain.engine import model_batch_for
+
+        return model_batch_for(x[:1])
+
+    def _iterate(self, x: torch.Tensor, xa: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor,
+                 consider: Callable[..., None] | None) -> torch.Tensor:
+        """``steps`` signed (or normalised) gradient steps from ``xa``, projected on the eps-ball around ``x``
+        and [0, 1]; ``consider(point, logits, losses)`` sees every iterate before its step."""
+        for _ in range(self.steps):
+            xa.requires_grad_(True)
+            logits = self.model(xa)
+            losses = self.losses(logits, y)
+            (g,) = torch.autograd.grad(losses.sum(), xa)  # = the gradient w.r.t. delta
+            xa = xa.detach()
+            if consider is not None:
+                consider(xa, logits.detach(), losses.detach())
+            if self.targeted:
+                g = -g
+            delta = self.stepper.project(xa - x + self.stepper.step(g, alpha), eps)
+            xa = (x + delta).clamp(0, 1)
+        return xa
+
     def perturb(self, x: torch.Tensor, y: torch.Tensor, *, delta0: torch.Tensor | None = None) -> torch.Tensor:
         """Adversarial examples (B, C, H, W) (or volumes (B, C, D, H, W)) in [0, 1] within eps of ``x``
         (same device and dtype).
 
         ``delta0`` replaces the random start of the first restart (e.g. TRADES' 0.001 * N(0, 1)).
         """
+        self.adv_logits: torch.Tensor | None = None
         check_images(x, "x", ndim=(4, 5))
         y = self._check_y(x, y)
         x = x.detach()
@@ -194,17 +232,25 @@ class PGD:
         best_x = x.clone()
         best_succ = torch.zeros(b, dtype=torch.bool, device=x.device)
         best_loss = torch.full((b,), -float("inf"), device=x.device)
+        best_logits: list[torch.Tensor] = []
+        have = torch.zeros(b, dtype=torch.bool, device=x.device)  # rows whose best point's logits are kept
 
-        def consider(xa: torch.Tensor, logits: torch.Tensor, losses: torch.Tensor) -> None:
+        def consider(sl: slice, xa: torch.Tensor, logits: torch.Tensor, losses: torch.Tensor) -> None:
             if losses.ndim != 1:
                 raise InputError("keep='best' and restarts > 1 need a per-sample loss (B,), got a scalar")
-            succ = self.success(logits, y)
+            succ = self.success(logits, y[sl])
             score = (-losses if self.targeted else losses).detach().float()
-            better = (succ & ~best_succ) | ((succ == best_succ) & (score > best_loss))
-            best_x[better] = xa[better]
-            best_succ[better] = succ[better]
-            best_loss[better] = score[better]
+            bs, bl = best_succ[sl], best_loss[sl]  # views: the writes below land in the whole-batch tensors
+            better = (succ & ~bs) | ((succ == bs) & (score > bl))
+            if not best_logits:
+                best_logits.append(torch.empty((b, logits.shape[1]), dtype=logits.dtype, device=logits.device))
+            best_logits[0][sl][better] = logits.detach()[better]
+            have[sl][better] = True
+            best_x[sl][better] = xa[better]
+            bs[better] = succ[better]
+            bl[better] = score[better]
 
+        chunk = self._chunk(x)
         with attack_mode(self.model):
             for r in range(self.restarts):
                 if r == 0 and delta0 is not None:
@@ -213,25 +259,20 @@ class PGD:
                     delta = self.stepper.random_perturb(x.shape, eps, generator=gen, device=x.device, dtype=x.dtype)
                 else:
                     delta = torch.zeros_like(x)
-                xa = (x + delta).clamp(0, 1)
-                for _ in range(self.steps):
-                    xa.requires_grad_(True)
-                    logits = self.model(xa)
-                    losses = self.losses(logits, y)
-                    (g,) = torch.autograd.grad(losses.sum(), xa)  # = the gradient w.r.t. delta
-                    xa = xa.detach()
-                    if self.keep == "best":
-                        consider(xa, logits.detach(), losses.detach())
-                    if self.targeted:
-                        g = -g
-                    delta = self.stepper.project(xa - x + self.stepper.step(g, alpha), eps)
-                    xa = (x + delta).clamp(0, 1)
-                x_adv = xa
+                start = (x + delta).clamp(0, 1)
+                parts = []
+                for i in range(0, b, chunk):  # samples are independent: chunks give the batch's iterates
+                    sl = slice(i, min(b, i + chunk))
+                    parts.append(self._iterate(x[sl], start[sl], y[sl], eps[sl], alpha[sl],
+                                               (lambda *a, sl=sl: consider(sl, *a)) if self.keep == "best" else None))
+                    if track:
+                        with torch.no_grad():
+                            logits = self.model(parts[-1])
+                            consider(sl, parts[-1], logits, self.losses(logits, y[sl]))
                 if not track:
-                    return x_adv
-                with torch.no_grad():
-                    logits = self.model(x_adv)
-                    consider(x_adv, logits, self.losses(logits, y))
+                    return torch.cat(parts)
+        # (B, K) logits of the returned points, so that callers need no forward to read them
+        self.adv_logits = best_logits[0] if best_logits and bool(have.all()) else None
         return best_x
 
 

@@ -93,7 +93,7 @@ class _Audit:
             else:
                 from medxai.runs import load_run
 
-                self.loaded[name] = load_run(self.model_stages[name].dir / "run")[0].eval()
+                self.loaded[name] = _fast_layout(load_run(self.model_stages[name].dir / "run")[0].eval())
         return self.loaded[name]
 
     @property
@@ -107,6 +107,17 @@ class _Audit:
     @property
     def class_names(self) -> list[str]:
         return self.data_desc["class_names"]
+
+
+def _fast_layout(model: torch.nn.Module) -> torch.nn.Module:
+    """A trained model on the CPU with 2-D convolutions, its weights laid out channels-last (NHWC): oneDNN
+    runs those convolutions 1.2-2.3x faster than NCHW (measured on 2 cores: small-cnn 64 px, resnet8 48
+    and 96 px, resnet18 128 px; the same values up to float rounding, about 1e-8 on logits). The audit's
+    own loaded copy is converted; cards' models (TorchScript, ONNX, ...) and GPU models stay as they are."""
+    p = next(model.parameters(), None)
+    if p is not None and p.device.type == "cpu" and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def run_audit(cfg: AuditConfig, out: str | Path, *, synthetic: bool | None = None, force: set[str] | None = None,
@@ -315,10 +326,11 @@ def _robustness(a: _Audit) -> None:
 
 def _explain(a: _Audit) -> None:
     """Per model and method: the maps, then their scores (a score stage hashes its maps' key)."""
-    from medxai.pipeline.explanations import explain_stage, score_stage
+    from medxai.pipeline.explanations import RandomDeletion, explain_stage, score_stage
 
     cfg, task, x_sample = a.cfg, a.task, a.x_sample
     for name, st in a.model_stages.items():
+        baseline = RandomDeletion()  # one random-map deletion baseline per model, shared by its methods
         for method in cfg.explain.methods:
             if _unavailable(a, name, method):
                 continue
@@ -334,7 +346,7 @@ def _explain(a: _Audit) -> None:
             a.scores[(name, method)] = a.runner.run(
                 f"score/{name}/{method}", {"explain": ex.key, "score": cfg.score.model_dump()},
                 _on_model(a, name, score_stage, x_sample, ex, cfg.score, task,
-                          method=(method, opts, cfg.explain.output)))
+                          method=(method, opts, cfg.explain.output), baseline=baseline))
 
 
 def _sanity(a: _Audit) -> None:

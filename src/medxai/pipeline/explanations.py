@@ -134,13 +134,15 @@ def _per_sample(v: torch.Tensor | np.ndarray) -> list[float | None]:
 
 
 def score_stage(d: Path, model: torch.nn.Module, s: EvalSample, ex: StageResult, scfg: ScoreConfig,
-                task: str, seed: int = 0, method: tuple[str, dict[str, Any], str] | None = None) -> dict:
+                task: str, seed: int = 0, method: tuple[str, dict[str, Any], str] | None = None,
+                baseline: RandomDeletion | None = None) -> dict:
     """Per-sample scores of one (model, method) by every configured metric, plus the shortcut.
 
     Scored by ``medxai.metrics.score_samples`` (as ``medxai score`` and ``medxai store score``);
     top-k maps score each (image, rank) against that finding's mask, ids ``"id#rank"``. ``method``
     (name, options, output) is the explainer the maps came from: metrics that re-explain perturbed
-    inputs (the explanation-robustness metrics) call it.
+    inputs (the explanation-robustness metrics) call it. ``baseline``: the model's shared random-map
+    deletion scores (computed once for all its methods; a fresh one when None).
     """
     from medxai.metrics import score_samples
 
@@ -169,8 +171,8 @@ def score_stage(d: Path, model: torch.nn.Module, s: EvalSample, ex: StageResult,
         out["metrics"][col] = {"values": _per_sample(vals), "higher_is_better": res.meta[col]["higher_is_better"],
                                "category": res.meta[col]["category"]}
     if "deletion" in res.columns:  # the scorecard's faithfulness baseline: deletion of seeded random maps
-        out["random_baseline"] = {"deletion": _per_sample(_random_deletion(maps, s, targets, model, seed,
-                                                                           scfg.options))}
+        base = baseline if baseline is not None else RandomDeletion()
+        out["random_baseline"] = {"deletion": _per_sample(base(maps, s, targets, model, seed, scfg.options))}
     if scfg.shortcut and "shortcut_share" in res.columns:
         share, peak = res.columns["shortcut_share"], res.columns["shortcut_max"]
         ok = torch.isfinite(share) & torch.isfinite(peak)
@@ -203,6 +205,23 @@ def _score_each(maps: torch.Tensor, names: list[str], kw: dict[str, Any]) -> Any
     res = res if res is not None else SampleScores([str(i) for i in kw["ids"]])  # every metric refused
     res.skipped.update(skipped)
     return res
+
+
+class RandomDeletion:
+    """The scorecard's faithfulness baseline, deletion scores of seeded uniform random maps, computed once
+    per (maps' shape, targets, deletion options) and shared by every method of one model: the maps are
+    the same draw whatever the method, so a second method's baseline is the first one's numbers."""
+
+    def __init__(self) -> None:
+        self._done: dict[tuple, torch.Tensor] = {}
+
+    def __call__(self, maps: torch.Tensor, s: EvalSample, targets: torch.Tensor, model: torch.nn.Module,
+                 seed: int, options: dict[str, dict[str, Any]]) -> torch.Tensor:
+        key = (tuple(maps.shape), targets.detach().cpu().numpy().tobytes(), str(targets.dtype), seed,
+               repr(sorted((options.get("deletion") or {}).items())))
+        if key not in self._done:
+            self._done[key] = _random_deletion(maps, s, targets, model, seed, options)
+        return self._done[key]
 
 
 def _random_deletion(maps: torch.Tensor, s: EvalSample, targets: torch.Tensor, model: torch.nn.Module,

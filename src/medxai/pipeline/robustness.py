@@ -18,8 +18,10 @@ def corruption_table(model: torch.nn.Module, s: EvalSample, task: str, class_nam
                      clean_logits: torch.Tensor | None = None) -> dict:
     """Headline metric on clean and corrupted copies of the sample; drop = clean - corrupted
     (None for a level above a corruption's maximum); ``table``: the whole table (every metric)."""
-    t = _table(model, s.x, s.y, task, class_names, names, severities, seed=seed, batch_size=256,
-               clean_logits=clean_logits)
+    from medxai.explain.engine import model_batch_for
+
+    t = _table(model, s.x, s.y, task, class_names, names, severities, seed=seed,
+               batch_size=model_batch_for(s.x[:1]), clean_logits=clean_logits)  # cache-sized forwards on CPU
     head = t["headline"]
     cells = {n: [t["corruptions"][n].get(str(sev)) for sev in severities] for n in names}
     return {"metric": head, "clean": t["clean"][head], "severities": list(severities), "mean_drop": t["mean_drop"],

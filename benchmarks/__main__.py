@@ -27,7 +27,10 @@ DOCS = HERE.parent / "docs" / "benchmarks.md"
 MAIN_COLS = ("work", "peer", "medxai_s", "peer_s", "ratio", "target", "met", "agreement", "tol", "note")
 REASONS = HERE / "miss_reasons.json"  # reasons written after reading a run's results: {work prefix: reason}
 HIDDEN = {"agreement_kind", "times_s", "target_on", "target_sense", "agreement_ok", "reason", "result",
-          "reason_source", "agreement_reason", "curves"}
+          "reason_source", "agreement_reason", "curves", "restated"}
+FLOP_KEYS = ("flops", "peer_flops", "bare_flops_per_s", "medxai_gflop_per_s", "peer_gflop_per_s", "bare_gflop_per_s",
+             "medxai_share_of_peak", "peer_share_of_peak", "medxai_share_of_bare", "peer_share_of_bare",
+             "flop_ratio", "ratio_limit")  # shown in the FLOP efficiency section, not in a row's details
 
 
 def modules() -> list[str]:
@@ -72,13 +75,15 @@ def _agreement(r: dict) -> str:
 
 
 def _details(r: dict) -> str:
-    keys = sorted(k for k in r if k not in MAIN_COLS and k not in HIDDEN)
+    keys = sorted(k for k in r if k not in MAIN_COLS and k not in HIDDEN and k not in FLOP_KEYS)
     parts = [f"{k}={_fmt(r[k])}" for k in keys if not isinstance(r[k], dict)]
     return "; ".join(parts)
 
 
 def _note(r: dict) -> str:
     note = str(r.get("note") or "")
+    if r.get("restated"):
+        note = f"**target restated**: {r['restated']}." + (f" {note}" if note else "")
     if r.get("met") is False:
         src = " (reason written after reading the results)" if r.get("reason_source") else ""
         why = str(r.get("reason") or "no reason recorded").rstrip(". ")
@@ -95,6 +100,7 @@ def summary(results: list[dict]) -> tuple[list[str], list[dict]]:
     missed = [(k, r) for k, r in with_target if r.get("met") is False]
     unmeasured = [(k, r) for k, r in with_target if r.get("met") is None]
     bad_agree = [(k, r) for k, r in rows if r.get("agreement_ok") is False]
+    restated = [(k, r) for k, r in with_target if r.get("restated")]
     lines = [f"**{len(with_target)} targets: {len(met)} met, {len(missed)} missed"
              + (f", {len(unmeasured)} not measured" if unmeasured else "") + ".**", ""]
     if missed:
@@ -102,6 +108,13 @@ def summary(results: list[dict]) -> tuple[list[str], list[dict]]:
         for k, r in missed:
             lines.append(f"- {k}: {r['work']} vs {r.get('peer') or '-'}: {_target(r)}, measured "
                          f"{_fmt(r.get(r.get('target_on', 'ratio')))}. {r.get('reason') or 'no reason recorded'}")
+        lines.append("")
+    if restated:
+        lines += ["Ratio targets restated as FLOP efficiency (the FLOP limit makes the ratio impossible; "
+                  "see the FLOP efficiency section):", ""]
+        lines += [f"- {k}: {r['work']} vs {r.get('peer') or '-'}: original target >= "
+                  f"{_fmt(r.get('original_target'))}x, measured ratio {_fmt(r.get('ratio'))}, "
+                  f"limit {_fmt(r.get('ratio_limit'))}x; efficiency {_target(r)}: {_met(r)}" for k, r in restated]
         lines.append("")
     if bad_agree:
         lines += ["Agreement outside tolerance:", ""]
@@ -136,7 +149,7 @@ def table(results: list[dict], info: dict) -> str:
                           for res in results) + "). Each section gives the 1-minute load average when it ran.",
               ""]
     summ, _ = summary(results)
-    lines += ["## Summary", "", *summ]
+    lines += ["## Summary", "", *summ, *flop_section(results)]
     for res in results:
         lines += [f"## {res['kind']}", ""]
         m = res.get("machine") or {}
@@ -176,10 +189,44 @@ def table(results: list[dict], info: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _pct(v: object) -> str:
+    return f"{100 * v:.0f} %" if finite(v) else "-"
+
+
+def flop_section(results: list[dict]) -> list[str]:
+    """The "FLOP efficiency (compute-bound rows)" section: one line per row with model FLOPs counted."""
+    rows = [(res["kind"], r) for res in results for r in res.get("rows", [])
+            if finite(r.get("flops")) or finite(r.get("medxai_gflop_per_s"))]
+    if not rows:
+        return []
+    lines = ["## FLOP efficiency (compute-bound rows)", "",
+             "Rows whose work is a network's passes on both sides. FLOPs of one call per side by torch's "
+             "FlopCounterMode (counted untimed); GFLOP/s = FLOPs / median time; peak = the measured fp32 matmul "
+             "peak (bf16 rows can exceed it); bare = the model's own passes alone (forward, or forward + backward "
+             "for gradient methods, attacks and training) at the batch medxai feeds the model (its chunk), else "
+             "the row's batch; a share of bare above 100 % means the method's passes ran faster per FLOP than "
+             "the bare ones (e.g. a backward that stops at a layer, a larger batch inside the model) or timing "
+             "noise; flop ratio = peer FLOPs / medxai FLOPs; ratio limit = peer time x bare rate / medxai FLOPs, "
+             "the ratio medxai would reach if all its FLOPs ran at the bare rate. A missed ratio target above "
+             "the limit is restated as medxai's share of bare >= 0.8. '-': not counted (the row's note says "
+             "why).", "",
+             "| module | work | peer | medxai GFLOP/s (of peak) | peer GFLOP/s (of peak) | bare GFLOP/s "
+             "| medxai of bare | peer of bare | flop ratio | ratio limit |", "|" + "---|" * 10]
+    for k, r in rows:
+        cells = [k, _fmt(r.get("work")), _fmt(r.get("peer")),
+                 f"{_fmt(r.get('medxai_gflop_per_s'))} ({_pct(r.get('medxai_share_of_peak'))})",
+                 f"{_fmt(r.get('peer_gflop_per_s'))} ({_pct(r.get('peer_share_of_peak'))})",
+                 _fmt(r.get("bare_gflop_per_s")), _pct(r.get("medxai_share_of_bare")),
+                 _pct(r.get("peer_share_of_bare")), _fmt(r.get("flop_ratio")), _fmt(r.get("ratio_limit"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def _add_flops(res: dict, peak: float) -> None:
     for r in res.get("rows", []):
-        if finite(r.get("medxai_gflop_per_s")) and peak:
-            r["medxai_share_of_peak"] = r["medxai_gflop_per_s"] * 1e9 / peak
+        for side in ("medxai", "peer"):
+            if finite(r.get(f"{side}_gflop_per_s")) and peak:
+                r[f"{side}_share_of_peak"] = r[f"{side}_gflop_per_s"] * 1e9 / peak
 
 
 def apply_reasons(results: list[dict], reasons: dict[str, str]) -> None:

@@ -26,6 +26,9 @@ Definitions, side by side with the audit's:
   Quantus orders equal map values with ``np.argsort(-a)`` (quicksort: arbitrary), medxai by lowest
   index (stable): maps with ties (Grad-CAM's ReLU zeros) give different curves; ``ties_broken``
   gives Quantus medxai's order.
+- random-map deletion baseline (the scorecard's faithfulness reference): the same Quantus deletion
+  on uniform random maps drawn as the audit draws them (``torch.Generator().manual_seed(seed + 7919)``),
+  once per model.
 - MPRT: ``quantus.MPRT`` (Adebayo et al. 2018), cascading top-down over every module with
   ``reset_parameters`` (medxai's audit randomises by block with its own draws: a different
   randomisation, so only the fully randomised model's mean Spearman is compared, informatively).
@@ -128,8 +131,10 @@ def captum_maps(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method:
     if method == "saliency":
         return Saliency(model).attribute(x, target=t, abs=True).amax(1, keepdim=True).detach()
     if method == "integrated_gradients":
+        # internal_batch_size: captum's documented bound on the (steps x images) batch; without it the
+        # large size's 400 x 16 path images at once ran out of this machine's 24 GiB
         a = IntegratedGradients(model).attribute(x, baselines=torch.zeros_like(x), target=t, n_steps=ig_steps,
-                                                 method="gausslegendre")
+                                                 method="gausslegendre", internal_batch_size=256)
         return a.sum(1, keepdim=True).detach()
     if method == "gradcam":
         a = LayerGradCam(model, layer).attribute(x, target=t, relu_attributions=True)
@@ -253,6 +258,11 @@ def run_peer(models: dict[str, nn.Module], test: tuple[torch.Tensor, torch.Tenso
             r["maps"][method] = maps
             lap("explain")
             r["scores"][method] = quantus_scores(model, xs, ys, maps, masks, del_steps)
+            lap("score")
+        if cfg.explain.methods:  # the scorecard's faithfulness baseline: deletion of the same seeded random maps
+            noise = torch.rand(r["maps"][cfg.explain.methods[0]].shape,
+                               generator=torch.Generator().manual_seed(cfg.seed + 7919), dtype=torch.float32)
+            r["random_deletion"] = quantus_scores(model, xs, ys, noise, None, del_steps)["deletion"]
             lap("score")
         r["mprt"] = {}
         for method in cfg.score.sanity_methods or cfg.explain.methods[:1]:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks._harness import row
+from benchmarks._harness import bare_rate, count_flops, row
 
 KIND = "adv_training"
 
@@ -42,16 +42,17 @@ def _setup(quick: bool):
     return items, x, y, model, f"small-cnn (width {width})", size
 
 
-def _epoch_time(model_fn, items, objective: dict, batch: int) -> float:
+def _epoch_time(model_fn, items, objective: dict, batch: int, epochs: int = 2) -> float:
     from medxai.train import fit
 
-    res = fit(model_fn(), items, None, {"task": "binary", "epochs": 2, "batch_size": batch, "lr": 1e-3,
+    res = fit(model_fn(), items, None, {"task": "binary", "epochs": epochs, "batch_size": batch, "lr": 1e-3,
                                          "device": "cpu" if not torch.cuda.is_available() else "cuda",
                                          "monitor": "train_loss", "objective": objective})
     return float(res.history[-1]["time_s"])
 
 
-def _art_epoch(model_fn, x, y, size: int, batch: int, eps: float) -> float:
+def _art_epoch(model_fn, x, y, size: int, batch: int, eps: float, *, count: bool = False) -> float | None:
+    """Seconds of ART's second 1-epoch fit (``count``: instead, the model FLOPs of one untimed epoch)."""
     from art.defences.trainer import AdversarialTrainerMadryPGD
     from art.estimators.classification import PyTorchClassifier
 
@@ -61,6 +62,8 @@ def _art_epoch(model_fn, x, y, size: int, batch: int, eps: float) -> float:
     trainer = AdversarialTrainerMadryPGD(clf, nb_epochs=1, batch_size=batch, eps=eps, eps_step=2.5 * eps / 7,
                                          max_iter=7, num_random_init=1)
     xn, yn = x.numpy(), np.eye(2, dtype=np.float32)[y.numpy()]
+    if count:
+        return count_flops(lambda: trainer.fit(xn, yn))
     trainer.fit(xn, yn)  # warm-up epoch
     t0 = time.perf_counter()
     trainer.fit(xn, yn)
@@ -104,9 +107,14 @@ def run(quick: bool = False) -> dict[str, Any]:
                                     "small network than of a large one"))
     art_t = statistics.median(art_times)
     pgd7 = times["PGD-7 (mix 1)"]
+    pgd7_obj = configs[2][1]  # FLOPs of one epoch per side, untimed; the bare rate: forward + full backward
+    f_m = count_flops(lambda: _epoch_time(model_fn, items, pgd7_obj, batch, epochs=1))
+    f_p = _art_epoch(model_fn, x, y, size, batch, eps, count=True)
+    bare = bare_rate(model_fn().to(x.device), x[:batch], backward=True, repeats=1 if quick else 3)
     rows.append(row(f"PGD-7 adversarial training epoch, {name} {size}px, {n} images, batch {batch}",
                     "ART AdversarialTrainerMadryPGD", med["PGD-7 (mix 1)"], art_t, target=1.3, images=n,
                     ratio_to_standard=art_t / std, times_s={"medxai": times["PGD-7 (mix 1)"], "art": art_times},
+                    flops=f_m, peer_flops=f_p, bare_flops_per_s=bare,
                     note="ART: second of two 1-epoch fits (the first warms up); medxai: the loop's second epoch",
                     miss_reason=f"medxai's PGD-7 epochs took {', '.join(f'{v:.1f}' for v in pgd7)} s, "
                                 f"ART's {', '.join(f'{v:.1f}' for v in art_times)} s; the attack alone is faster "

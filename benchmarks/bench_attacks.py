@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks._harness import row, timeit_pair
+from benchmarks._harness import bare_rate, count_flops, row, timeit_pair
 from medxai.attacks import PGD, evaluate
 
 KIND = "attacks"
@@ -71,13 +71,16 @@ def run(quick: bool = False) -> dict[str, Any]:
     xn, yn = x.numpy(), y.numpy()
     t = timeit_pair({"medxai": lambda: ours(x, y), "art": lambda: art.generate(xn, yn)},
                     repeats=1 if quick else 2, warmup=1)
+    reps = 1 if quick else 3
+    flops = dict(flops=count_flops(lambda: ours(x, y)), peer_flops=count_flops(lambda: art.generate(xn, yn)),
+                 bare_flops_per_s=bare_rate(model, x, backward=True, repeats=reps))  # one untimed call per side
     gap = np.abs(t["medxai"]["result"].numpy() - t["art"]["result"])
     diff = float(gap.max())
     differing = float((gap > 1e-6).mean())
     rows = [row(f"PGD-{steps} Linf eps 2/255, batch {b}, {name} {size}px", "ART ProjectedGradientDescentPyTorch",
                 t["medxai"]["median_s"], t["art"]["median_s"], target=1.3, agreement=diff,
                 agreement_kind="max_abs_diff", tol=1e-5, images=b, times_s={k: v["times_s"] for k, v in t.items()},
-                differing_share=differing,
+                differing_share=differing, **flops,
                 note="no random start on either side, so both compute the same iterates up to the sign of "
                      "gradients that round to ~0 (ART averages the loss over the batch, medxai sums it per "
                      "sample); differing_share: share of pixels that differ by > 1e-6",
@@ -103,9 +106,11 @@ def run(quick: bool = False) -> dict[str, Any]:
             out.append(float((correct & (pred != yn)).sum() / max(correct.sum(), 1)))
         return out
 
-    t = timeit_pair({"reuse": lambda: evaluate(model, (x, y), eps_list, **kw),
-                     "independent": lambda: evaluate(model, (x, y), eps_list, reuse=False, **kw),
-                     "art": art_curve}, repeats=1, warmup=0)
+    fns = {"reuse": lambda: evaluate(model, (x, y), eps_list, **kw),
+           "independent": lambda: evaluate(model, (x, y), eps_list, reuse=False, **kw), "art": art_curve}
+    t = timeit_pair(fns, repeats=1, warmup=0)
+    curve_flops = {k: count_flops(fn) for k, fn in fns.items()}  # one untimed call each
+    curve_bare = bare_rate(model, x, backward=True, repeats=reps)
     ref = t["art"]["result"]
     for key, label, target in (("independent", "one attack per eps (reuse=False)", None),
                                ("reuse", "all eps in one call, fooled samples reused (the default)", 2.0)):
@@ -114,7 +119,8 @@ def run(quick: bool = False) -> dict[str, Any]:
                         t[key]["median_s"], t["art"]["median_s"], target=target,
                         agreement=float(np.abs(np.array(res["success_rate"]) - np.array(ref)).max()),
                         agreement_kind="max_abs_diff_success_rate", tol=1.0 / b_curve if key == "independent" else None,
-                        images=b_curve * len(eps_list),
+                        images=b_curve * len(eps_list), flops=curve_flops[key], peer_flops=curve_flops["art"],
+                        bare_flops_per_s=curve_bare,
                         note="one timed run each (the model is warm from the PGD row)",
                         miss_reason=f"reuse attacked {sum(res['attacked'])} of {b_curve * len(eps_list)} "
                                     "sample-eps pairs, so it can save at most that share over one attack per "

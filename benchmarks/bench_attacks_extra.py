@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks._harness import row, timeit_pair
+from benchmarks._harness import bare_rate, count_flops, row, timeit_pair
 from medxai.attacks.autoattack import AutoAttack
 from medxai.attacks.minnorm import robustness_radius
 
@@ -65,6 +65,11 @@ def _art_ensemble(clf, attacks, x: np.ndarray, y: np.ndarray, eps: float) -> flo
     return float(robust.mean())
 
 
+def _flops(fns: dict[str, Any], bare: float | None) -> dict[str, float | None]:
+    """A row's FLOP keys: the model FLOPs of one untimed call per side, and the bare-pass rate."""
+    return {"flops": count_flops(fns["medxai"]), "peer_flops": count_flops(fns["art"]), "bare_flops_per_s": bare}
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     from art.attacks.evasion import AutoProjectedGradientDescent, CarliniL2Method, DeepFool, SquareAttack
     from art.estimators.classification import PyTorchClassifier
@@ -76,24 +81,26 @@ def run(quick: bool = False) -> dict[str, Any]:
     xn, yn = x.numpy(), y.numpy()
     reps = 1 if quick else 3
     rows = []
+    bare = bare_rate(model, x, backward=True, repeats=reps)  # forward + backward of the batch, timed alone
 
     df_iter = 50
-    t = timeit_pair({"medxai": lambda: robustness_radius(model, x, y, "l2", "deepfool", max_iter=df_iter).radius,
-                     "art": lambda: DeepFool(clf, max_iter=df_iter, epsilon=0.02, nb_grads=10, batch_size=n,
-                                             verbose=False).generate(xn)}, repeats=reps, warmup=0 if quick else 1)
+    fns = {"medxai": lambda: robustness_radius(model, x, y, "l2", "deepfool", max_iter=df_iter).radius,
+           "art": lambda: DeepFool(clf, max_iter=df_iter, epsilon=0.02, nb_grads=10, batch_size=n,
+                                   verbose=False).generate(xn)}
+    t = timeit_pair(fns, repeats=reps, warmup=0 if quick else 1)
     rel, info = _compare_radii(t["medxai"]["result"], _art_radius(model, x, y, t["art"]["result"]))
     rows.append(row(f"DeepFool L2 radius, {n} images {size}px, tiny CNN K={K}", "ART DeepFool",
                     t["medxai"]["median_s"], t["art"]["median_s"], target=1.0, agreement=rel,
                     agreement_kind="max_rel_diff_radius", tol=1e-3, images=n,
                     note="overshoot 0.02 applied once after the loop on both sides; ART computes the class "
-                         "gradients one class at a time through numpy", **info))
+                         "gradients one class at a time through numpy", **info, **_flops(fns, bare)))
 
     steps, bs = (60, 4) if quick else (100, 5)
-    t = timeit_pair({"medxai": lambda: robustness_radius(model, x, y, "l2", "cw", steps=steps,
-                                                         binary_search_steps=bs, c_init=10.0).radius,
-                     "art": lambda: CarliniL2Method(clf, max_iter=steps, binary_search_steps=bs, initial_const=10.0,
-                                                    learning_rate=0.01, batch_size=n, verbose=False).generate(xn)},
-                    repeats=reps, warmup=0)
+    fns = {"medxai": lambda: robustness_radius(model, x, y, "l2", "cw", steps=steps, binary_search_steps=bs,
+                                               c_init=10.0).radius,
+           "art": lambda: CarliniL2Method(clf, max_iter=steps, binary_search_steps=bs, initial_const=10.0,
+                                          learning_rate=0.01, batch_size=n, verbose=False).generate(xn)}
+    t = timeit_pair(fns, repeats=reps, warmup=0)
     ours, art = t["medxai"]["result"], _art_radius(model, x, y, t["art"]["result"])
     _, info = _compare_radii(ours, art)
     both = torch.isfinite(ours) & torch.isfinite(art)
@@ -102,15 +109,16 @@ def run(quick: bool = False) -> dict[str, Any]:
                     t["medxai"]["median_s"], t["art"]["median_s"], target=1.0, agreement=abs(ratio - 1),
                     agreement_kind="abs(mean radius ratio - 1)", tol=0.3, images=n, mean_radius_ratio=ratio,
                     note="same objective, Adam on medxai's side; ART line-searches its own steps, so radii differ "
-                         "(ratio < 1: medxai's examples are smaller)", **info))
+                         "(ratio < 1: medxai's examples are smaller)", **info, **_flops(fns, bare)))
 
     eps, aa_steps, queries = 0.3 if quick else 0.5, (5 if quick else 50), (50 if quick else 1000)
     art_atks = [AutoProjectedGradientDescent(clf, norm=2, eps=eps, eps_step=2 * eps, max_iter=aa_steps,
                                              nb_random_init=1, batch_size=n, loss_type=loss, verbose=False)
                 for loss in ("cross_entropy", "difference_logits_ratio")]
     art_atks.append(SquareAttack(clf, norm=2, eps=eps, max_iter=queries, p_init=0.8, nb_restarts=1, verbose=False))
-    t = timeit_pair({"medxai": lambda: AutoAttack(model, eps, "l2", steps=aa_steps, n_queries=queries).run(x, y),
-                     "art": lambda: _art_ensemble(clf, art_atks, xn, yn, eps)}, repeats=1, warmup=0)
+    fns = {"medxai": lambda: AutoAttack(model, eps, "l2", steps=aa_steps, n_queries=queries).run(x, y),
+           "art": lambda: _art_ensemble(clf, art_atks, xn, yn, eps)}
+    t = timeit_pair(fns, repeats=1, warmup=0)
     res, ra_art = t["medxai"]["result"], t["art"]["result"]
     rows.append(row(f"AutoAttack L2 eps {eps}, {aa_steps} steps / {queries} queries, {n} images", "ART APGD-CE, "
                     "APGD-DLR, Square composed", t["medxai"]["median_s"], t["art"]["median_s"],
@@ -119,5 +127,5 @@ def run(quick: bool = False) -> dict[str, Any]:
                     medxai_after=res.robust_accuracy_after,
                     note="different ensembles (ART lacks FAB-T and the targeted DLR; medxai's runs APGD-T and "
                          "FAB-T instead of APGD-DLR), so the time is for different work; agreement within two "
-                         "images"))
+                         "images", **_flops(fns, bare)))
     return {"kind": KIND, "rows": rows}

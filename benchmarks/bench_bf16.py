@@ -13,16 +13,18 @@ Model: the zoo's resnet18 (random init, seed 0, eval mode); quick: a width-8 sma
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from benchmarks._harness import cpu_flags, row, timeit_pair
+from benchmarks._harness import bare_rate, batch_like, count_flops, count_flops_fed, cpu_flags, row, timeit_pair
 from medxai.explain import GradCAM, IntegratedGradients
 
 KIND = "bf16"
+BARE_NOTE = "; bare rate: the model's own bf16 passes (autocast, or bf16 weights for precision='bf16')"
 
 
 def _min_spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -48,12 +50,28 @@ def _pair(fn, dev: torch.device, repeats: int, cast=None) -> dict:
     return timeit_pair(fns, repeats=repeats, warmup=1)
 
 
-def _cast_rows(r: dict, work: str, peer: str, images: int, note: str, dev: torch.device) -> list[dict]:
+def _flop_fields(fn, cast, model: torch.nn.Module, x: torch.Tensor, dev: torch.device, reps: int) -> dict:
+    """Per bf16 variant (``bf16`` autocast, ``cast``), a row's FLOP keys: the model FLOPs of one untimed
+    call of it and of the fp32 call, and the bare-pass rate of the model's bf16 passes (forward + input
+    backward) at the batch the method feeds the model: under autocast, or with bf16 weights."""
+    fp32, fed = count_flops_fed(model, fn)
+    xb = batch_like(x, fed)
+    with torch.autocast(dev.type, dtype=torch.bfloat16):
+        f_auto = count_flops(fn)
+        r_auto = bare_rate(model, xb, backward=True, repeats=reps)
+    m16 = copy.deepcopy(model).to(torch.bfloat16)
+    r_cast = bare_rate(m16, xb.to(torch.bfloat16), backward=True, repeats=reps)
+    return {"bf16": {"flops": f_auto, "peer_flops": fp32, "bare_flops_per_s": r_auto, "fed_batch": fed},
+            "cast": {"flops": count_flops(cast), "peer_flops": fp32, "bare_flops_per_s": r_cast, "fed_batch": fed}}
+
+
+def _cast_rows(r: dict, work: str, peer: str, images: int, note: str, dev: torch.device,
+               flops: dict) -> list[dict]:
     """The ``precision="bf16"`` row (weights cast once per explanation, fp32 sums) and its Spearman row."""
     rho = _min_spearman(r["cast"]["result"], r["fp32"]["result"])
     speed = row(work, peer, r["cast"]["median_s"], r["fp32"]["median_s"], target=2.0, agreement=1 - rho,
                 agreement_kind="1 - min Spearman(bf16, fp32) per sample", images=images, min_spearman=rho,
-                autocast_s=r["bf16"]["median_s"], note=note, device=str(dev),
+                autocast_s=r["bf16"]["median_s"], note=note, device=str(dev), **flops,
                 miss_reason="weights cast once, but activations and gradients are still rounded to bf16 at "
                             "every layer; CPU bf16 max-pool and batch-norm backward have no fast (oneDNN) "
                             "kernel, and the method's fp32 bookkeeping (path points, sums) does not shrink")
@@ -98,29 +116,34 @@ def run(quick: bool = False) -> dict[str, Any]:
     ig = IntegratedGradients(model, n_steps=steps)
     ig16 = IntegratedGradients(model, n_steps=steps, precision="bf16")
     r = _pair(lambda: ig.attribute(x_ig, t_ig), dev, reps, cast=lambda: ig16.attribute(x_ig, t_ig))
+    fl = _flop_fields(lambda: ig.attribute(x_ig, t_ig), lambda: ig16.attribute(x_ig, t_ig), model, x_ig, dev, reps)
     rho = _min_spearman(r["bf16"]["result"], r["fp32"]["result"])
     rows.append(row(f"IG {steps} steps, {name} {s_ig} px, batch {b_ig}: bf16 autocast", "medxai IG fp32",
                     r["bf16"]["median_s"], r["fp32"]["median_s"], target=2.0, agreement=1 - rho,
                     agreement_kind="1 - min Spearman(bf16, fp32) per sample", images=b_ig,
-                    min_spearman=rho, forward_bf16_speedup=fwd_ratio, note=hw_note, miss_reason=why,
-                    device=str(dev)))
+                    min_spearman=rho, forward_bf16_speedup=fwd_ratio, note=hw_note + BARE_NOTE, miss_reason=why,
+                    device=str(dev), **fl["bf16"]))
     rows.append(_rho_row(rows[-1], rho))
     rows += _cast_rows(r, f"IG {steps} steps, {name} {s_ig} px, batch {b_ig}: precision='bf16' (weights cast once)",
-                       "medxai IG fp32", b_ig, hw_note + "; path-point sum and (x - x') * in fp32", dev)
+                       "medxai IG fp32", b_ig, hw_note + "; path-point sum and (x - x') * in fp32" + BARE_NOTE, dev,
+                       fl["cast"])
     cam = GradCAM(model, layer=model.default_cam_layer)
     cam16 = GradCAM(model, layer=model.default_cam_layer, precision="bf16")
     r = _pair(lambda: cam.attribute(x_cam, t_cam), dev, reps, cast=lambda: cam16.attribute(x_cam, t_cam))
+    fl = _flop_fields(lambda: cam.attribute(x_cam, t_cam), lambda: cam16.attribute(x_cam, t_cam), model, x_cam,
+                      dev, reps)
     rho = _min_spearman(r["bf16"]["result"], r["fp32"]["result"])
     rows.append(row(f"Grad-CAM {model.default_cam_layer}, {name} {s_cam} px, batch {b_cam}: bf16 autocast",
                     "medxai Grad-CAM fp32", r["bf16"]["median_s"], r["fp32"]["median_s"], target=2.0,
                     agreement=1 - rho, agreement_kind="1 - min Spearman(bf16, fp32) per sample",
                     images=b_cam, min_spearman=rho, forward_bf16_speedup=fwd_ratio,
-                    note=hw_note + "; maps upsampled to the image",
-                    miss_reason=why, device=str(dev)))
+                    note=hw_note + "; maps upsampled to the image" + BARE_NOTE,
+                    miss_reason=why, device=str(dev), **fl["bf16"]))
     rows.append(_rho_row(rows[-1], rho))
     rows += _cast_rows(r, f"Grad-CAM {model.default_cam_layer}, {name} {s_cam} px, batch {b_cam}: precision='bf16' "
                        "(weights cast once)", "medxai Grad-CAM fp32", b_cam,
-                       hw_note + "; channel weights and weighted sum in fp32; maps upsampled to the image", dev)
+                       hw_note + "; channel weights and weighted sum in fp32; maps upsampled to the image" + BARE_NOTE,
+                       dev, fl["cast"])
     return {"kind": KIND, "rows": rows,
             "notes": f"ratio = fp32 time / bf16 time; {reps} interleaved repeats after a warm-up; "
                      f"torch threads {torch.get_num_threads()}; "

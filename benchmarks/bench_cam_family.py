@@ -15,13 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks._harness import row, sync, timeit_pair
+from benchmarks._harness import flop_fields, row, sync, timeit_pair
 from medxai.explain import AblationCAM, EigenCAM, FullGrad, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
 from medxai.explain.cam import first_component, minmax_maps
 from medxai.explain.cam_family import _bias_of
 
 KIND = "cam_family"
 REF_BATCH = 16
+FORWARD_ONLY = {"EigenCAM", "ScoreCAM", "AblationCAM"}  # the others need gradients: bare = forward + backward
 
 
 def _model(quick: bool) -> tuple[nn.Module, str, str]:
@@ -163,11 +164,12 @@ def run(quick: bool = False) -> dict:
     x = torch.rand(b, 3, size, size, generator=g).to(dev)
     t = (torch.arange(b) % 4).to(dev)
     rows = []
+    bares: dict = {}
     for name, cls, ref in METHODS:
         ours = cls(model) if cls is FullGrad else cls(model, layer=layer_name, upsample=False)
-        res = timeit_pair({"medxai": _with_frozen(model, lambda ours=ours: ours.attribute(x, t)),
-                           "reference": _with_frozen(model, lambda ref=ref: ref(model, layer, x, t))},
-                          repeats=reps, warmup=1)
+        fns = {"medxai": _with_frozen(model, lambda ours=ours: ours.attribute(x, t)),
+               "reference": _with_frozen(model, lambda ref=ref: ref(model, layer, x, t))}
+        res = timeit_pair(fns, repeats=reps, warmup=1)
         a, r = res["medxai"]["result"], res["reference"]["result"]
         diff = float((a.detach().float() - r.detach().float()).abs().max())
         scale = float(r.abs().max())
@@ -179,7 +181,8 @@ def run(quick: bool = False) -> dict:
                         miss_reason="the same model work on both sides; on a tiny model medxai's fixed cost per call "
                                     "(input checks, preserve_model's save and restore of every module's state, "
                                     "about 1 ms) outweighs the per-sample loop's extra calls",
-                        device=str(dev)))
+                        device=str(dev), **flop_fields(model, fns["medxai"], fns["reference"], x,
+                                                    backward=name not in FORWARD_ONLY, repeats=reps, bares=bares)))
     return {"kind": KIND, "rows": rows,
             "notes": f"Model: medxai.models {src}, 4 outputs, random init (seed 0), eval mode; inputs U(0, 1); "
                      f"targets sample i -> class i mod 4; device {dev}; {reps} interleaved repeats after a warm-up."}

@@ -5,7 +5,8 @@ side in one process (interleaved, warm-up, repeats, median). Peak memory: the ri
 process's peak RSS during one call (``/proc/self/clear_refs`` reset; CPU) or
 ``torch.cuda.max_memory_allocated`` (GPU). Sizes: the issue's where the shared 2-core machine
 allows (IG at 128 px with batch 2 instead of 8, Grad-CAM at 96 px instead of 224; each row says).
-FLOP/s: FlopCounterMode's count (IG, SmoothGrad: twice the forward per evaluation).
+FLOPs: FlopCounterMode's count of one untimed call per side; bare rate: the model's forward + input
+backward alone at the batch medxai feeds it (its chunk).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks._harness import count_flops, peak_mb, row, sync, timeit_pair
+from benchmarks._harness import count_flops, flop_fields, peak_mb, row, sync, timeit_pair
 from medxai.explain import GradCAM, IntegratedGradients, SmoothGrad
 
 KIND = "explain_gradient"
@@ -53,14 +54,6 @@ def _device() -> torch.device:
 
 def _sync() -> None:
     sync()
-
-
-def grad_flops(model: nn.Module, x1: torch.Tensor) -> float | None:
-    """FLOPs of one forward + input gradient of one image (the unit of IG and SmoothGrad), taken as
-    twice the counted forward (the input-only backward of a convolution costs one forward)."""
-    with torch.no_grad():
-        f = count_flops(lambda: model(x1))
-    return 2 * f if f else None
 
 
 def _maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -101,11 +94,12 @@ def bench_ig(model: nn.Module, x: torch.Tensor, t: torch.Tensor, steps: int, rep
     mem_ours = peak_mb(lambda: ours.attribute(x, t))
     mem_captum = peak_mb(lambda: cig.attribute(x, target=t, n_steps=steps, internal_batch_size=best))
     chunk = ours._chunk(model, x)
-    unit = grad_flops(model, x[:1])
-    flops = unit * b * steps if unit else None
+    fl = flop_fields(model, lambda: ours.attribute(x, t),
+                     lambda: cig.attribute(x, target=t, n_steps=steps, internal_batch_size=best), x,
+                     backward=True, repeats=repeats + 1)
     work = f"IG {steps} steps (Gauss-Legendre), resnet18 {x.shape[-1]} px, batch {b}"
     rows = [row(work, "captum IntegratedGradients", res["medxai"]["median_s"], res["captum"]["median_s"],
-                target=1.0, agreement=diff, tol=1e-5, images=b, flops=flops,
+                target=1.0, agreement=diff, tol=1e-5, images=b, **fl,
                 note=f"captum internal_batch_size={best} (fastest of {captum_batches}); medxai chunk={chunk} "
                      f"images from its 1 GiB budget; max |captum map| {scale:.3g}; batch {b} instead of 8 "
                      "to fit the shared 2-core machine",
@@ -141,6 +135,7 @@ def bench_ig_adaptive(model: nn.Module, x: torch.Tensor, t: torch.Tensor, steps:
     t_ada = time.perf_counter() - t0
     d_ada = d_ada.reshape(gap.shape[0], -1)[:, 0]
     evals = ada.n_evaluations_.float()
+    fl = flop_fields(model, lambda: ada.attribute(x, t), lambda: fixed.attribute(x, t), x, backward=True, repeats=2)
     return [row(f"IG adaptive (GL, doubling from 4) to the fixed n={steps} run's worst relative completeness "
                 f"error {rel_fixed:.2g}, resnet18 {x.shape[-1]} px, batch {x.shape[0]}",
                 f"medxai IG fixed n={steps}", t_ada, t_fixed, target=2.0,
@@ -150,7 +145,7 @@ def bench_ig_adaptive(model: nn.Module, x: torch.Tensor, t: torch.Tensor, steps:
                 miss_reason="the worst samples' integrands need the full step count (and the doubling rounds "
                             "below it) to reach the fixed run's worst error",
                 evaluations_mean=float(evals.mean()), evaluations_fixed=steps,
-                evaluations_ratio=steps / float(evals.mean()))]
+                evaluations_ratio=steps / float(evals.mean()), **fl)]
 
 
 def bench_gradcam(model: nn.Module, x: torch.Tensor, t: torch.Tensor, layer: str, repeats: int) -> list[dict]:
@@ -170,19 +165,22 @@ def bench_gradcam(model: nn.Module, x: torch.Tensor, t: torch.Tensor, layer: str
                   "monai": monai_one_by_one}, repeats)
     raw_monai = torch.cat([mon.compute_map(x[i:i + 1], class_idx=int(t[i]), layer_idx=-1) for i in range(4)])
     ours_raw = res["medxai"]["result"]
-    flops = count_flops(lambda: ours.attribute(x, t))
+    fl_cap = flop_fields(model, lambda: ours.attribute(x, t),
+                         lambda: cap.attribute(x, target=t, relu_attributions=True), x, backward=True,
+                         repeats=repeats + 1)
+    fl_mon = dict(fl_cap, peer_flops=count_flops(monai_one_by_one))
     work = f"Grad-CAM {layer}, resnet18 {x.shape[-1]} px, batch {x.shape[0]}, per-sample targets"
     why = ("one forward and one backward to the layer on both sides: parity is the physical limit and the "
            "gap is within the shared machine's noise")
     return [
         row(work, "captum LayerGradCam(relu_attributions=True)", res["medxai"]["median_s"], res["captum"]["median_s"],
             target=1.0, agreement=_maxdiff(ours_raw, res["captum"]["result"]), tol=1e-5, images=x.shape[0],
-            flops=flops, note="both raw maps at layer resolution", miss_reason=why, device=str(x.device)),
+            note="both raw maps at layer resolution", miss_reason=why, device=str(x.device), **fl_cap),
         row(work, "MONAI GradCAM one image at a time", res["medxai"]["median_s"], res["monai"]["median_s"],
             target=2.0, agreement=_maxdiff(ours_raw[:4], torch.as_tensor(raw_monai)), tol=1e-5, images=x.shape[0],
-            flops=flops, note="MONAI __call__ (upsampled, 1 - minmax); agreement: its raw compute_map on 4 images",
+            note="MONAI __call__ (upsampled, 1 - minmax); agreement: its raw compute_map on 4 images",
             miss_reason="batching buys little on 2 CPU cores: a batch-1 resnet18 already fills both cores",
-            device=str(x.device)),
+            device=str(x.device), **fl_mon),
     ]
 
 
@@ -201,7 +199,7 @@ def bench_multilabel(model: nn.Module, x: torch.Tensor, layer: str, repeats: int
     return [row(f"Grad-CAM for all {k} labels, resnet18 {x.shape[-1]} px, batch {x.shape[0]}",
                 f"{k} captum LayerGradCam calls", res["medxai"]["median_s"], res["captum"]["median_s"], target=2.5,
                 agreement=_maxdiff(res["medxai"]["result"], res["captum"]["result"]), tol=1e-5, images=x.shape[0],
-                flops=count_flops(lambda: ours.attribute(x, all_t)),
+                **flop_fields(model, lambda: ours.attribute(x, all_t), captum_5, x, backward=True, repeats=repeats + 1),
                 note="medxai: one forward, 5 gradients to the layer",
                 miss_reason="the 5 backward passes to layer4 cost as much as the forward they share",
                 device=str(x.device))]
@@ -225,11 +223,11 @@ def bench_smoothgrad(model: nn.Module, x: torch.Tensor, t: torch.Tensor, n: int,
     noise = torch.normal(0, torch.full((x.shape[0] * n, *x.shape[1:]), sigma, device=x.device))
     noise = noise.view(x.shape[0], n, *x.shape[1:]).transpose(0, 1)
     diff = _maxdiff(ours.attribute(x, t, noise=noise), ref)
-    unit = grad_flops(model, x[:1])
+    fl = flop_fields(model, lambda: ours.attribute(x, t), captum_run, x, backward=True, repeats=repeats + 1)
     return [row(f"SmoothGrad {n} samples, resnet18 {x.shape[-1]} px, batch {x.shape[0]}",
                 "captum NoiseTunnel(Saliency)", res["medxai"]["median_s"], res["captum"]["median_s"],
                 target=1.0, agreement=diff, tol=1e-5, images=x.shape[0],
-                flops=unit * n * x.shape[0] if unit else None,
+                **fl,
                 note=f"absolute sigma {sigma}; agreement with captum's noise injected",
                 miss_reason="n forward + input-backward passes on both sides: parity is the physical limit; "
                             "the gap is within the shared machine's noise",

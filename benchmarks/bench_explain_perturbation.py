@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks._harness import row, timeit_pair
+from benchmarks._harness import flop_fields, row, timeit_pair
 
 
 def _image(size: int, n: int = 1, seed: int = 0) -> torch.Tensor:
@@ -86,15 +86,16 @@ def _occlusion(quick: bool) -> dict[str, Any]:
     diff = float((res["medxai"]["result"] - res["captum"]["result"]).abs().max())
     windows = ((size - 16) // 8 + 1) ** 2
     net = "small-cnn" if quick else "resnet18"
+    fl = flop_fields(model, lambda: ours.attribute(x, target), lambda: run_captum(best), x)
     return row(f"Occlusion w16 s8, {size} px, {net}, batch {n}", f"captum Occlusion (ppe={best})",
                res["medxai"]["median_s"], res["captum"]["median_s"], target=1.2, agreement=diff, tol=1e-5,
                miss_reason="the model's forward over every occluded image is the whole cost on both sides",
-               images=n, model_evals=n * (windows + 1), times_s={k: v["times_s"] for k, v in res.items()},
+               images=n, model_evals=n * (windows + 1), times_s={k: v["times_s"] for k, v in res.items()}, **fl,
                note="same windows and baseline 0; the model's forward is the whole cost")
 
 
 def _lime(model: nn.Module, size: int, num_samples: int, label: str, target: float, quick: bool,
-          repeats: int = 3) -> dict[str, Any]:
+          repeats: int = 3, compute_bound: bool = True) -> dict[str, Any]:
     from lime import lime_image
 
     from medxai.explain import Lime, superpixels
@@ -135,18 +136,21 @@ def _lime(model: nn.Module, size: int, num_samples: int, label: str, target: flo
     res = timeit_pair({"medxai": run_ours, "lime": run_lime}, repeats=1 if quick else repeats,
                       warmup=1 if quick or repeats > 2 else 0)
     diff = float(np.abs(res["medxai"]["result"] - res["lime"]["result"]).max())
+    # the trivial model's passes cost nothing: that row measures the engine, not FLOPs
+    fl = flop_fields(model, run_ours, run_lime, x) if compute_bound else {}
     return row(f"LIME {num_samples} samples, {n_feat} superpixels, {size} px, {label}",
                "lime LimeImageExplainer (batch 64)", res["medxai"]["median_s"], res["lime"]["median_s"],
                target=target, agreement=diff, tol=1e-4,
                miss_reason="the model's forward over the perturbed images is most of the cost on both sides",
-               images=1, model_evals=num_samples, times_s={k: v["times_s"] for k, v in res.items()},
+               images=1, model_evals=num_samples, times_s={k: v["times_s"] for k, v in res.items()}, **fl,
                note="same segmentation and perturbation matrix; agreement = max |weight difference|")
 
 
 def run(quick: bool = False) -> dict:
     torch.manual_seed(0)
     rows = [_occlusion(quick),
-            _lime(_Trivial().eval(), 64 if quick else 128, 200 if quick else 1000, "trivial model", 10.0, quick),
+            _lime(_Trivial().eval(), 64 if quick else 128, 200 if quick else 1000, "trivial model", 10.0, quick,
+                  compute_bound=False),
             _lime(_small() if quick else _resnet18(), 64 if quick else 128, 100 if quick else 320,
                   "small-cnn" if quick else "resnet18", 1.3, quick, repeats=2)]
     return {"kind": "explain_perturbation", "rows": rows}

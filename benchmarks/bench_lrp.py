@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from benchmarks._harness import row, sync, timeit_pair
+from benchmarks._harness import bare_rate, batch_like, count_flops, count_flops_fed, row, sync, timeit_pair
 from medxai.explain import LRP, DeepLift
 
 KIND = "explain_lrp"
@@ -49,7 +49,8 @@ def _maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.detach().double() - b.detach().double()).abs().max())
 
 
-def _pair(work: str, ours, peer, reps: int, tol: float, n: int) -> dict:
+def _pair(work: str, ours, peer, reps: int, tol: float, n: int, model: nn.Module, x: torch.Tensor) -> dict:
+    """One row; FLOPs of one untimed call per side, bare rate (forward + backward) at the batch medxai feeds."""
     def wrap(f):
         def g():
             out = f()
@@ -60,8 +61,11 @@ def _pair(work: str, ours, peer, reps: int, tol: float, n: int) -> dict:
     res = timeit_pair({"medxai": wrap(ours), "captum": wrap(peer)}, repeats=reps, warmup=1)
     a, b = res["medxai"]["result"], res["captum"]["result"]
     scale = float(b.abs().max()) or 1.0
+    flops, fed = count_flops_fed(model, ours)
     return row(work, "captum 0.9.0", res["medxai"]["median_s"], res["captum"]["median_s"], target=1.0,
-               agreement=_maxdiff(a, b) / scale, agreement_kind="max_abs_diff / max|captum|", tol=1e-5, images=n)
+               agreement=_maxdiff(a, b) / scale, agreement_kind="max_abs_diff / max|captum|", tol=1e-5, images=n,
+               flops=flops, peer_flops=count_flops(peer), fed_batch=fed,
+               bare_flops_per_s=bare_rate(model, batch_like(x, fed), backward=True, repeats=reps))
 
 
 def run(quick: bool = False) -> dict:
@@ -77,7 +81,7 @@ def run(quick: bool = False) -> dict:
         ours = LRP(m, rule=conv, stabilizer=1e-9)
         ours.composite = type(ours.composite)(first=None, conv=conv, dense="epsilon")
         rows.append(_pair(f"LRP {conv} (convs), epsilon (dense), {b}x3x{size}^2", lambda o=ours: o.attribute(x, t),
-                          lambda m=m, c=conv: _captum_lrp(m, x, t, c), reps, 1e-5, b))
+                          lambda m=m, c=conv: _captum_lrp(m, x, t, c), reps, 1e-5, b, m, x))
     torch.manual_seed(0)
     m = _Net(width, "avg", True, size).to(dev).eval()
     base = torch.full_like(x, 0.5)
@@ -91,7 +95,7 @@ def run(quick: bool = False) -> dict:
             return CaptumDeepLift(m).attribute(x.clone().requires_grad_(True), baselines=base, target=t).detach()
 
     rows.append(_pair(f"DeepLIFT rescale, baseline 0.5, {b}x3x{size}^2",
-                      lambda: DeepLift(m).attribute(x, t, baseline=base), peer, reps, 1e-5, b))
+                      lambda: DeepLift(m).attribute(x, t, baseline=base), peer, reps, 1e-5, b, m, x))
     return {"kind": KIND, "rows": rows,
             "notes": f"Model: conv-ReLU-pool-conv-ReLU-avgpool-linear, width {width}, random init (seed 0), eval; "
                      f"inputs U(0, 1); targets sample i -> class i mod 5; device {dev}; {reps} interleaved repeats "

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks._harness import import_quantus, row, timeit_pair
+from benchmarks._harness import flop_fields, import_quantus, row, timeit_pair
 
 
 def _grad(model, x, target):
@@ -101,13 +101,18 @@ def run(quick: bool = False) -> dict[str, Any]:
     rows = []
     shape = f"{n} images 1x{size}x{size}, {n_pert} perturbations, small-cnn input gradient"
     for name, fn in ours.items():
-        t = timeit_pair({"medxai": fn, "peer": lambda name=name: _quantus_call(peers[name](), model, x, y, a)},
-                        repeats=repeats, warmup=warm)
+        peer = lambda name=name: _quantus_call(peers[name](), model, x, y, a)
+        t = timeit_pair({"medxai": fn, "peer": peer}, repeats=repeats, warmup=warm)
         rows.append(row(f"{name}, {shape}", "Quantus 0.6.0", t["medxai"]["median_s"], t["peer"]["median_s"],
                         target=2.0, agreement=_rel(t["medxai"]["result"].numpy(), t["peer"]["result"]),
-                        agreement_kind="max_rel_diff", tol=1e-4, images=n * n_pert,
+                        agreement_kind="max_rel_diff", tol=1e-3 if name == "relative_output_stability" else 1e-4,
+                        images=n * n_pert,
                         miss_reason="the explainer's backward passes are the whole cost on both sides",
-                        note="same perturbations injected on both sides"))
+                        note="same perturbations injected on both sides" + (
+                            "; tol 1e-3: the denominator ||h(x) - h(x')|| of nearly equal logits amplifies float32 "
+                            "differences (the tests compare in float64 to 1e-5)" if name == "relative_output_stability"
+                            else ""),
+                        **flop_fields(model, fn, peer, x, backward=True)))
 
     def explain_fn(inp, target):
         return (_grad(model, inp[0], target),) if isinstance(inp, tuple) else _grad(model, inp, target)
@@ -125,7 +130,8 @@ def run(quick: bool = False) -> dict[str, Any]:
                         target=1.0, agreement=_rel(t["medxai"]["result"].numpy(), t["peer"]["result"].double().numpy()),
                         agreement_kind="max_rel_diff", tol=1e-4, images=n * n_pert,
                         miss_reason="captum also explains all perturbations in one batch",
-                        note="same perturbations injected on both sides"))
+                        note="same perturbations injected on both sides",
+                        **flop_fields(model, mine, peer, x, backward=name != "infidelity")))
     return {"kind": "metrics_robustness", "rows": rows,
             "notes": "Quantus with normalise=False (its normalise_by_max is batch-global); RIS/ROS perturbations "
                      "small enough that no prediction changes (Quantus NaNs a sample otherwise)."}

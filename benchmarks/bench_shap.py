@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks._harness import row, timeit_pair
+from benchmarks._harness import flop_fields, row, timeit_pair
 
 KIND = "shap"
 
@@ -76,6 +76,7 @@ def _kernel_shap(quick: bool) -> dict[str, Any]:
 
     res = timeit_pair({"medxai": lambda: ours.attribute(x, 1, feature_mask=feats), "captum": run_captum},
                       repeats=1 if quick else 3, warmup=1)
+    fl = flop_fields(model, lambda: ours.attribute(x, 1, feature_mask=feats), run_captum, x)
     rel = _rel(res["medxai"]["result"], res["captum"]["result"][:, :1])
     lin = _Linear(size)
     lin_c = CaptumKernelShap(lin).attribute(x, target=1, feature_mask=feats[None, None], n_samples=n,
@@ -86,7 +87,7 @@ def _kernel_shap(quick: bool) -> dict[str, Any]:
     return row(f"KernelSHAP {m} features, {n} evaluations, {size} px, {net}", "captum KernelShap (ppe 64)",
                res["medxai"]["median_s"], res["captum"]["median_s"], agreement=lin_diff,
                agreement_kind="max |diff| / max |phi|, linear model (both exact)", tol=1e-4, images=1,
-               cnn_rel_diff=rel, medxai_exact=exact, times_s={k: v["times_s"] for k, v in res.items()},
+               cnn_rel_diff=rel, medxai_exact=exact, times_s={k: v["times_s"] for k, v in res.items()}, **fl,
                note="cnn_rel_diff: captum's sampled estimate vs medxai's "
                     + ("exact Shapley values" if exact else "paired-sampling estimate"))
 
@@ -120,12 +121,13 @@ def _gradient_shap(quick: bool) -> dict[str, Any]:
 
     res = timeit_pair({"medxai": lambda: ours.attribute(x, t, baseline=pool), "captum": run_captum},
                       repeats=1 if quick else 3, warmup=1)
+    fl = flop_fields(model, lambda: ours.attribute(x, t, baseline=pool), run_captum, x, backward=True)
     idx, alpha, noise = _captum_draws(b, n, s, sd, tuple(x.shape[1:]), 1)
     core = gradient_shap_from_draws(model, x, t[:, None], pool[:, None], idx, alpha, noise, chunk=64)[:, 0]
     return row(f"GradientSHAP {n} draws, {s} baselines, {size} px, {net}, batch {b}", "captum GradientShap",
                res["medxai"]["median_s"], res["captum"]["median_s"], agreement=_rel(core, res["captum"]["result"]),
                agreement_kind="max |diff| / max |attr| under captum's replayed draws", tol=1e-5, images=b,
-               model_evals=b * n, times_s={k: v["times_s"] for k, v in res.items()},
+               model_evals=b * n, times_s={k: v["times_s"] for k, v in res.items()}, **fl,
                note="timed with each side's own draws; agreement with the same draws")
 
 
@@ -151,11 +153,12 @@ def _noise_tunnel(quick: bool) -> dict[str, Any]:
 
     res = timeit_pair({"medxai": lambda: ours.attribute(x, t, noise=noise), "captum": run_captum},
                       repeats=1 if quick else 3, warmup=1)
+    fl = flop_fields(model, lambda: ours.attribute(x, t, noise=noise), run_captum, x, backward=True)
     return row(f"NoiseTunnel(IG {steps} steps) smoothgrad, {n} copies, {size} px, {net}, batch {b}",
                "captum NoiseTunnel(IntegratedGradients)", res["medxai"]["median_s"], res["captum"]["median_s"],
                agreement=_rel(res["medxai"]["result"], res["captum"]["result"]),
                agreement_kind="max |diff| / max |attr|, same noise", tol=1e-5, images=b,
-               model_evals=b * n * steps, times_s={k: v["times_s"] for k, v in res.items()},
+               model_evals=b * n * steps, times_s={k: v["times_s"] for k, v in res.items()}, **fl,
                note="the same noise tensor on both sides")
 
 

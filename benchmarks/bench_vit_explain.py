@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from benchmarks._harness import peak_mb, row, timeit_pair
+from benchmarks._harness import flop_fields, peak_mb, row, timeit_pair
 from benchmarks._vit_reference import generic_row, lrp, rollout_row
 from medxai.explain import AttentionRollout, CheferGeneric, CheferLRP
 from medxai.models import create
@@ -59,21 +59,23 @@ def run(quick: bool = False) -> dict:
     def grid(rows):
         return torch.stack(rows).reshape(b, 1, gh, gh)
 
-    cases = [
+    cases = [  # (work, peer, medxai method, peer call, the model's bare passes take an input backward)
         ("attention rollout", "jacobgil vit-explain style, one image at a time",
-         AttentionRollout(model, upsample=False), lambda: grid([rollout_row(model, x[i:i + 1]) for i in range(b)])),
+         AttentionRollout(model, upsample=False), lambda: grid([rollout_row(model, x[i:i + 1]) for i in range(b)]),
+         False),
         ("Chefer 2021b generic", "Transformer-MM-Explainability style (backward over parameters), one at a time",
          CheferGeneric(model, upsample=False),
-         lambda: grid([generic_row(model, x[i:i + 1], int(t[i])) for i in range(b)])),
+         lambda: grid([generic_row(model, x[i:i + 1], int(t[i])) for i in range(b)]), True),
         ("Chefer 2021a LRP", "Transformer-Explainability style (autograd gradprop per rule), one at a time",
          CheferLRP(model, upsample=False),
-         lambda: grid([lrp(model, x[i:i + 1], int(t[i]), pixels=False)[0] for i in range(b)])),
+         lambda: grid([lrp(model, x[i:i + 1], int(t[i]), pixels=False)[0] for i in range(b)]), True),
     ]
     rows: list[dict[str, Any]] = []
-    for work, peer_name, method, peer in cases:
+    for work, peer_name, method, peer, backward in cases:
         res = timeit_pair({"medxai": lambda m=method: (m.attribute(x, t), _sync())[0],
                            "peer": lambda p=peer: (p(), _sync())[0]}, repeats=reps, warmup=1)
         ours_loop = torch.cat([method.attribute(x[i:i + 1], t[i:i + 1]) for i in range(b)])
+        fl = flop_fields(model, lambda m=method: m.attribute(x, t), peer, x, backward=backward)  # medxai: one batch
         if quick:  # the harness check: no memory probes
             mem = mem_half = mem_peer = None
         else:
@@ -86,7 +88,7 @@ def run(quick: bool = False) -> dict:
                         miss_reason="the explicit attention path costs as much as the loop's matrix products",
                         agreement_kind="max abs diff / max |peer|", images=b, device=str(dev),
                         batched_vs_own_loop=_agree(res["medxai"]["result"], ours_loop),
-                        peak_mb_medxai=mem, peak_mb_medxai_half_batch=mem_half, peak_mb_peer=mem_peer,
+                        peak_mb_medxai=mem, peak_mb_medxai_half_batch=mem_half, peak_mb_peer=mem_peer, **fl,
                         note="medxai batched; batched_vs_own_loop: medxai at batch 1 in a loop vs batched"))
     for p in model.parameters():
         p.requires_grad_(False)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks._harness import peak_mb, row, sync, timeit_pair
+from benchmarks._harness import flop_fields, peak_mb, row, sync, timeit_pair
 from medxai.explain import IntegratedGradients, Occlusion
 
 KIND = "volumes"
@@ -55,10 +55,12 @@ def bench_ig(model: nn.Module, x: torch.Tensor, t: torch.Tensor, steps: int, rep
     scale = float(res["captum"]["result"].abs().max())
     mem_ours = peak_mb(lambda: ours.attribute(x, t))
     mem_cap = peak_mb(lambda: cig.attribute(x, target=t, n_steps=steps, internal_batch_size=chunk))
+    fl = flop_fields(model, lambda: ours.attribute(x, t), lambda: cig.attribute(x, target=t, n_steps=steps,
+                     internal_batch_size=chunk), x, backward=True)
     work = f"IG {steps} steps (Gauss-Legendre), volume {tuple(x.shape[2:])}, batch {x.shape[0]}"
     return [row(work, "captum IntegratedGradients", res["medxai"]["median_s"], res["captum"]["median_s"],
                 target=1.0, agreement=diff, tol=1e-5 * max(scale, 1.0), images=x.shape[0],
-                peak_mb_medxai=mem_ours, peak_mb_peer=mem_cap,
+                peak_mb_medxai=mem_ours, peak_mb_peer=mem_cap, **fl,
                 memory_ratio=(mem_cap / mem_ours) if (mem_ours and mem_cap) else None,
                 note=f"captum internal_batch_size = medxai's chunk ({chunk} path points, from its probed peak "
                      f"per volume and 1 GiB budget); max |captum map| {scale:.3g}; peak-RSS rise of one call",
@@ -81,10 +83,13 @@ def bench_occlusion(model: nn.Module, x: torch.Tensor, t: torch.Tensor, window: 
     mem_ours = peak_mb(lambda: ours.attribute(x, t))
     mem_cap = peak_mb(lambda: occ.attribute(x, sliding_window_shapes=(1, *window), strides=(1, *stride),
                                             baselines=0.0, target=t, perturbations_per_eval=per))
+    fl = flop_fields(model, lambda: ours.attribute(x, t), lambda: occ.attribute(
+        x, sliding_window_shapes=(1, *window), strides=(1, *stride), baselines=0.0, target=t,
+        perturbations_per_eval=per), x)
     work = f"Occlusion window {window} stride {stride}, volume {tuple(x.shape[2:])}, batch {x.shape[0]}"
     return [row(work, "captum Occlusion", res["medxai"]["median_s"], res["captum"]["median_s"], target=1.0,
                 agreement=diff, tol=1e-5 * max(scale, 1.0), images=x.shape[0],
-                peak_mb_medxai=mem_ours, peak_mb_peer=mem_cap,
+                peak_mb_medxai=mem_ours, peak_mb_peer=mem_cap, **fl,
                 memory_ratio=(mem_cap / mem_ours) if (mem_ours and mem_cap) else None,
                 note=f"captum perturbations_per_eval={per} (one sample at a time); medxai batches all windows "
                      "of all samples through the engine; peak-RSS rise of one call",

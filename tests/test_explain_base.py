@@ -153,7 +153,7 @@ def test_cpu_model_calls_are_cache_sized_by_default():
     and CPU_CHUNK_BYTES of input per call (a budget-sized batch of thousands of images ran 2x slower),
     unless ``batch_size`` / ``internal_batch_size`` says otherwise; the outputs do not change."""
     from medxai.explain import IntegratedGradients
-    from medxai.explain.engine import CPU_CHUNK_BYTES, CPU_MAX_BATCH, model_batch_for
+    from medxai.explain.engine import CPU_BATCH_PIXELS, CPU_CHUNK_BYTES, CPU_MAX_BATCH, model_batch_for
 
     sizes: list[int] = []
     model = _model().eval()
@@ -161,7 +161,11 @@ def test_cpu_model_calls_are_cache_sized_by_default():
     small = torch.rand(5, 3, 8, 8)  # 768 B per image: the count cap binds
     big = torch.rand(1, 3, 512, 512)  # 3 MiB per image: the byte cap binds (1 image per call)
     assert model_batch_for(small) == CPU_MAX_BATCH == 64
-    assert model_batch_for(torch.rand(1, 3, 256, 256)) == CPU_CHUNK_BYTES // (3 * 256 * 256 * 4) == 5
+    assert CPU_CHUNK_BYTES // (1 * 128 * 128 * 4) == 64  # one channel at 128 px: the byte cap allows 64 ...
+    assert model_batch_for(torch.rand(1, 1, 128, 128)) == CPU_BATCH_PIXELS // (128 * 128) == 16  # ... positions cap 16
+    assert model_batch_for(torch.rand(1, 3, 256, 256)) == min(CPU_CHUNK_BYTES // (3 * 256 * 256 * 4),
+                                                            CPU_BATCH_PIXELS // (256 * 256)) == 4
+    assert model_batch_for(torch.rand(1, 1, 32, 64, 64)) == CPU_CHUNK_BYTES // (32 * 64 * 64 * 4) == 8  # volumes: bytes
     assert model_batch_for(big) == 1
 
     out = perturbed_outputs(model, small, 40, lambda si, pi: small[si] * (pi[:, None, None, None] % 3 > 0), None)

@@ -82,7 +82,8 @@ def test_faithfulness_correlation_per_sample_seeds_and_refusals(setup):
     full = faithfulness_correlation(model, x, a, y, subset_size=12, runs=8, seed=5)
     for i in (0, 3):
         one = faithfulness_correlation(model, x[i : i + 1], a[i : i + 1], y[i : i + 1], subset_size=12, runs=8, seed=5)
-        torch.testing.assert_close(one[0], full[i], rtol=0, atol=1e-6)
+        # float32 model: a one-image and a batched forward round differently (1.3e-6 seen on some CPUs' kernels)
+        torch.testing.assert_close(one[0], full[i], rtol=0, atol=1e-5)
     other = faithfulness_correlation(model, x, a, y, subset_size=12, runs=8, seed=6)
     assert not torch.allclose(other, full)
     with pytest.raises(InputError):
@@ -145,7 +146,7 @@ def test_irof_curve_equals_quantus_with_a_constant_baseline(setup):
     for i in range(4):
         n = len(torch.unique(seg[i]))
         c = res.curve[i, : n + 1].numpy()
-        assert abs(q[i] - (n - np.trapezoid(c[1:]))) < 1e-5
+        assert abs(q[i] - (n - np.trapezoid(c[1:]))) < 1e-4  # float32 outputs summed over the segments (2.7e-5 seen)
         assert abs(float(res.auc[i]) - (1 - np.trapezoid(c, dx=1 / n))) < 1e-9
     assert torch.all(res.curve[:, 0] == 1)
 

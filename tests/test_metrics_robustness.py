@@ -142,7 +142,8 @@ def test_relative_stability_equals_quantus(setup, which):
                else (relative_output_stability, quantus.RelativeOutputStability))
     ours = fn(model, grad, x, y, perturbations=d)
     q = _quantus(cls(nr_samples=N, perturb_func=_inject(d), disable_warnings=True), model, x, y, a)
-    np.testing.assert_allclose(ours.numpy(), q, rtol=1e-5)
+    # float32 forwards of both sides: the small denominators amplify rounding (1.7e-5 relative seen on some CPUs)
+    np.testing.assert_allclose(ours.numpy(), q, rtol=1e-4)
 
 
 def test_ris_on_quantus_own_draws_and_its_nan_finding(setup):

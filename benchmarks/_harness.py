@@ -153,21 +153,19 @@ def batch_like(x: torch.Tensor, n: int | None) -> torch.Tensor:
     return x if not n else x[torch.arange(n, device=x.device) % x.shape[0]]
 
 
-def bare_rate(model: torch.nn.Module, x: torch.Tensor, *, backward: bool = False, repeats: int = 3) -> float | None:
-    """FLOP/s of the model's bare passes on ``x`` (B, C, H, W): a forward (``backward``: forward plus the
-    backward to the input, as gradient methods need), timed alone, best of ``repeats``, FLOPs by
-    ``count_flops``. The attainable ceiling for a method whose work is these passes (None: not countable)."""
+def bare_pass_seconds(model: torch.nn.Module, x: torch.Tensor, *, backward: bool = False,
+                      repeats: int = 3) -> tuple[Callable[[], None], float]:
+    """The model's bare pass on ``x`` (a forward; ``backward``: forward plus the input gradient only, as
+    gradient methods take it, no weight gradients and no .grad left) and its best time of ``repeats``
+    after one warm-up call: (the pass, seconds)."""
     def once() -> None:
-        if backward:  # the input gradient only (as the methods take it): no weight gradients, no .grad left
+        if backward:
             xi = x.detach().clone().requires_grad_(True)
             torch.autograd.grad(model(xi).sum(), xi)
         else:
             with torch.no_grad():
                 model(x)
 
-    flops = count_flops(once)
-    if not flops:
-        return None
     once()
     best = float("inf")
     for _ in range(repeats):
@@ -175,7 +173,15 @@ def bare_rate(model: torch.nn.Module, x: torch.Tensor, *, backward: bool = False
         once()
         sync()
         best = min(best, time.perf_counter() - t0)
-    return flops / best
+    return once, best
+
+
+def bare_rate(model: torch.nn.Module, x: torch.Tensor, *, backward: bool = False, repeats: int = 3) -> float | None:
+    """FLOP/s of the model's bare passes on ``x`` (B, C, H, W) (``bare_pass_seconds``), FLOPs by
+    ``count_flops``. The attainable ceiling for a method whose work is these passes (None: not countable)."""
+    once, seconds = bare_pass_seconds(model, x, backward=backward, repeats=repeats)
+    flops = count_flops(once)
+    return flops / seconds if flops else None
 
 
 def flop_fields(model: torch.nn.Module, ours: Callable[[], Any], peer: Callable[[], Any] | None, x: torch.Tensor, *,

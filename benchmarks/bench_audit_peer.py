@@ -19,7 +19,6 @@ import copy
 import glob
 import json
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 
 from benchmarks import _peer_pipeline as peer
-from benchmarks._harness import peak_mb, row
+from benchmarks._harness import bare_pass_seconds, batch_like, peak_mb, row
 
 FORCE = {"data", "evaluate", "attack", "corrupt", "explain", "score", "sanity"}
 
@@ -348,26 +347,8 @@ def bare_image_rates(model: torch.nn.Module, x1: torch.Tensor) -> tuple[float, f
     m = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
     for p in m.parameters():
         p.requires_grad_(False)
-    x = x1[:1].expand(model_batch_for(x1[:1]), *x1.shape[1:]).contiguous()
-
-    def fwd() -> None:
-        with torch.no_grad():
-            m(x)
-
-    def grad() -> None:
-        xi = x.clone().requires_grad_(True)
-        torch.autograd.grad(m(xi).sum(), xi)
-
-    rates = []
-    for fn in (fwd, grad):
-        fn()
-        best = float("inf")
-        for _ in range(3):
-            t0 = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - t0)
-        rates.append(len(x) / best)
-    return rates[0], rates[1]
+    x = batch_like(x1, model_batch_for(x1[:1]))
+    return tuple(len(x) / bare_pass_seconds(m, x, backward=b)[1] for b in (False, True))
 
 
 def floor_seconds(work: dict[str, dict[str, Any]], rates: dict[str, tuple[float, float]]) -> float | None:

@@ -264,3 +264,64 @@ def test_random_map_baseline_is_computed_once_per_model(tmp_path):
     assert rows["score/net/input_x_gradient"]["forward_images"] == curve  # its maps only
     faith = {f["method"]: f for f in report["scores"]["faithfulness"]}
     assert faith["saliency"]["random_mean"] == faith["input_x_gradient"]["random_mean"]
+
+
+def test_autoattack_radius_intervention_and_corruption_read_the_shared_clean_logits(tmp_path):
+    # with every robustness and shortcut stage on, each clean sample image is still predicted once (in the
+    # evaluation stage): AutoAttack, the DeepFool radius, the intervention (and its transplant) and the
+    # corruption table take the shared clean logits instead of a forward of their own
+    from medxai.data import SyntheticDataset
+
+    full = copy.deepcopy(TINY)
+    full["attack"].update(autoattack={"enabled": True, "n": 6, "steps": 2, "queries": 8},
+                          radius={"enabled": True, "n": 6, "method": "deepfool"})
+    full["intervention"] = {"enabled": True, "n": N_TEST}
+    full["corruption"] = {"enabled": True, "names": ["gaussian_noise"], "severities": [1], "n": 6}
+    cfg = load_config(full)
+    s = cfg.data.synthetic
+    ds = SyntheticDataset(s.study, s.n_test, size=s.size, seed=s.seed, split="test", shortcut=s.shortcut)
+    sample = eval_sample(ds, N_TEST, seed=cfg.seed)
+    net = Net().eval()
+    rec = Recorder(net, sample.x)
+    try:
+        res = run_audit(cfg, tmp_path, given={"net": net})
+    finally:
+        rec.handle.remove()
+    ran = {e["stage"].split("/")[0] for e in res.stages if not e["cached"]}
+    assert {"autoattack", "radius", "intervention", "corrupt"} <= ran
+    report = json.loads((tmp_path / "report.json").read_text())
+    iv = report["intervention"]["models"]["net"]  # measured, with the transplant
+    assert iv["difference"] is not None and iv["transplant"] is not None, report["intervention"]
+    assert rec.clean_predictions().tolist() == [1] * N_TEST
+
+
+def test_shared_clean_logits_change_no_number():
+    # AutoAttack, the radius and the intervention give the same numbers from given clean logits as from
+    # their own forward; wrong-shaped logits are refused
+    from medxai.attacks import AutoAttack, robustness_radius
+    from medxai.errors import InputError
+    from medxai.evaluate.intervention import intervention_effect, transplant_effect
+
+    net, x = Net().eval(), torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        z = net(x)
+    y = torch.tensor([0, 1, 0, 1, 1, 0, 1, 0])
+    aa = AutoAttack(net, 4 / 255, steps=2, n_queries=8, seed=0)
+    a0, a1 = aa.run(x, y), aa.run(x, y, clean_logits=z)
+    assert torch.equal(a0.x_adv, a1.x_adv) and a0.broken_by == a1.broken_by
+    r0 = robustness_radius(net, x, y, norm="l2")
+    r1 = robustness_radius(net, x, y, norm="l2", clean_logits=z)
+    assert torch.equal(r0.radius, r1.radius) and r0.reason == r1.reason
+    region = torch.zeros(8, 1, 16, 16, dtype=torch.bool)
+    region[:, :, 2:6, 2:6] = True
+    i0 = intervention_effect(net, x, region, y.numpy(), n_boot=20)
+    i1 = intervention_effect(net, x, region, y.numpy(), n_boot=20, clean_logits=z)
+    assert i0 == i1
+    t0 = transplant_effect(net, x[:4], x[4:5], region[:1], n_boot=20)
+    assert t0 == transplant_effect(net, x[:4], x[4:5], region[:1], n_boot=20, clean_logits=z[:4])
+    with pytest.raises(InputError, match="clean_logits must be"):
+        aa.run(x, y, clean_logits=z[:5])
+    with pytest.raises(InputError, match="clean_logits must be"):
+        robustness_radius(net, x, y, clean_logits=z[:5])
+    with pytest.raises(InputError, match="clean_logits must be"):
+        intervention_effect(net, x, region, y.numpy(), clean_logits=z[:5])

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from medxai._util.validate import check_images
-from medxai.attacks.pgd import PGD, attack_mode, per_sample
+from medxai.attacks.pgd import PGD, _clean_logits, attack_mode, per_sample
 from medxai.errors import InputError
 
 
@@ -192,12 +192,13 @@ class APGDT(APGD):
         fn = targeted_dlr_loss if self.loss_used == "dlr" else targeted_margin_loss
         return fn(logits, y, self._target)
 
-    def perturb(self, x: torch.Tensor, y: torch.Tensor, *, delta0: torch.Tensor | None = None) -> torch.Tensor:
+    def perturb(self, x: torch.Tensor, y: torch.Tensor, *, delta0: torch.Tensor | None = None,
+                logits: torch.Tensor | None = None) -> torch.Tensor:
+        """``logits``: (B, K) clean logits of ``x`` when the caller has them (no clean forward)."""
         check_images(x, "x", ndim=(4, 5))
         y = self._check_y(x, y)
         eps = per_sample(self.eps, x.shape[0], x, "eps").view(-1)
-        with attack_mode(self.model), torch.no_grad():
-            logits = self.model(x)
+        logits = _clean_logits(self.model, x, logits)
         k = logits.shape[1]
         self.loss_used = ("dlr" if k >= 4 else "margin") if self.target_loss == "auto" else self.target_loss
         order = logits.argsort(dim=1, descending=True)

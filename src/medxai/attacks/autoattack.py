@@ -37,7 +37,7 @@ from medxai._util.validate import check_images
 from medxai.attacks.apgd import APGD, APGDT
 from medxai.attacks.budget import check_budget
 from medxai.attacks.minnorm import _labels, _margin, perturbation_norm
-from medxai.attacks.pgd import attack_mode, per_sample
+from medxai.attacks.pgd import _clean_logits, attack_mode, per_sample
 from medxai.errors import ConfigError
 
 __all__ = ["FAB", "STANDARD", "AutoAttack", "AutoAttackResult", "Square", "project_to_hyperplane_box"]
@@ -98,8 +98,8 @@ class FAB:
         self.model, self.eps, self.norm, self.steps, self.n_targets = model, eps, norm, int(steps), int(n_targets)
         self.alpha_max, self.eta, self.beta = alpha_max, eta, beta
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.perturb(x, y)
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+        return self.perturb(x, y, logits)
 
     def _linearise(self, x1: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x1 = x1.detach().requires_grad_(True)
@@ -133,13 +133,13 @@ class FAB:
                 x1 = torch.where(adv.view(-1, 1), x0 + (x1 - x0) * self.beta, x1)
         return best, best_n
 
-    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Examples (B, C, [D,] H, W) in [0, 1] within eps where FAB-T found one, else ``x``."""
+    def perturb(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Examples (B, C, [D,] H, W) in [0, 1] within eps where FAB-T found one, else ``x``; ``logits``: (B, K)
+        clean logits of ``x`` when the caller has them (no clean forward)."""
         check_images(x, "x", ndim=(4, 5))
         y = _labels(x, y)
         eps = per_sample(self.eps, x.shape[0], x, "eps").view(-1)
-        with attack_mode(self.model), torch.no_grad():
-            logits = self.model(x)
+        logits = _clean_logits(self.model, x, logits)
         order = logits.argsort(1, descending=True)
         out, robust = x.detach().clone(), logits.argmax(1) == y
         for j in range(1, min(self.n_targets, logits.shape[1] - 1) + 1):
@@ -346,15 +346,17 @@ class AutoAttack:
             return FAB(self.model, eps, norm=self.norm, steps=self.steps, n_targets=self.n_targets)
         return Square(self.model, eps, norm=self.norm, n_queries=self.n_queries, seed=self.seed)
 
-    def run(self, x: torch.Tensor, y: torch.Tensor) -> AutoAttackResult:
-        """Attack images (B, C, H, W) or volumes (B, C, D, H, W) in [0, 1], labels (B,); see ``AutoAttackResult``."""
+    def run(self, x: torch.Tensor, y: torch.Tensor, clean_logits: torch.Tensor | None = None) -> AutoAttackResult:
+        """Attack images (B, C, H, W) or volumes (B, C, D, H, W) in [0, 1], labels (B,); see ``AutoAttackResult``.
+
+        ``clean_logits``: (B, K) logits of ``x`` when the caller already has them (the audit's shared clean
+        forward): no clean forward is run."""
         check_images(x, "x", ndim=(4, 5))
         y = _labels(x, y)
         x = x.detach()
         b = x.shape[0]
         eps = per_sample(self.eps, b, x, "eps").view(-1)
-        with attack_mode(self.model), torch.no_grad():
-            logits = self.model(x)
+        logits = _clean_logits(self.model, x, clean_logits)
         k = logits.shape[1]
         robust = logits.argmax(1) == y
         broken: list[str | None] = [None if r else "clean" for r in robust.tolist()]
@@ -367,9 +369,10 @@ class AutoAttack:
                              "used the targeted margin z_t - z_y")
             idx = (robust & (eps > 0)).nonzero().view(-1)
             if idx.numel():
-                adv = self._attack(name, eps[idx])(x[idx], y[idx])
-                with attack_mode(self.model), torch.no_grad():
-                    fooled = self.model(adv).argmax(1) != y[idx]
+                atk = self._attack(name, eps[idx])
+                adv = (atk.perturb(x[idx], y[idx], logits=logits[idx]) if name in ("apgd-t", "fab-t")
+                       else atk(x[idx], y[idx]))
+                fooled = self._fooled(x[idx], adv, y[idx])
                 x_adv[idx[fooled]] = adv[fooled]
                 robust[idx[fooled]] = False
                 for i in idx[fooled].tolist():
@@ -381,8 +384,19 @@ class AutoAttack:
                                 robust_accuracy=float(robust.float().mean()), robust_accuracy_after=after,
                                 notes=notes)
 
+    def _fooled(self, x: torch.Tensor, adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: is ``adv`` misclassified? ``x`` are correctly classified images, so a row the attack
+        left unchanged is not fooled and needs no forward."""
+        moved = (adv != x).flatten(1).any(1)
+        fooled = torch.zeros_like(moved)
+        if bool(moved.any()):
+            with attack_mode(self.model), torch.no_grad():
+                fooled[moved] = self.model(adv[moved]).argmax(1) != y[moved]
+        return fooled
+
     def _check_ball(self, x: torch.Tensor, x_adv: torch.Tensor, eps: torch.Tensor) -> None:
         size = perturbation_norm(x_adv - x, self.norm)
         if bool((size > eps * (1 + 1e-5) + 1e-7).any()) or float(x_adv.min()) < 0 or float(x_adv.max()) > 1:
             raise RuntimeError(f"AutoAttack produced a point outside the {self.norm} ball or [0, 1] "
                                f"(max size {float(size.max()):.6g}): a bug, please report")
+

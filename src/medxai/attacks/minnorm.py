@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from medxai._util.validate import check_images
-from medxai.attacks.pgd import attack_mode
+from medxai.attacks.pgd import _clean_logits, attack_mode
 from medxai.errors import ConfigError, InputError
 
 __all__ = ["CarliniWagnerL2", "DeepFool", "RadiusResult", "robustness_radius"]
@@ -76,8 +76,8 @@ class DeepFool:
         self.model, self.norm, self.overshoot = model, norm, float(overshoot)
         self.max_iter, self.candidates = int(max_iter), int(candidates)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.perturb(x, y)
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+        return self.perturb(x, y, logits)
 
     def _step(self, xa: torch.Tensor, y: torch.Tensor, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits at xa, the DeepFool step r (B, C, H, W)) for the rows of xa."""
@@ -102,15 +102,16 @@ class DeepFool:
         r = (fl / nl.pow(2)).view(shape) * wl if q == 2 else (fl / nl).view(shape) * wl.sign()
         return logits.detach(), r.to(xa.dtype)
 
-    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Examples (B, C, [D,] H, W) in [0, 1]; where no label change is found, the last iterate."""
+    def perturb(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Examples (B, C, [D,] H, W) in [0, 1]; where no label change is found, the last iterate; images
+        misclassified to begin with are returned unchanged. ``logits``: (B, K) clean logits of ``x`` when the
+        caller has them (no clean forward is run)."""
         check_images(x, "x", ndim=(4, 5))
         y = _labels(x, y)
         x = x.detach()
         r_tot = torch.zeros_like(x)
         with attack_mode(self.model):
-            with torch.no_grad():
-                logits = self.model(x)
+            logits = _clean_logits(self.model, x, logits)
             k = logits.shape[1]
             if k < 2:
                 raise InputError(f"DeepFool needs >= 2 classes (logits (B, K)), got K = {k}")
@@ -118,6 +119,7 @@ class DeepFool:
             # y need not be the top class; make sure it is a candidate (its column is then masked)
             cand[:, -1] = torch.where((cand == y.view(-1, 1)).any(1), cand[:, -1], y)
             active = logits.argmax(1) == y
+            moved = active.nonzero().view(-1)  # the images attacked (the others keep r_tot = 0)
             for _ in range(self.max_iter):
                 idx = active.nonzero().view(-1)
                 if idx.numel() == 0:
@@ -128,11 +130,13 @@ class DeepFool:
                 go = idx[still]
                 r_tot[go] = (x[go] + r_tot[go] + r[still]).clamp(0, 1) - x[go]
             out = (x + (1 + self.overshoot) * r_tot).clamp(0, 1)
-            with torch.no_grad():
-                # the overshoot is a final scaling (paper section 4, ART); keep the plain iterate where it is
-                # adversarial and the scaled point is not (possible on a non-linear model)
-                keep = (self.model(out).argmax(1) == y) & (self.model(x + r_tot).argmax(1) != y)
-            out[keep] = (x + r_tot)[keep]
+            if moved.numel():
+                with torch.no_grad():
+                    # the overshoot is a final scaling (paper section 4, ART); keep the plain iterate where it
+                    # is adversarial and the scaled point is not (possible on a non-linear model)
+                    plain, ym = x[moved] + r_tot[moved], y[moved]
+                    keep = (self.model(out[moved]).argmax(1) == ym) & (self.model(plain).argmax(1) != ym)
+                out[moved[keep]] = plain[keep]
         return out
 
 
@@ -249,15 +253,16 @@ class RadiusResult:
                        nan_reason="no initially correct image with an adversarial example found")
         return out
 
-
 def robustness_radius(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str = "l2",
-                      method: str = "deepfool", *, batch_size: int = 64, **kw) -> RadiusResult:
+                      method: str = "deepfool", *, batch_size: int = 64, clean_logits: torch.Tensor | None = None,
+                      **kw) -> RadiusResult:
     """Per-image minimal perturbation norm (pixel units of [0, 1] images) found by ``method``.
 
     ``method="deepfool"`` (``norm`` "l2" or "linf") or ``"cw"`` (L2 only); ``kw`` go to the attack. The radius
     is an upper bound of the true minimal-norm distance to the decision boundary (exact on linear models).
     Images are attacked in chunks of ``batch_size`` (DeepFool holds ``candidates`` gradients per image),
     halved on GPU out-of-memory (``medxai.explain.engine.for_chunks``); per-image results do not depend on it.
+    ``clean_logits``: (B, K) logits of ``x`` when the caller has them (no clean forward is run).
     """
     from medxai.explain.engine import for_chunks
 
@@ -267,6 +272,8 @@ def robustness_radius(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: 
         raise ConfigError(f"norm {norm!r} is not available for method {method!r} (deepfool: l2, linf; cw: l2)")
     check_images(x, "x", ndim=(4, 5))
     y = _labels(x, y)
+    if clean_logits is not None and (clean_logits.ndim != 2 or clean_logits.shape[0] != x.shape[0]):
+        raise InputError(f"clean_logits must be (B, K) with B = {x.shape[0]} images, got {tuple(clean_logits.shape)}")
     atk = DeepFool(model, norm=norm, **kw) if method == "deepfool" else CarliniWagnerL2(model, **kw)
     x_adv = torch.empty_like(x)
     clean_wrong = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
@@ -274,9 +281,14 @@ def robustness_radius(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: 
 
     def chunk(a: int, b: int) -> None:
         xs, ys = x[a:b], y[a:b]
-        adv = atk(xs, ys)
-        with attack_mode(model), torch.no_grad():
-            wrong, fool = model(xs).argmax(1) != ys, model(adv).argmax(1) != ys
+        z0 = _clean_logits(model, xs, None if clean_logits is None else clean_logits[a:b])
+        adv = atk(xs, ys, z0) if method == "deepfool" else atk(xs, ys)
+        wrong = z0.argmax(1) != ys
+        fool = torch.zeros_like(wrong)
+        right = (~wrong).nonzero().view(-1)  # misclassified images need no adversarial check (radius 0)
+        if right.numel():
+            with attack_mode(model), torch.no_grad():
+                fool[right] = model(adv[right]).argmax(1) != ys[right]
         x_adv[a:b], clean_wrong[a:b], fooled[a:b] = adv, wrong, fool
 
     for_chunks(x.shape[0], batch_size, chunk, what="images")

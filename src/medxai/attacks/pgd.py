@@ -289,3 +289,14 @@ class FGSM(PGD):
         super().__init__(model, eps, steps=1, step_size=eps if step_size is None else step_size, norm=norm,
                          random_start=random_start, restarts=1, targeted=targeted, loss=loss, keep="last",
                          label=label, seed=seed)
+
+
+def _clean_logits(model: nn.Module, x: torch.Tensor, given: torch.Tensor | None) -> torch.Tensor:
+    """(B, K) logits of ``x``: ``given`` (checked to have one row per image, moved to ``x``'s device) or a
+    no-grad forward."""
+    if given is None:
+        with attack_mode(model), torch.no_grad():
+            return model(x)
+    if given.ndim != 2 or given.shape[0] != x.shape[0]:
+        raise InputError(f"clean_logits must be (B, K) with B = {x.shape[0]} images, got {tuple(given.shape)}")
+    return given.detach().to(x.device)

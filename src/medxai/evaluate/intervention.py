@@ -194,20 +194,30 @@ def replace_region(x: torch.Tensor, region: torch.Tensor, method: str = "inpaint
 # ------------------------------------------------------------------------------------ predictions
 
 
-def _probs(model: nn.Module, x: torch.Tensor, batch_size: int, positive: int) -> np.ndarray:
-    """Softmax probabilities (N, K) as float64, batched, eval mode, no grad."""
+def _probs(model: nn.Module, x: torch.Tensor, batch_size: int, positive: int,
+           logits: torch.Tensor | None = None) -> np.ndarray:
+    """Softmax probabilities (N, K) as float64, batched, eval mode, no grad; from ``logits`` (N, K) of ``x``
+    when the caller already has them (no forward)."""
     if int(batch_size) < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if logits is not None:
+        if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
+            raise InputError(f"clean_logits must be (N, K) with N = {x.shape[0]} images, got {tuple(logits.shape)}")
+        return _softmax(logits.detach(), positive)
     dev = model_device(model)
     out = []
     with eval_mode(model), torch.no_grad():
         for s in range(0, x.shape[0], int(batch_size)):
-            logits = model(x[s:s + int(batch_size)].to(dev))
-            if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[1] < 2:
-                shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-                raise InputError(f"the model must return logits (B, K) with K >= 2, got {shape}")
-            out.append(torch.softmax(logits.float(), dim=1).double().cpu())
-    p = torch.cat(out).numpy()
+            out.append(_softmax(model(x[s:s + int(batch_size)].to(dev)), positive))
+    return np.concatenate(out)
+
+
+def _softmax(logits: torch.Tensor, positive: int) -> np.ndarray:
+    """Checked (N, K >= 2) logits -> float64 softmax probabilities as numpy."""
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[1] < 2:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise InputError(f"the model must return logits (B, K) with K >= 2, got {shape}")
+    p = torch.softmax(logits.float(), dim=1).double().cpu().numpy()
     if not 0 <= positive < p.shape[1]:
         raise InputError(f"positive={positive} is out of range for {p.shape[1]} classes")
     return p
@@ -325,7 +335,7 @@ def _difference(res: dict[str, Any], reps: dict[str, np.ndarray] | None) -> dict
 def intervention_effect(model: nn.Module, x: torch.Tensor, region: torch.Tensor, y: Any = None, *,
                         positive: int = 1, method: str = "inpaint", control: bool = True,
                         counterfactual: torch.Tensor | None = None, n_boot: int = 1000, seed: int = 0,
-                        batch_size: int = 64) -> dict[str, Any]:
+                        batch_size: int = 64, clean_logits: torch.Tensor | None = None) -> dict[str, Any]:
     """Does ``model`` rely on ``region``? Remove it and compare with a random same-shape region elsewhere.
 
     x: (B, C, H, W) in [0, 1]; region: bool (B, 1, H, W) or (1|B, H, W) (e.g. the marker mask);
@@ -339,8 +349,9 @@ def intervention_effect(model: nn.Module, x: torch.Tensor, region: torch.Tensor,
     auc_before / auc_after / auc_change (or None with ``auc_reason``), each with ``*_ci``: a paired
     95 % percentile bootstrap over the same resampled images (None when n_boot=0).
     ``difference``: region minus control for flip_rate and mean_prob_change, with a one-sided
-    bootstrap p-value that region's flip rate exceeds control's. Idea: Geirhos et al. 2020;
-    DeGrave et al. 2021 (Nature Machine Intelligence).
+    bootstrap p-value that region's flip rate exceeds control's. ``clean_logits``: (B, K) logits of ``x``
+    when the caller has them (the audit's shared clean forward; no forward of ``x`` is run). Idea: Geirhos
+    et al. 2020; DeGrave et al. 2021 (Nature Machine Intelligence).
     """
     check_images(x)
     r = _as_region(region, x.shape[0], tuple(x.shape[-2:])).to(x.device)
@@ -359,7 +370,10 @@ def intervention_effect(model: nn.Module, x: torch.Tensor, region: torch.Tensor,
             raise InputError(f"counterfactual must have x's shape {tuple(x.shape)}, got {tuple(counterfactual.shape)}")
         counterfactual = counterfactual[keep.to(counterfactual.device)]
     xk, rk = x[keep], r[keep]
-    p0 = _probs(model, xk, batch_size, positive)
+    if clean_logits is not None and (clean_logits.ndim != 2 or clean_logits.shape[0] != x.shape[0]):
+        raise InputError(f"clean_logits must be (B, K) with B = {x.shape[0]} images, got {tuple(clean_logits.shape)}")
+    k0 = None if clean_logits is None else clean_logits[keep.to(clean_logits.device)]
+    p0 = _probs(model, xk, batch_size, positive, k0)
     after = {"region": _probs(model, replace_region(xk, rk, method), batch_size, positive)}
     overlapping = None
     if control:
@@ -380,7 +394,8 @@ def intervention_effect(model: nn.Module, x: torch.Tensor, region: torch.Tensor,
 
 
 def transplant_effect(model: nn.Module, x_target: torch.Tensor, marker: torch.Tensor, marker_mask: torch.Tensor, *,
-                      positive: int = 1, n_boot: int = 1000, seed: int = 0, batch_size: int = 64) -> dict[str, Any]:
+                      positive: int = 1, n_boot: int = 1000, seed: int = 0, batch_size: int = 64,
+                      clean_logits: torch.Tensor | None = None) -> dict[str, Any]:
     """Paste a marker onto images (typically of the other class) and report how predictions move.
 
     x_target: (B, C, H, W) in [0, 1]; marker: (1|B, C, H, W) in [0, 1], whose pixels under
@@ -388,7 +403,8 @@ def transplant_effect(model: nn.Module, x_target: torch.Tensor, marker: torch.Te
     (share whose argmax changes), to_positive_rate (share of images not predicted ``positive``
     before that are after; None if none), mean_prob_change (mean p_after - p_before of
     ``positive``), each with a 95 % percentile bootstrap ``*_ci`` (None when n_boot=0). The
-    transplant direction of DeGrave et al. 2021; Geirhos et al. 2020.
+    transplant direction of DeGrave et al. 2021; Geirhos et al. 2020. ``clean_logits``: (B, K) logits of
+    ``x_target`` when the caller has them (no forward of ``x_target`` is run).
     """
     check_images(x_target, "x_target")
     check_images(marker, "marker")
@@ -399,7 +415,7 @@ def transplant_effect(model: nn.Module, x_target: torch.Tensor, marker: torch.Te
     if not bool(m.any()):
         raise InputError("marker_mask is empty: there is nothing to transplant")
     pasted = torch.where(m, marker.to(x_target.device, x_target.dtype).expand_as(x_target), x_target)
-    p0 = _probs(model, x_target, batch_size, positive)
+    p0 = _probs(model, x_target, batch_size, positive, clean_logits)
     p1 = _probs(model, pasted, batch_size, positive)
     a0, a1 = p0.argmax(1), p1.argmax(1)
     flip, neg = (a0 != a1).astype(float), (a0 != positive).astype(float)

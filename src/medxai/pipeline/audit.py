@@ -388,8 +388,9 @@ def _shortcuts(a: _Audit) -> None:
         elif cfg.intervention.enabled:
             ic = cfg.intervention
             parts = {"train": st.key, "data": a.data_key, "intervention": ic.model_dump(), "n_boot": cfg.score.n_boot}
-            fn = _on_model(a, name, intervention_stage, a.sample.subset(ic.n), a.datasets[cfg.data.split], ic,
-                           a.task, cfg.score.n_boot, seed=cfg.seed)
+            sub = a.sample.subset(ic.n)
+            fn = _on_model(a, name, intervention_stage, sub, a.datasets[cfg.data.split], ic, a.task,
+                           cfg.score.n_boot, seed=cfg.seed, logits=a.clean[name][:len(sub)])
             a.interventions[name] = a.runner.run(f"intervention/{name}", parts, fn).result
         methods = cfg.explain.methods
         method = cfg.discovery.method or ("gradcam" if "gradcam" in methods else methods[0] if methods else None)
@@ -608,7 +609,7 @@ def _autoattack_stage(a: _Audit, name: str, d: Path) -> dict:
     eps = c.autoattack.eps if c.autoattack.eps is not None else max(c.eps)
     s = a.sample.subset(c.autoattack.n)
     r = AutoAttack(a.model(name), eps, norm=c.norm, seed=a.cfg.seed, steps=c.autoattack.steps,
-                   n_queries=c.autoattack.queries).run(s.x, s.y)
+                   n_queries=c.autoattack.queries).run(s.x, s.y, clean_logits=a.clean[name][:len(s)])
     broken = [b for b in r.broken_by if b and b != "clean"]
     return {"eps": eps, "eps_label": format_eps(eps, c.norm), "norm": c.norm, "n": len(s.y),
             "clean_accuracy": r.clean_accuracy, "robust_accuracy": r.robust_accuracy,
@@ -625,7 +626,8 @@ def _radius_stage(a: _Audit, name: str, d: Path) -> dict:
         return {"reason": "minimum-norm attacks need one class per image (multilabel tasks are not supported)"}
     s = a.sample.subset(c.radius.n)
     norm = c.norm if c.radius.method == "deepfool" else "l2"  # CW is an L2 attack
-    return robustness_radius(a.model(name), s.x, s.y, norm=norm, method=c.radius.method).summary()
+    return robustness_radius(a.model(name), s.x, s.y, norm=norm, method=c.radius.method,
+                             clean_logits=a.clean[name][:len(s)]).summary()
 
 
 def _corruption_stage(a: _Audit, name: str, d: Path) -> dict:

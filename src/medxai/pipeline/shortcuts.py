@@ -52,8 +52,10 @@ def _counterfactuals(dataset: Any, index: list[int]) -> torch.Tensor | None:
 
 
 def intervention_stage(d: Path, model: torch.nn.Module, s: EvalSample, dataset: Any, c: InterventionConfig,
-                       task: str, n_boot: int, seed: int = 0) -> dict:
-    """Reliance on the shortcut region of one model (see the module docstring); JSON-able."""
+                       task: str, n_boot: int, seed: int = 0, logits: torch.Tensor | None = None) -> dict:
+    """Reliance on the shortcut region of one model (see the module docstring); JSON-able.
+
+    ``logits``: the sample's clean (N, K) logits (the audit's shared clean forward), else ``s`` is run."""
     from medxai.evaluate.intervention import intervention_effect, transplant_effect
 
     region, source = intervention_region(s, c)
@@ -66,22 +68,24 @@ def intervention_stage(d: Path, model: torch.nn.Module, s: EvalSample, dataset: 
     idx = keep.nonzero().flatten()
     y = s.y[idx].long().numpy()
     out = intervention_effect(model, s.x[idx], region[idx], y, method=c.method,
-                              counterfactual=None if cf is None else cf[idx], n_boot=n_boot, seed=seed)
+                              counterfactual=None if cf is None else cf[idx], n_boot=n_boot, seed=seed,
+                              clean_logits=None if logits is None else logits[idx])
     out["region_source"] = source
     if c.transplant and s.shortcut_masks is not None:
-        out["transplant"] = _transplant(model, s, region, n_boot, seed, transplant_effect)
+        out["transplant"] = _transplant(model, s, region, n_boot, seed, transplant_effect, logits)
     return out
 
 
 def _transplant(model: torch.nn.Module, s: EvalSample, region: torch.Tensor, n_boot: int, seed: int,
-                fn: Any) -> dict | None:
+                fn: Any, logits: torch.Tensor | None = None) -> dict | None:
     """The first image's marker pasted onto the negative images (class 0) that carry none."""
     has = region.flatten(1).any(1)
     targets = (~has) & (s.y == 0) if s.y.ndim == 1 else torch.zeros_like(has)
     if not bool(has.any()) or not bool(targets.any()):
         return None
     donor = int(has.nonzero()[0])
-    res = fn(model, s.x[targets], s.x[donor:donor + 1], region[donor:donor + 1], n_boot=n_boot, seed=seed)
+    res = fn(model, s.x[targets], s.x[donor:donor + 1], region[donor:donor + 1], n_boot=n_boot, seed=seed,
+             clean_logits=None if logits is None else logits[targets])
     return {**res, "donor": s.ids[donor]}
 
 

@@ -325,3 +325,31 @@ def test_shared_clean_logits_change_no_number():
         robustness_radius(net, x, y, clean_logits=z[:5])
     with pytest.raises(InputError, match="clean_logits must be"):
         intervention_effect(net, x, region, y.numpy(), clean_logits=z[:5])
+
+
+def test_sanity_check_takes_the_explain_stage_maps_as_the_original(audit, tmp_path):
+    # saliency draws nothing at random: the sanity check's unrandomised maps are the explain stage's rows
+    # (no re-explanation), and its numbers equal a check that recomputes them
+    from medxai.pipeline.explanations import reusable_maps, sanity_stage
+
+    _, net, cfg, _ = audit
+    out = tmp_path / "audit"
+    run_audit(cfg, out, given={"net": net})  # every stage computed in this run, so its work is counted
+    (sdir,) = (out / "stages" / "sanity" / "net" / "saliency").iterdir()
+    shared = json.loads((sdir / "result.json").read_text())
+    assert shared["original_maps"] == "explain stage"
+    report = json.loads((out / "report.json").read_text())
+    # one input-backward per image and randomisation step (conv, fc), none for the original maps
+    assert _rows(report)["sanity/net/saliency"]["backward_images"] == cfg.score.sanity_n * len(shared["layers"])
+    from medxai.data import SyntheticDataset
+
+    s = cfg.data.synthetic
+    ds = SyntheticDataset(s.study, s.n_test, size=s.size, seed=s.seed, split="test", shortcut=s.shortcut)
+    sub = eval_sample(ds, N_TEST, seed=cfg.seed).subset(cfg.score.sanity_n)
+    fresh = sanity_stage(tmp_path, net, sub, "saliency", {}, cfg.explain, "binary", seed=cfg.seed)
+    assert fresh["original_maps"] == "computed"
+    assert fresh["layers"] == shared["layers"]
+    for key in ("spearman_abs", "ssim"):
+        assert fresh[key] == pytest.approx(shared[key], abs=1e-6), key
+    assert not reusable_maps("smoothgrad", {}) and not reusable_maps("integrated_gradients", {})
+    assert reusable_maps("gradcam", {}) and not reusable_maps("saliency", {"method": "lime"})

@@ -201,7 +201,8 @@ def _score(fn, ctx: ScoreContext) -> dict[str, torch.Tensor]:
 def model_randomisation(model: nn.Module, explainer: Explainer, x: torch.Tensor,
                         target: int | torch.Tensor | None = None, *, order: str = "cascading", seed: int = 0,
                         layers: Sequence[str] | None = None, ssim_on: str = "abs",
-                        explainer_kwargs: dict | None = None, granularity: str = "layer") -> RandomisationResult:
+                        explainer_kwargs: dict | None = None, granularity: str = "layer",
+                        original: torch.Tensor | None = None) -> RandomisationResult:
     """Randomise the model layer by layer and compare each re-explanation with the original map.
 
     Args:
@@ -220,6 +221,8 @@ def model_randomisation(model: nn.Module, explainer: Explainer, x: torch.Tensor,
             ``layer2.1.conv1`` and ``layer2.1.bn1`` form ``layer2.1``, ``blocks.3.attn.qkv`` joins
             ``blocks.3``; Adebayo et al. randomised Inception-v3 by named blocks). Each module keeps
             its own seed either way.
+        original: the unrandomised model's maps of ``x`` for ``target`` as the explainer returns them,
+            when the caller already has them (the audit's explain stage); not recomputed. Needs ``target``.
     """
     check_images(x, ndim=(4, 5))
     if order not in ("cascading", "independent"):
@@ -242,11 +245,17 @@ def model_randomisation(model: nn.Module, explainer: Explainer, x: torch.Tensor,
         s = m.abs() if ssim_on == "abs" else m
         return m.abs(), m, minmax(s, sd)
 
+    if original is not None and target is None:
+        raise InputError("original maps need the target they explain (target=None re-derives it)")
     with restore_on_exit(model):
         if target is None:
             with preserve_model(model), torch.no_grad():
                 target = model(x).argmax(-1)
-        orig_abs, orig, orig_s = prep(_explain(explainer, model, x, target, kw))
+        if original is None:
+            original = _explain(explainer, model, x, target, kw)
+        elif original.shape[0] != x.shape[0] or original.ndim < 3:
+            raise InputError(f"original maps must be (B, [C,] H, W) with B = {x.shape[0]}, got {tuple(original.shape)}")
+        orig_abs, orig, orig_s = prep(original.detach().to(x.device))
         rows_a, rows, rows_s = [], [], []
         with restore_on_exit(model):
             for _, members in steps:
@@ -254,6 +263,9 @@ def model_randomisation(model: nn.Module, explainer: Explainer, x: torch.Tensor,
                     for name, module in members:
                         _reinit(name, module, seed)
                     maps = _explain(explainer, model, x, target, kw)
+                if maps.shape != original.shape:
+                    raise InputError(f"original maps {tuple(original.shape)} differ in shape from the explainer's "
+                                     f"{tuple(maps.shape)}")
                 ma, m, ms = prep(maps)
                 rows_a.append(spearman(ma, orig_abs))
                 rows.append(spearman(m, orig))

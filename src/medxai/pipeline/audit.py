@@ -365,8 +365,12 @@ def _sanity(a: _Audit) -> None:
                      "n": cfg.score.sanity_n, "output": cfg.explain.output,
                      "granularity": cfg.score.sanity_granularity}
             s = a.sample.subset(cfg.score.sanity_n)
+            ex = a.explained.get((name, method))  # its maps stand in for the unrandomised model's
+            shared = ex.dir / "maps.safetensors" if ex is not None and len(s) <= len(a.x_sample) else None
+            if shared is not None:
+                parts["explain"] = ex.key
             fn = _on_model(a, name, sanity_stage, s, method, opts, cfg.explain, a.task, seed=cfg.seed,
-                           granularity=cfg.score.sanity_granularity, logits=a.clean[name][:len(s)])
+                           granularity=cfg.score.sanity_granularity, logits=a.clean[name][:len(s)], maps=shared)
             try:
                 res = a.runner.run(f"sanity/{name}/{method}", parts, fn).result
             except (MedxaiError, ValueError, RuntimeError) as exc:  # volumes only (2-D errors propagate as before)

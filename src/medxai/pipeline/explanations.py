@@ -68,6 +68,38 @@ def resolve_method(model: torch.nn.Module, name: str, opts: dict[str, Any], outp
     return method, kw
 
 
+def reusable_maps(method: str, opts: dict[str, Any]) -> bool:
+    """Are a configured method's maps a function of (model, image, target) alone? False for a method that
+    takes a ``seed`` (SmoothGrad, LIME, RISE, SHAP, IG's random baselines...) or an attack as its baseline:
+    another stage's maps of the same images then stand in for a fresh explanation only when this is True."""
+    import inspect
+
+    from medxai.errors import ConfigError
+    from medxai.explain import REGISTRY
+
+    kw = dict(opts)
+    name = kw.pop("method", method)
+    if isinstance(kw.get("baseline"), dict):
+        return False
+    try:
+        cls = REGISTRY.get(name)
+    except ConfigError:
+        return False
+    return "seed" not in inspect.signature(cls).parameters
+
+
+def _shared_maps(path: Path, targets: torch.Tensor, ndim: int) -> torch.Tensor | None:
+    """The first ``len(targets)`` maps of an explain stage's file when they explain ``targets`` (top-1)."""
+    from safetensors.torch import load_file
+
+    saved = load_file(str(path))
+    n = targets.shape[0]
+    m, t = saved["maps"][:n], saved["targets"][:n]
+    if m.shape[0] != n or m.ndim != ndim or not torch.equal(t.to(targets), targets):
+        return None
+    return m
+
+
 def explain_maps(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, method: str,
                  opts: dict[str, Any], output: str) -> torch.Tensor:
     """(N, 1, H, W) maps, or (N, T, 1, H, W) for (N, T) targets, explained in chunks of ``CHUNK``."""
@@ -239,20 +271,25 @@ def _random_deletion(maps: torch.Tensor, s: EvalSample, targets: torch.Tensor, m
 
 def sanity_stage(d: Path, model: torch.nn.Module, s: EvalSample, method: str, opts: dict[str, Any],
                  ecfg: ExplainConfig, task: str, seed: int = 0, granularity: str = "block",
-                 logits: torch.Tensor | None = None) -> dict:
+                 logits: torch.Tensor | None = None, maps: Path | None = None) -> dict:
     """Cascading model-parameter randomisation (Adebayo 2018) of one (model, method); ``logits``:
-    the sample's clean (N, K) logits, for the targets (else the model is run on ``s``)."""
+    the sample's clean (N, K) logits, for the targets (else the model is run on ``s``). ``maps``: the
+    explain stage's ``maps.safetensors`` of a sample whose first rows are ``s``; its maps are the
+    unrandomised model's maps when their targets are this check's and the method draws nothing at random
+    (``reusable_maps``), else they are recomputed."""
     from medxai.errors import InputError
     from medxai.metrics import model_randomisation
 
     targets = explanation_targets(model, s, ecfg.target, task, logits=logits)  # top-1: one check per image
     registry_name, kw = resolve_method(model, method, opts, ecfg.output)
+    original = _shared_maps(maps, targets, s.x.ndim) if maps is not None and reusable_maps(method, opts) else None
     try:
         res = model_randomisation(model, registry_name, s.x, targets, order="cascading", seed=seed,
-                                  explainer_kwargs=kw, granularity=granularity)
+                                  explainer_kwargs=kw, granularity=granularity, original=original)
     except InputError as exc:  # e.g. a model without parameters: the check cannot be made; say why
         return {"score": None, "passes": None, "reason": str(exc), "layers": [], "spearman": []}
     out = res.to_dict()
+    out["original_maps"] = "explain stage" if original is not None else "computed"
     sp = [v for v in out["spearman_abs"] if v is not None]
     ss = [v for v in out["ssim"] if v is not None]
     out.update(final_spearman=sp[-1] if sp else None, final_ssim=ss[-1] if ss else None,

@@ -19,6 +19,7 @@ the samples still standing. At eps = 0 no attack runs: the numbers are the clean
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ from medxai.attacks.pgd import PGD, attack_mode
 from medxai.attacks.steps import STEPS
 from medxai.errors import InputError
 
+SCHEDULES = ("auto", "sequential", "batched")
 METRICS = ("success_rate", "robust_accuracy", "prediction_change_rate", "balanced_success_rate",
            "balanced_robust_accuracy")
 
@@ -50,6 +52,88 @@ def _make_attack(model: nn.Module, eps: float, attack: str, **kw: Any):
             raise InputError("APGD attacks single-label models (loss='ce')")
         return APGD(model, eps, loss=attack.split("-")[1], **kw)
     raise InputError(f"attack must be 'pgd', 'apgd-ce', 'apgd-dlr' or 'auto', got {attack!r}")
+
+
+def _adv_predict(atk: Any, lab: _Labels, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Predictions at the attack's points (from the attack's own logits when it kept them: PGD keep="best")."""
+    x_adv = atk(x, y)
+    z_adv = getattr(atk, "adv_logits", None)
+    if z_adv is None or z_adv.shape[0] != x_adv.shape[0]:
+        with torch.no_grad(), attack_mode(atk.model):
+            z_adv = atk.model(x_adv)
+    return lab.predict(z_adv)
+
+
+def _merge(lab: _Labels, state: tuple[torch.Tensor, ...], idx: torch.Tensor, p_adv: torch.Tensor, y: torch.Tensor,
+           p0: torch.Tensor) -> None:
+    """Fold the predictions ``p_adv`` of rows ``idx`` into (pred, wrong, changed), in place: a wrong
+    prediction is kept over a right one, wrong and changed only grow."""
+    pred, wrong, changed = state
+    w_adv = lab.wrong(p_adv, y)
+    take = w_adv | ~wrong[idx]
+    pred[idx] = torch.where(take.view(-1, *([1] * (p_adv.ndim - 1))), p_adv, pred[idx])
+    wrong[idx] = wrong[idx] | w_adv
+    changed[idx] = changed[idx] | lab.differ(p_adv, p0)
+
+
+def _sweep(x: torch.Tensor, y: torch.Tensor, pred0: torch.Tensor, lab: _Labels, eps_sorted: list[float],
+           attacks: list[str], make: Callable[..., Any], reuse: bool, attacked: list[int]) -> list[tuple]:
+    """Eps by eps: per eps (pred, changed) of the batch; with ``reuse`` a sample fooled at a smaller eps
+    keeps that result and is not attacked again."""
+    state = (pred0.clone(), lab.wrong(pred0, y), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device))
+    out = []
+    for ei, eps in enumerate(eps_sorted):
+        if not reuse:
+            state = (pred0.clone(), lab.wrong(pred0, y), torch.zeros_like(state[2]))
+        for name in attacks if eps > 0 else ():
+            todo = ~(state[1] & state[2])
+            if not bool(todo.any()):
+                break
+            idx = todo.nonzero().view(-1)
+            p_adv = _adv_predict(make(eps, name, eps), lab, x[idx], y[idx])
+            attacked[ei] += int(idx.numel())
+            _merge(lab, state, idx, p_adv, y[idx], pred0[idx])
+        out.append((state[0].clone(), state[2].clone()))
+    return out
+
+
+def _sweep_batched(x: torch.Tensor, y: torch.Tensor, pred0: torch.Tensor, lab: _Labels, eps_sorted: list[float],
+                   attacks: list[str], make: Callable[..., Any], reuse: bool, attacked: list[int]) -> list[tuple]:
+    """Every (eps > 0, sample) pair in one call per attack, with per-pair budgets; then, with ``reuse``,
+    ``_sweep``'s rule across eps (a pair fooled at a smaller eps passes its result on). A later attack
+    runs only on the pairs still standing (not fooled at that eps or a smaller one)."""
+    n, pos = x.shape[0], [ei for ei, e in enumerate(eps_sorted) if e > 0]
+    m = len(pos)
+    rep = (m,) + (1,) * (pred0.ndim - 1)
+    state = (pred0.repeat(*rep), lab.wrong(pred0, y).repeat(m), torch.zeros(m * n, dtype=torch.bool, device=x.device))
+    budget = torch.tensor([eps_sorted[ei] for ei in pos], dtype=x.dtype, device=x.device).repeat_interleave(n)
+    sample = torch.arange(n, device=x.device).repeat(m)
+    for name in attacks if m else ():
+        done = (state[1] & state[2]).view(m, n)
+        if reuse:
+            done = done.cummax(0).values
+        idx = (~done).view(-1).nonzero().view(-1)
+        if idx.numel() == 0:
+            break
+        rows = sample[idx]
+        _merge(lab, state, idx, _adv_predict(make(budget[idx], name, "batched"), lab, x[rows], y[rows]), y[rows],
+               pred0[rows])
+        for j, ei in enumerate(pos):
+            attacked[ei] += int(((idx >= j * n) & (idx < (j + 1) * n)).sum())
+    per = [(s.view(m, n, *s.shape[1:]) if m else s) for s in state]
+    out, prev = [], (pred0.clone(), lab.wrong(pred0, y), torch.zeros(n, dtype=torch.bool, device=x.device))
+    for ei in range(len(eps_sorted)):
+        if ei in pos:
+            j = pos.index(ei)
+            cur = (per[0][j].clone(), per[1][j].clone(), per[2][j].clone())
+            if reuse:  # _sweep's rule: a fooled sample keeps its result; else the new prediction unless it is
+                fooled = prev[1] & prev[2]  # right and the earlier one wrong; wrong and changed only grow
+                take = (cur[1] | ~prev[1]) & ~fooled
+                cur = (torch.where(take.view(-1, *([1] * (pred0.ndim - 1))), cur[0], prev[0]), cur[1] | prev[1],
+                       cur[2] | prev[2])
+            prev = cur
+        out.append((prev[0].clone(), prev[2].clone()))
+    return out
 
 
 def _check_budgets(eps: list[float], step_size: float | None, norm: str, shape: tuple[int, ...] | None) -> None:
@@ -130,7 +214,7 @@ def evaluate(model: nn.Module, data: Any, eps_list: list[float] | tuple[float, .
              random_start: bool = True, restarts: int = 1, keep: str = "best", task: str | None = None,
              label: int | None = None, batch_size: int = 64, limit: int | None = None, seed: int = 0,
              device: torch.device | str | None = None, reuse: bool = True,
-             clean_logits: torch.Tensor | None = None) -> dict[str, Any]:
+             clean_logits: torch.Tensor | None = None, schedule: str = "auto") -> dict[str, Any]:
     """Attack ``model`` on ``data`` at every eps in ``eps_list`` and report the robustness numbers.
 
     Args:
@@ -149,6 +233,11 @@ def evaluate(model: nn.Module, data: Any, eps_list: list[float] | tuple[float, .
             and cheaper). ``False`` attacks every sample at every eps independently.
         clean_logits: (N, K) logits of ``data``'s images in order, when the caller already has them
             (the audit's shared clean forward): no clean forward is run.
+        schedule: "sequential" attacks eps by eps (with ``reuse``, only the samples still standing: the
+            fewest model passes); "batched" attacks every (sample, eps > 0) pair of a batch in one call
+            with per-sample budgets (more passes, fewer and larger calls: a GPU's choice), then applies
+            ``reuse``'s rule across eps, so both give the same numbers for a deterministic attack;
+            "auto": batched on CUDA, sequential elsewhere.
         seed: random starts are seeded per batch, eps and attack from it (reproducible).
 
     Returns:
@@ -162,6 +251,8 @@ def evaluate(model: nn.Module, data: Any, eps_list: list[float] | tuple[float, .
     if not eps_sorted or eps_sorted[0] < 0:
         raise InputError(f"eps_list must be a non-empty list of budgets >= 0, got {list(eps_list)}")
     STEPS.get(norm)  # an unknown norm fails before any work, listing the known ones
+    if schedule not in SCHEDULES:
+        raise InputError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     _check_budgets(eps_sorted, step_size, norm, None)  # Linf above 1, L2 above 1000: before any work
     loss = "bce" if task == "multilabel" else "ce"
     lab = _Labels(loss, label)
@@ -202,35 +293,16 @@ def evaluate(model: nn.Module, data: Any, eps_list: list[float] | tuple[float, .
                 attacks = attack_list(logits0.shape[1]) if attack == "auto" else [attack]
             else:
                 attacks = list(attack)
-        pred = pred0.clone()
-        wrong = lab.wrong(pred0, y)
-        changed = torch.zeros_like(wrong)
-        for ei, eps in enumerate(eps_sorted):
-            if not reuse:
-                pred, wrong, changed = pred0.clone(), lab.wrong(pred0, y), torch.zeros_like(changed)
-            for name in attacks if eps > 0 else ():
-                todo = ~(wrong & changed)
-                if not bool(todo.any()):
-                    break
-                idx = todo.nonzero().view(-1)
-                atk = _make_attack(model, eps, name, steps=steps, step_size=step_size, norm=norm,
-                                   random_start=random_start, restarts=restarts, keep=keep, loss=loss,
-                                   label=label, seed=derive_seed("evaluate", seed, bi, eps, name) % 2**62)
-                x_adv = atk(x[idx], y[idx])
-                z_adv = getattr(atk, "adv_logits", None)  # PGD keep="best" already has them
-                if z_adv is None or z_adv.shape[0] != x_adv.shape[0]:
-                    with torch.no_grad(), attack_mode(model):
-                        z_adv = model(x_adv)
-                p_adv = lab.predict(z_adv)
-                attacked[ei] += int(idx.numel())
-                w_adv = lab.wrong(p_adv, y[idx])
-                # keep the earlier prediction if it was wrong and the new one is right
-                take = w_adv | ~wrong[idx]
-                pred[idx] = torch.where(take.view(-1, *([1] * (p_adv.ndim - 1))), p_adv, pred[idx])
-                wrong[idx] = wrong[idx] | w_adv
-                changed[idx] = changed[idx] | lab.differ(p_adv, pred0[idx])
-            preds_l[ei].append(pred.cpu().numpy().copy())
-            changed_l[ei].append(changed.cpu().numpy().copy())
+        def make(eps: float | torch.Tensor, name: str, key: Any, bi: int = bi):
+            return _make_attack(model, eps, name, steps=steps, step_size=step_size, norm=norm,
+                                random_start=random_start, restarts=restarts, keep=keep, loss=loss,
+                                label=label, seed=derive_seed("evaluate", seed, bi, key, name) % 2**62)
+
+        batched = schedule == "batched" or (schedule == "auto" and x.device.type == "cuda")
+        sweep = _sweep_batched if batched else _sweep
+        for ei, (pred, changed) in enumerate(sweep(x, y, pred0, lab, eps_sorted, attacks, make, reuse, attacked)):
+            preds_l[ei].append(pred.cpu().numpy())
+            changed_l[ei].append(changed.cpu().numpy())
         ys.append(y.cpu().numpy())
         pred0_l.append(pred0.cpu().numpy())
     if not ys:
@@ -249,7 +321,8 @@ def evaluate(model: nn.Module, data: Any, eps_list: list[float] | tuple[float, .
                            "n": len(y_all), "n_correct": int(correct.sum()), "norm": norm, "steps": steps,
                            "attack": "+".join(attacks or []), "task": task,
                            "settings": {"step_size": step_size, "random_start": random_start, "restarts": restarts,
-                                        "keep": keep, "label": label, "seed": seed, "reuse": reuse}}
+                                        "keep": keep, "label": label, "seed": seed, "reuse": reuse,
+                                        "schedule": schedule}}
     for ei in range(ne):
         p = np.concatenate(preds_l[ei])
         ch = np.concatenate(changed_l[ei])

@@ -63,6 +63,10 @@ def test_row_flop_keys_and_restatement_only_when_limit_below_target_and_missed()
     assert slow["medxai_share_of_bare"] == pytest.approx(0.4) and slow["ratio_limit"] == 1.875
     more = row("w", "p", 2.0, 3.0, target=2.0, **dict(kw, peer_flops=2e9))  # medxai does 2x the peer's FLOPs
     assert "restated" not in more and more["met"] is False and more["reason"] == "why"  # its own work: a real miss
+    same = row("w", "p", 2.0, 3.0, target=2.0, **dict(kw, peer_flops=4e9 * 0.995))  # within FLOP_MATCH (1 %)
+    assert same["restated"] and same["original_target"] == 2.0
+    over = row("w", "p", 2.0, 3.0, target=2.0, **dict(kw, peer_flops=4e9 * 0.98))  # 2 % more: medxai's own work
+    assert "restated" not in over and over["met"] is False
     assert "restated" not in row("w", "p", 2.0, 3.0, target=1.5, **kw)  # ratio 1.5 meets 1.5: kept
     kept = row("w", "p", 2.0, 3.0, target=1.8, **kw)  # missed, but the limit 1.875 >= 1.8: a real miss
     assert "restated" not in kept and kept["met"] is False and kept["target_on"] == "ratio"

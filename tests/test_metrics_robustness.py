@@ -362,3 +362,21 @@ def test_refusals(setup):
         max_sensitivity(model, grad, x * 2, y)
     zero = lambda m, xx, t: torch.zeros(xx.shape[0], 1, S, S)
     assert torch.isnan(max_sensitivity(model, zero, x, n_perturbations=2)).all()  # 0 / 0: NaN
+
+
+def test_sensitivity_with_given_targets_runs_no_clean_forward(setup):
+    # the clean logits are read only for the predicted class (target=None) or the class check: with targets
+    # given, max / avg sensitivity forward only the images they explain (x, then its B x N perturbations),
+    # and give the same numbers as with the targets derived from the prediction
+    model, x, y = setup
+    seen = []
+    h = model.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[0]))
+    try:
+        given = max_sensitivity(model, grad, x, y, n_perturbations=N, seed=1, batch_size=64)
+        n_given, seen[:] = sum(seen), []
+        derived = max_sensitivity(model, grad, x, None, n_perturbations=N, seed=1, batch_size=64)
+        n_derived = sum(seen)
+    finally:
+        h.remove()
+    assert n_given == B + B * N and n_derived == n_given + B
+    torch.testing.assert_close(given, derived, rtol=0, atol=0)

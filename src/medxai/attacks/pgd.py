@@ -191,6 +191,36 @@ class PGD:
 
         return model_batch_for(x[:1])
 
+    def _run_chunks(self, x: torch.Tensor, start: torch.Tensor, y: torch.Tensor, eps: torch.Tensor,
+                    alpha: torch.Tensor, chunk: int, consider: Callable[..., None], track: bool) -> list[torch.Tensor]:
+        """One restart from ``start``, chunk by chunk (samples are independent: chunks give the batch's
+        iterates); ``consider(slice, point, logits, losses)`` sees every iterate (keep="best") and, when
+        ``track``, the final one. On CPU the chunk size is timed on the work itself (``engine.tuned_chunks``)."""
+        parts: list[torch.Tensor] = []
+
+        def run(i: int, j: int) -> None:
+            sl = slice(i, j)
+            parts.append(self._iterate(x[sl], start[sl], y[sl], eps[sl], alpha[sl],
+                                       (lambda *a: consider(sl, *a)) if self.keep == "best" else None))
+            if track:
+                with torch.no_grad():
+                    logits = self.model(parts[-1])
+                    consider(sl, parts[-1], logits, self.losses(logits, y[sl]))
+
+        b = x.shape[0]
+        if self._tuned(x):
+            from medxai.explain.engine import tuned_chunks
+
+            tuned_chunks(b, chunk, run, model=self.model, key=("pgd", tuple(x.shape[1:]), x.dtype))
+        else:
+            for i in range(0, b, chunk):
+                run(i, min(b, i + chunk))
+        return parts
+
+    def _tuned(self, x: torch.Tensor) -> bool:
+        """Whether the chunk size is tuned: CPU cache-sized chunks that the caller did not fix."""
+        return self.batch_size is None and not callable(self.loss) and x.device.type == "cpu"
+
     def _iterate(self, x: torch.Tensor, xa: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor,
                  consider: Callable[..., None] | None) -> torch.Tensor:
         """``steps`` signed (or normalised) gradient steps from ``xa``, projected on the eps-ball around ``x``
@@ -260,15 +290,7 @@ class PGD:
                 else:
                     delta = torch.zeros_like(x)
                 start = (x + delta).clamp(0, 1)
-                parts = []
-                for i in range(0, b, chunk):  # samples are independent: chunks give the batch's iterates
-                    sl = slice(i, min(b, i + chunk))
-                    parts.append(self._iterate(x[sl], start[sl], y[sl], eps[sl], alpha[sl],
-                                               (lambda *a, sl=sl: consider(sl, *a)) if self.keep == "best" else None))
-                    if track:
-                        with torch.no_grad():
-                            logits = self.model(parts[-1])
-                            consider(sl, parts[-1], logits, self.losses(logits, y[sl]))
+                parts = self._run_chunks(x, start, y, eps, alpha, chunk, consider, track)
                 if not track:
                     return torch.cat(parts)
         # (B, K) logits of the returned points, so that callers need no forward to read them

@@ -41,10 +41,10 @@ import torch
 from torch import nn
 
 from medxai._util.seed import derive_seed
-from medxai._util.validate import check_images
+from medxai._util.validate import as_targets, check_images
 from medxai.errors import InputError
 from medxai.explain.base import preserve_model, select_output
-from medxai.explain.engine import for_chunks, model_batch_for, perturbed_outputs
+from medxai.explain.engine import for_chunks, model_batch_for, perturbed_outputs, tuned_chunks
 from medxai.metrics._common import check_maps
 from medxai.metrics.faithfulness import Seed, _seeds
 from medxai.metrics.randomisation import _explain as call_explainer
@@ -117,18 +117,6 @@ def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x)
 
 
-def _targets(target: int | torch.Tensor | None, pred: torch.Tensor) -> torch.Tensor:
-    if target is None:
-        return pred
-    t = torch.as_tensor(target, device=pred.device)
-    if t.is_floating_point():
-        raise InputError("target must hold class indices (integers)")
-    t = t.long().expand(pred.shape[0]) if t.ndim == 0 else t.long().reshape(-1)
-    if t.shape[0] != pred.shape[0]:
-        raise InputError(f"target has {t.shape[0]} entries for a batch of {pred.shape[0]}")
-    return t
-
-
 def _check_given(x: torch.Tensor, perturbations: torch.Tensor, n: int | None) -> int:
     b = x.shape[0]
     if perturbations.ndim != 5 or perturbations.shape[0] != b or tuple(perturbations.shape[2:]) != tuple(x.shape[1:]):
@@ -167,9 +155,11 @@ def _pairs(model: nn.Module, explainer: Explainer, x: torch.Tensor, target: int 
         raise InputError(f"n_perturbations must be >= 1, got {n}")
     b = x.shape[0]
     seeds = _seeds(seed, b)
-    h = _logits(model, x)
-    pred = h.argmax(-1)
-    t = _targets(target, pred)
+    # the clean logits only where something reads them: the predicted class as target, a logit-based pair,
+    # or the class check of perturbed images (sensitivity with given targets needs no forward of x)
+    h = _logits(model, x) if target is None or logits or keep_class else None
+    pred = None if h is None else h.argmax(-1)
+    t = as_targets(target, x.shape[0], x.device, default=pred)
     chunk = batch_size or model_batch_for(x)
     e_parts: list[torch.Tensor] = []
     for_chunks(b, chunk, lambda a, z: e_parts.append(_explain(explainer, model, x[a:z], t[a:z], kw)),
@@ -192,12 +182,16 @@ def _pairs(model: nn.Module, explainer: Explainer, x: torch.Tensor, target: int 
         ep = _explain(explainer, model, xp, t[si], kw)
         hp = _logits(model, xp) if logits or keep_class else None
         vals = pair(e[si].to(torch.float64), ep.to(torch.float64), xr.to(torch.float64), xp.to(torch.float64),
-                    h[si].to(torch.float64), None if hp is None else hp.to(torch.float64))
+                    None if h is None else h[si].to(torch.float64), None if hp is None else hp.to(torch.float64))
         if keep_class and hp is not None:
             vals = torch.where(hp.argmax(-1) == pred[si], vals, torch.full_like(vals, float("nan")))
         out[a:z] = vals
 
-    for_chunks(b * n, chunk, run, what="perturbed images explained")
+    if batch_size is None and x.device.type == "cpu":  # the chunk timed on the work itself (CPU)
+        key = ("explain-pairs", explainer if isinstance(explainer, str) else id(explainer), tuple(x.shape[1:]), x.dtype)
+        tuned_chunks(b * n, chunk, run, model=model, key=key, what="perturbed images explained")
+    else:
+        for_chunks(b * n, chunk, run, what="perturbed images explained")
     return out.reshape(b, n)
 
 
@@ -377,7 +371,7 @@ def infidelity(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, target: in
     x64 = x.to(torch.float64)
     direction = -(x64 - baseline) if multiply_by_inputs else -torch.ones_like(x64[:1])
     h = _logits(model, x)
-    t = _targets(target, h.argmax(-1))
+    t = as_targets(target, x.shape[0], x.device, default=h.argmax(-1))
     f0 = select_output(h, output).gather(1, t[:, None])[:, 0].to(torch.float64)
     dots = torch.empty(b * n, dtype=torch.float64, device=x.device)
 

@@ -325,6 +325,12 @@ def test_shared_clean_logits_change_no_number():
         robustness_radius(net, x, y, clean_logits=z[:5])
     with pytest.raises(InputError, match="clean_logits must be"):
         intervention_effect(net, x, region, y.numpy(), clean_logits=z[:5])
+    bad = z.clone()
+    bad[2, 0] = float("nan")  # NaN logits are refused, not read as a prediction
+    for call in (lambda: aa.run(x, y, clean_logits=bad), lambda: robustness_radius(net, x, y, clean_logits=bad),
+                 lambda: intervention_effect(net, x, region, y.numpy(), clean_logits=bad)):
+        with pytest.raises(InputError, match="NaN or Inf"):
+            call()
 
 
 def test_sanity_check_takes_the_explain_stage_maps_as_the_original(audit, tmp_path):

@@ -61,3 +61,14 @@ def as_targets(target: int | torch.Tensor | list | None, batch: int, device: tor
     if num_classes is not None and t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
         raise InputError(f"target out of range for {num_classes} outputs: {t.tolist()}")
     return t.to(device)
+
+
+def check_logits(z: torch.Tensor, n: int, name: str = "clean_logits") -> torch.Tensor:
+    """A caller's (N, K) logits of ``n`` images, refused (InputError) when the shape or a value is wrong:
+    argmax and softmax of NaN or Inf logits would pass on as predictions."""
+    if not isinstance(z, torch.Tensor) or z.ndim != 2 or z.shape[0] != n:
+        shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+        raise InputError(f"{name} must be (N, K) with N = {n} images, got {shape}")
+    if not bool(torch.isfinite(z).all()):
+        raise InputError(f"{name} holds NaN or Inf values: the model's outputs cannot be read as predictions")
+    return z

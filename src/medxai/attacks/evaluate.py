@@ -28,7 +28,7 @@ from sklearn.metrics import balanced_accuracy_score
 from torch import nn
 
 from medxai._util.seed import derive_seed
-from medxai._util.validate import check_images
+from medxai._util.validate import check_images, check_logits
 from medxai.attacks._data import iter_batches
 from medxai.attacks.budget import check_budget
 from medxai.attacks.pgd import PGD, attack_mode
@@ -281,7 +281,7 @@ def evaluate(model: nn.Module, data: Any, eps_list: list[float] | tuple[float, .
         if x.shape[0] == 0:
             continue
         if clean_logits is not None:  # the caller's clean forward of these rows
-            logits0 = clean_logits[start:offset].to(x.device)[rows.to(x.device)]
+            logits0 = check_logits(clean_logits[start:offset], offset - start).to(x.device)[rows.to(x.device)]
         else:
             with torch.no_grad(), attack_mode(model):
                 logits0 = model(x)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from medxai._util.validate import check_images
+from medxai._util.validate import check_images, check_logits
 from medxai.attacks.pgd import _clean_logits, attack_mode
 from medxai.errors import ConfigError, InputError
 
@@ -272,8 +272,8 @@ def robustness_radius(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: 
         raise ConfigError(f"norm {norm!r} is not available for method {method!r} (deepfool: l2, linf; cw: l2)")
     check_images(x, "x", ndim=(4, 5))
     y = _labels(x, y)
-    if clean_logits is not None and (clean_logits.ndim != 2 or clean_logits.shape[0] != x.shape[0]):
-        raise InputError(f"clean_logits must be (B, K) with B = {x.shape[0]} images, got {tuple(clean_logits.shape)}")
+    if clean_logits is not None:  # before any attack work
+        check_logits(clean_logits, x.shape[0])
     atk = DeepFool(model, norm=norm, **kw) if method == "deepfool" else CarliniWagnerL2(model, **kw)
     x_adv = torch.empty_like(x)
     clean_wrong = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medxai._util.validate import check_images
+from medxai._util.validate import check_images, check_logits
 from medxai.attacks.steps import STEPS, AttackStep
 from medxai.errors import InputError
 
@@ -319,6 +319,4 @@ def _clean_logits(model: nn.Module, x: torch.Tensor, given: torch.Tensor | None)
     if given is None:
         with attack_mode(model), torch.no_grad():
             return model(x)
-    if given.ndim != 2 or given.shape[0] != x.shape[0]:
-        raise InputError(f"clean_logits must be (B, K) with B = {x.shape[0]} images, got {tuple(given.shape)}")
-    return given.detach().to(x.device)
+    return check_logits(given, x.shape[0]).detach().to(x.device)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medxai._util.validate import check_images
+from medxai._util.validate import check_images, check_logits
 from medxai.errors import InputError
 from medxai.evaluate.metrics import bootstrap_index_chunks, weighted_auc
 from medxai.evaluate.predict import eval_mode, model_device
@@ -201,9 +201,7 @@ def _probs(model: nn.Module, x: torch.Tensor, batch_size: int, positive: int,
     if int(batch_size) < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     if logits is not None:
-        if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
-            raise InputError(f"clean_logits must be (N, K) with N = {x.shape[0]} images, got {tuple(logits.shape)}")
-        return _softmax(logits.detach(), positive)
+        return _softmax(check_logits(logits, x.shape[0]).detach(), positive)
     dev = model_device(model)
     out = []
     with eval_mode(model), torch.no_grad():
@@ -370,9 +368,7 @@ def intervention_effect(model: nn.Module, x: torch.Tensor, region: torch.Tensor,
             raise InputError(f"counterfactual must have x's shape {tuple(x.shape)}, got {tuple(counterfactual.shape)}")
         counterfactual = counterfactual[keep.to(counterfactual.device)]
     xk, rk = x[keep], r[keep]
-    if clean_logits is not None and (clean_logits.ndim != 2 or clean_logits.shape[0] != x.shape[0]):
-        raise InputError(f"clean_logits must be (B, K) with B = {x.shape[0]} images, got {tuple(clean_logits.shape)}")
-    k0 = None if clean_logits is None else clean_logits[keep.to(clean_logits.device)]
+    k0 = None if clean_logits is None else check_logits(clean_logits, x.shape[0])[keep.to(clean_logits.device)]
     p0 = _probs(model, xk, batch_size, positive, k0)
     after = {"region": _probs(model, replace_region(xk, rk, method), batch_size, positive)}
     overlapping = None

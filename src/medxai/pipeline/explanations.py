@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from medxai._util.io import save_safetensors
+from medxai._util.validate import check_logits
 from medxai.pipeline.cache import StageResult
 from medxai.pipeline.config import ExplainConfig, ScoreConfig
 from medxai.pipeline.data import EvalSample
@@ -30,19 +31,12 @@ def explanation_targets(model: torch.nn.Module, s: EvalSample, policy: str, task
     rule = "label" if policy == "label" and task != "multilabel" and top_k is None else "pred"
     if logits is None or rule == "label":
         return targets_by_rule(model, s.x, rule, s.y, top_k=top_k)
-    _check_logits(logits, s)
+    check_logits(logits, len(s))
     if top_k is not None:
         from medxai.explain.base import resolve_targets
 
         return resolve_targets(logits, None, top_k).to(s.x.device)
     return logits.argmax(-1).to(s.x.device)
-
-
-def _check_logits(logits: torch.Tensor, s: EvalSample) -> None:
-    from medxai.errors import InputError
-
-    if logits.ndim != 2 or logits.shape[0] != len(s):
-        raise InputError(f"clean logits must be (N, K) for the {len(s)} sample images, got {tuple(logits.shape)}")
 
 
 def resolve_method(model: torch.nn.Module, name: str, opts: dict[str, Any], output: str) -> tuple[str, dict]:

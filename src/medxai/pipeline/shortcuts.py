@@ -69,7 +69,7 @@ def intervention_stage(d: Path, model: torch.nn.Module, s: EvalSample, dataset: 
     y = s.y[idx].long().numpy()
     out = intervention_effect(model, s.x[idx], region[idx], y, method=c.method,
                               counterfactual=None if cf is None else cf[idx], n_boot=n_boot, seed=seed,
-                              clean_logits=None if logits is None else logits[idx])
+                              clean_logits=None if logits is None else logits[idx.to(logits.device)])
     out["region_source"] = source
     if c.transplant and s.shortcut_masks is not None:
         out["transplant"] = _transplant(model, s, region, n_boot, seed, transplant_effect, logits)
@@ -85,7 +85,7 @@ def _transplant(model: torch.nn.Module, s: EvalSample, region: torch.Tensor, n_b
         return None
     donor = int(has.nonzero()[0])
     res = fn(model, s.x[targets], s.x[donor:donor + 1], region[donor:donor + 1], n_boot=n_boot, seed=seed,
-             clean_logits=None if logits is None else logits[targets])
+             clean_logits=None if logits is None else logits[targets.to(logits.device)])
     return {**res, "donor": s.ids[donor]}
 
 
